@@ -1,0 +1,20 @@
+# AdvDistill: raw datasets -> teacher samples -> scored groups -> students -> evaluation -> report.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/bootstrap.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/score.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,88 @@
+"""Bootstrapped models for the embedded default: a byte-level BPE tokenizer and tiny Qwen2 models.
+
+Hub models cannot be downloaded on every machine, so the default configuration trains its own
+teacher and student base inside the pipeline. They are ordinary ``Qwen2ForCausalLM`` models saved
+with ``save_pretrained`` (tokenizer included), so every later stage loads them exactly as it would
+load Qwen2.5-7B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from advdistill.config import ModelShape, TokenizerConfig
+from advdistill.prompts import INSTRUCTION, MULTIPLE_CHOICE_INSTRUCTION, format_response
+
+# Qwen2's pre-tokenizer pattern: digits are split one by one, which arithmetic needs.
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def train_tokenizer(rows: Iterable[dict[str, Any]], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
+    """A Qwen2-style byte-level BPE trained on the questions and reference solutions of ``rows``."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+    def corpus() -> Iterable[str]:
+        yield INSTRUCTION
+        yield MULTIPLE_CHOICE_INSTRUCTION
+        for row in rows:
+            yield row["question"]
+            yield format_response(row["solution"], row["answer"])
+
+    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    tokenizer.add_tokens(TAG_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=4096,
+    )
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, shape: ModelShape, seed: int) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2 causal LM sized for ``tokenizer``."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model

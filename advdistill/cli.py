@@ -1,0 +1,123 @@
+"""Command-line interface: one subcommand per pipeline stage (``advdistill <stage> --help``).
+
+Settings arrive as JSON strings (the rule's config section, passed by Snakemake as ``params``), and
+are parsed into the typed dataclasses of :mod:`advdistill.config`, which reject unknown keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from advdistill.config import (
+    BootstrapConfig,
+    ConfigError,
+    PromptConfig,
+    SamplingConfig,
+    ScoreConfig,
+    TokenizerConfig,
+    from_json,
+)
+from advdistill.datasets import DatasetError
+
+
+def _json_object(text: str) -> dict:
+    value = json.loads(text) if text else {}
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="normalise one split of a dataset into rows parquet")
+    p.add_argument("--dataset", required=True, help="adapter name, e.g. synthetic or gsm8k")
+    p.add_argument("--source", required=True, help="hub id or local file of the official release")
+    p.add_argument("--split", required=True, help="split to prepare, e.g. train or test")
+    p.add_argument("--options", type=_json_object, default={}, help="adapter options as JSON")
+    p.add_argument("--name", help="dataset name used in reports (default: the adapter name)")
+    p.add_argument("--out", type=Path, required=True, help="output rows parquet")
+    p.add_argument("--report", type=Path, help="skipped-rows report JSON (default: beside --out)")
+
+
+def _add_bootstrap(sub) -> None:
+    p = sub.add_parser("bootstrap-tokenizer", help="train a byte-level BPE on a rows parquet")
+    p.add_argument("--rows", type=Path, required=True)
+    p.add_argument("--settings", default="{}", help="tokenizer settings as JSON")
+    p.add_argument("--out", type=Path, required=True, help="output tokenizer folder")
+
+    p = sub.add_parser("bootstrap-model", help="build and pretrain a tiny Qwen2 model")
+    p.add_argument("--rows", type=Path, required=True, help="rows with reference solutions")
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--settings", default="{}", help="bootstrap settings (shape, optim) as JSON")
+    p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output model folder")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="sample teacher responses for every prompt")
+    p.add_argument("--model", required=True, help="model folder or hub id")
+    p.add_argument("--rows", type=Path, required=True, help="rows parquet (prepare output)")
+    p.add_argument("--settings", default="{}", help="sampling settings as JSON")
+    p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output samples parquet")
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="rewards, group advantages and filtering")
+    p.add_argument("--rows", type=Path, required=True)
+    p.add_argument("--samples", type=Path, required=True)
+    p.add_argument("--settings", default="{}", help="score settings as JSON")
+    p.add_argument("--out", type=Path, required=True, help="output scored parquet")
+    p.add_argument("--summary", type=Path, required=True, help="output summary JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advdistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    _add_prepare(sub)
+    _add_bootstrap(sub)
+    _add_sample(sub)
+    _add_score(sub)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from advdistill import stages
+
+    if args.stage == "prepare":
+        report = args.report or args.out.with_name(args.out.stem + ".report.json")
+        stages.prepare(args.dataset, args.source, args.split, args.options, args.out, report, args.name)
+    elif args.stage == "bootstrap-tokenizer":
+        stages.bootstrap_tokenizer(args.rows, from_json(TokenizerConfig, args.settings, "tokenizer"), args.out)
+    elif args.stage == "bootstrap-model":
+        stages.bootstrap_model(args.rows, args.tokenizer, from_json(BootstrapConfig, args.settings, "bootstrap"),
+                               from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out,
+                               args.out.with_name(args.out.name + ".checkpoints"))
+    elif args.stage == "sample":
+        stages.sample(args.model, args.rows, from_json(SamplingConfig, args.settings, "sampling"),
+                      from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out)
+    elif args.stage == "score":
+        stages.score(args.rows, args.samples, from_json(ScoreConfig, args.settings, "score"),
+                     args.out, args.summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (ConfigError, DatasetError, ValueError, FileNotFoundError) as err:
+        print(f"advdistill {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Synthetic arithmetic word problems: the embedded, offline default dataset.
+
+Problems are generated from a seed, so every machine builds the same rows. The in-distribution
+variant has one or two add/subtract steps on two-digit numbers (splits ``train`` and ``test``); the
+out-of-distribution variant (split ``test``) perturbs problems in the spirit of GSM-PLUS: three-digit
+numbers, an extra step, or a distractor sentence that carries an irrelevant number. Each row has a
+chain-of-thought ``solution`` that works in columns, units first, as a small model needs:
+``48 + 37: 8 + 7 = 15 carry 1, 4 + 3 + 1 = 8, so 48 + 37 = 85.``
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from advdistill.datasets.base import BadRow, DatasetAdapter
+
+PEOPLE = (("Mia", "She"), ("Tom", "He"), ("Ava", "She"), ("Leo", "He"), ("Zoe", "She"),
+          ("Sam", "He"), ("Ivy", "She"), ("Max", "He"))
+ITEMS = ("apples", "marbles", "stickers", "coins", "books", "shells", "cards", "pencils")
+GAIN = ("{who} finds {n} more.", "{who} buys {n} more.", "{who} gets {n} more.")
+LOSS = ("{who} gives away {n}.", "{who} loses {n}.", "{who} sells {n}.")
+DISTRACTORS = ("{other} has {n} {item}.", "It rains for {n} minutes.", "The shop is {n} meters away.")
+PERTURBATIONS = ("bigger_numbers", "extra_step", "distractor")
+
+TWO_DIGITS = (10, 99)
+THREE_DIGITS = (100, 999)
+
+
+def written_sum(a: int, b: int) -> str:
+    """Column addition, units first, e.g. ``48 + 37: 8 + 7 = 15 carry 1, 4 + 3 + 1 = 8, so 48 + 37 = 85.``"""
+    steps, carry = [], 0
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    for i in range(max(len(digits_a), len(digits_b))):
+        x = int(digits_a[i]) if i < len(digits_a) else 0
+        y = int(digits_b[i]) if i < len(digits_b) else 0
+        terms = " + ".join([str(x), str(y)] + (["1"] if carry else []))
+        total = x + y + carry
+        carry = total // 10
+        steps.append(f"{terms} = {total}" + (" carry 1" if carry else ""))
+    return f"{a} + {b}: {', '.join(steps)}, so {a} + {b} = {a + b}."
+
+
+def written_difference(a: int, b: int) -> str:
+    """Column subtraction (a >= b), units first, e.g. ``91 - 59: 11 - 9 = 2 borrow 1, 9 - 1 - 5 = 3, so ...``"""
+    steps, borrow = [], 0
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    for i in range(len(digits_a)):
+        x = int(digits_a[i])
+        y = int(digits_b[i]) if i < len(digits_b) else 0
+        borrow_out = int(x - borrow < y)
+        top = x + 10 * borrow_out
+        terms = " - ".join([str(top)] + (["1"] if borrow else []) + [str(y)])
+        steps.append(f"{terms} = {top - borrow - y}" + (" borrow 1" if borrow_out else ""))
+        borrow = borrow_out
+    return f"{a} - {b}: {', '.join(steps)}, so {a} - {b} = {a - b}."
+
+
+def make_problem(rng: random.Random, steps: int, numbers: tuple[int, int],
+                 distractor: bool = False) -> dict[str, str]:
+    """One word problem with its reasoning and final answer."""
+    lo, hi = numbers
+    (name, pronoun), item = rng.choice(PEOPLE), rng.choice(ITEMS)
+    total = rng.randint(lo, hi)
+    sentences = [f"{name} has {total} {item}."]
+    reasoning = []
+    for step in range(steps):
+        who = "Then " + pronoun.lower() if step else pronoun
+        if total >= lo and rng.random() < 0.5:
+            n = rng.randint(lo, min(hi, total))
+            sentences.append(rng.choice(LOSS).format(who=who, n=n))
+            reasoning.append(written_difference(total, n))
+            total -= n
+        else:
+            n = rng.randint(lo, hi)
+            sentences.append(rng.choice(GAIN).format(who=who, n=n))
+            reasoning.append(written_sum(total, n))
+            total += n
+    if distractor:
+        other = rng.choice([p for p, _ in PEOPLE if p != name])
+        extra = rng.choice(DISTRACTORS).format(
+            other=other, n=rng.randint(lo, hi), item=rng.choice(ITEMS))
+        sentences.insert(rng.randint(1, len(sentences)), extra)
+    sentences.append(f"How many {item} does {name} have now?")
+    return {"question": " ".join(sentences), "solution": " ".join(reasoning), "answer": str(total)}
+
+
+class SyntheticArithmetic(DatasetAdapter):
+    """Options: ``variant`` (``in_distribution`` | ``ood``), ``seed``, ``n_train``, ``n_test``."""
+
+    name = "synthetic"
+
+    def __init__(self, source: str, options: dict[str, Any] | None = None):
+        super().__init__(source, options)
+        self.variant = self.options.get("variant", "in_distribution")
+        if self.variant not in ("in_distribution", "ood"):
+            raise ValueError(f"synthetic dataset: unknown variant '{self.variant}'")
+        self.splits = ("train", "test") if self.variant == "in_distribution" else ("test",)
+        self.seed = int(self.options.get("seed", 0))
+        self.sizes = {"train": int(self.options.get("n_train", 0)),
+                      "test": int(self.options.get("n_test", 100))}
+
+    def _problems(self, rng: random.Random) -> Iterator[dict[str, str]]:
+        while True:
+            if self.variant == "in_distribution":
+                yield {**make_problem(rng, rng.choice((1, 2)), TWO_DIGITS), "perturbation": ""}
+                continue
+            perturbation = rng.choice(PERTURBATIONS)
+            if perturbation == "bigger_numbers":
+                problem = make_problem(rng, rng.choice((1, 2)), THREE_DIGITS)
+            elif perturbation == "extra_step":
+                problem = make_problem(rng, 3, TWO_DIGITS)
+            else:
+                problem = make_problem(rng, rng.choice((1, 2)), TWO_DIGITS, distractor=True)
+            yield {**problem, "perturbation": perturbation}
+
+    def records(self, split: str) -> Iterator[dict[str, Any]]:
+        """Unique problems; the test split comes first in the stream, so train never repeats it."""
+        rng = random.Random(f"{self.seed}:{self.variant}")
+        seen: set[str] = set()
+        order = ("test", "train") if self.variant == "in_distribution" else ("test",)
+        for current in order:
+            produced = 0
+            for problem in self._problems(rng):
+                if produced == self.sizes[current]:
+                    break
+                if problem["question"] in seen:
+                    continue
+                seen.add(problem["question"])
+                produced += 1
+                if current == split:
+                    yield {**problem, "index": produced - 1}
+            if current == split:
+                return
+
+    def normalise(self, record: dict[str, Any], index: int, split: str) -> dict[str, Any]:
+        if not record.get("answer"):
+            raise BadRow("missing_answer")
+        suffix = f"-{record['perturbation']}" if record.get("perturbation") else ""
+        return {
+            "id": f"{self.variant}-{split}-{record['index']:05d}{suffix}",
+            "question": record["question"],
+            "answer": record["answer"],
+            "kind": "numeric",
+            "choices": [],
+            "solution": record["solution"],
+        }

@@ -1,0 +1,68 @@
+"""Atomic writes of the pipeline's artefacts (parquet, JSON, model folders).
+
+Every artefact is first written next to its final path and then moved into place with
+``os.replace``, so an interrupted job never leaves a half-written file that a later run would
+mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+def _temporary_sibling(path: Path, is_dir: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp-"
+    if is_dir:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    handle, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def write_parquet(df: pl.DataFrame, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = _temporary_sibling(path)
+    try:
+        df.write_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = _temporary_sibling(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``path`` once the block finishes without error."""
+    path = Path(path)
+    tmp = _temporary_sibling(path, is_dir=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

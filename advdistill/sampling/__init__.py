@@ -1,0 +1,132 @@
+"""Teacher sampling: prompts in, ``samples.parquet`` out, resumable shard by shard.
+
+Prompts are processed in shards of ``shard_size``; each finished shard is written to a parts
+folder beside the output. A killed run skips the shards already there. The parts folder carries a
+fingerprint of everything that determines its content (model files, prompts, sampling settings,
+seed), so parts left by a different configuration are discarded rather than reused. Every
+``generate`` call is seeded from the run seed and its batch number, so a resumed run writes exactly
+what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from advdistill.config import SamplingConfig
+from advdistill.io import read_json, write_json, write_parquet
+from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SCHEMA = {
+    "prompt_id": pl.String,
+    "sample_idx": pl.Int32,
+    "response": pl.String,
+    "n_tokens": pl.Int32,
+    "truncated": pl.Boolean,
+}
+
+
+def get_backend(name: str, model_path: str, dtype: str = "auto") -> SamplingBackend:
+    if name == "hf":
+        from advdistill.sampling.hf import HFBackend
+
+        return HFBackend(model_path, dtype)
+    raise ValueError(f"sampling.backend: unknown backend '{name}' (known: hf)")
+
+
+def model_fingerprint(model_path: str) -> list:
+    """Identity of a model: its files' names, sizes and modification times, or the hub id."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return [model_path]
+    return sorted([str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+                  for f in path.rglob("*") if f.is_file())
+
+
+def run_fingerprint(model_path: str, prompt_ids: Sequence[str], prompts: Sequence[str],
+                    params: GenerationParams, cfg: SamplingConfig, seed: int) -> str:
+    payload = json.dumps({
+        "model": model_fingerprint(model_path),
+        "prompts": hashlib.sha256("\x00".join([*prompt_ids, *prompts]).encode()).hexdigest(),
+        "params": asdict(params),
+        "batch_size": cfg.batch_size,
+        "shard_size": cfg.shard_size,
+        "dtype": cfg.dtype,
+        "seed": seed,
+    }, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def batch_seed(seed: int, batch_number: int) -> int:
+    return (seed * 1_000_003 + batch_number) % (2**63)
+
+
+def sample_prompts(
+    backend: SamplingBackend | Callable[[], SamplingBackend],
+    prompt_ids: Sequence[str],
+    prompts: Sequence[str],
+    params: GenerationParams,
+    cfg: SamplingConfig,
+    seed: int,
+    out_path: Path,
+    fingerprint: str,
+) -> pl.DataFrame:
+    """Sample ``params.n`` completions per prompt into ``out_path``, resuming from finished shards.
+
+    ``backend`` may be a factory, so that a run whose shards are all done never loads the model.
+    """
+    parts_dir = out_path.parent / f".{out_path.name}.parts"
+    marker = parts_dir / "fingerprint.json"
+    if parts_dir.exists() and (not marker.exists() or read_json(marker) != fingerprint):
+        log.info("discarding parts from a different configuration in %s", parts_dir)
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    write_json(fingerprint, marker)
+
+    shard_starts = range(0, len(prompts), cfg.shard_size)
+    batches_per_shard = -(-cfg.shard_size // cfg.batch_size)
+    done = sum((parts_dir / f"shard-{i:05d}.parquet").exists() for i in range(len(shard_starts)))
+    if done:
+        log.info("resuming: %d of %d shards already sampled", done, len(shard_starts))
+    progress = tqdm(total=len(prompts), desc="sampling prompts", unit="prompt")
+    for shard_number, start in enumerate(shard_starts):
+        part = parts_dir / f"shard-{shard_number:05d}.parquet"
+        end = min(start + cfg.shard_size, len(prompts))
+        if not part.exists():
+            if callable(backend) and not isinstance(backend, SamplingBackend):
+                backend = backend()
+            rows = []
+            for offset, batch_start in enumerate(range(start, end, cfg.batch_size)):
+                batch_end = min(batch_start + cfg.batch_size, end)
+                seed_here = batch_seed(seed, shard_number * batches_per_shard + offset)
+                completions = backend.generate(list(prompts[batch_start:batch_end]), params, seed_here)
+                rows.extend(_rows(prompt_ids[batch_start:batch_end], completions))
+                progress.update(batch_end - batch_start)
+            write_parquet(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), part)
+        else:
+            progress.update(end - start)
+    progress.close()
+    parts = [pl.read_parquet(parts_dir / f"shard-{i:05d}.parquet") for i in range(len(shard_starts))]
+    samples = pl.concat(parts) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
+    write_parquet(samples, out_path)
+    shutil.rmtree(parts_dir)
+    return samples
+
+
+def _rows(prompt_ids: Sequence[str], completions: list[list[Completion]]) -> list[dict]:
+    return [
+        {"prompt_id": pid, "sample_idx": idx, "response": c.text, "n_tokens": c.n_tokens,
+         "truncated": c.truncated}
+        for pid, group in zip(prompt_ids, completions)
+        for idx, c in enumerate(group)
+    ]

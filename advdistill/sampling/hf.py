@@ -1,0 +1,65 @@
+"""Sampling with Hugging Face ``generate`` (batched, left padding, seeded)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model_and_tokenizer(model_path: str, dtype: str = "auto") -> tuple[Any, Any, str]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=resolve_dtype(dtype, device))
+    return model.to(device).eval(), tokenizer, device
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class HFBackend(SamplingBackend):
+    def __init__(self, model_path: str, dtype: str = "auto"):
+        self.model, self.tokenizer, self.device = load_model_and_tokenizer(model_path, dtype)
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
+
+    def generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = encoded.to(self.device)
+        sampling = params.temperature > 0
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **encoded,
+                do_sample=sampling,
+                temperature=params.temperature if sampling else None,
+                top_p=params.top_p if sampling else None,
+                top_k=0 if sampling else None,
+                num_return_sequences=params.n,
+                max_new_tokens=params.max_new_tokens,
+                eos_token_id=sorted(self.stop_ids),
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
+        completions = [self._completion(ids, params.max_new_tokens) for ids in new_tokens]
+        return [completions[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+    def _completion(self, ids: list[int], max_new_tokens: int) -> Completion:
+        end = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
+        kept = ids if end is None else ids[:end]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(text=text, n_tokens=len(kept), truncated=end is None and len(ids) >= max_new_tokens)

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny bootstrapped model folder and prepared synthetic rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from advdistill.config import ModelShape, TokenizerConfig
+from advdistill.datasets import get_adapter, normalise_split
+from advdistill.io import write_parquet
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synthetic_rows():
+    adapter = get_adapter("synthetic", "synthetic", {"seed": 7, "n_train": 64, "n_test": 16})
+    train, _ = normalise_split(adapter, "train", "arith")
+    test, _ = normalise_split(adapter, "test", "arith")
+    return train, test
+
+
+@pytest.fixture(scope="session")
+def rows_file(tmp_path_factory, synthetic_rows):
+    path = tmp_path_factory.mktemp("rows") / "train.parquet"
+    write_parquet(synthetic_rows[0], path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synthetic_rows) -> Path:
+    """An untrained one-layer Qwen2 with the pipeline's tokenizer, saved like a hub model."""
+    from advdistill.bootstrap import build_model, train_tokenizer
+
+    tokenizer = train_tokenizer(synthetic_rows[0].to_dicts(), TokenizerConfig(vocab_size=320))
+    model = build_model(tokenizer, ModelShape(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                              num_key_value_heads=1, intermediate_size=64), seed=0)
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

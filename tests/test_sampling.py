@@ -1,0 +1,70 @@
+import polars as pl
+import pytest
+
+from advdistill import stages
+from advdistill.config import PromptConfig, SamplingConfig
+from advdistill.sampling import SAMPLE_SCHEMA, sample_prompts
+from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
+
+SETTINGS = SamplingConfig(n_samples=3, temperature=0.9, max_new_tokens=12, batch_size=4, shard_size=8)
+
+
+def test_hf_sampling_is_deterministic_and_well_formed(tiny_model_dir, rows_file, tmp_path):
+    first = stages.sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 11, tmp_path / "a.parquet")
+    second = stages.sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 11, tmp_path / "b.parquet")
+    other_seed = stages.sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 12, tmp_path / "c.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert not first.equals(other_seed)
+    assert dict(first.schema) == SAMPLE_SCHEMA
+    assert first.height == 64 * 3
+    assert first.group_by("prompt_id").len()["len"].unique().to_list() == [3]
+    assert first["n_tokens"].max() <= 12
+    assert (first.filter(pl.col("truncated"))["n_tokens"] == 12).all()
+    assert not (tmp_path / ".a.parquet.parts").exists()
+
+
+class CountingBackend(SamplingBackend):
+    """Echoes the prompt's position and the seed, and records which prompts it was asked for."""
+
+    def __init__(self, fail_after_calls: int | None = None):
+        self.calls: list[list[str]] = []
+        self.fail_after_calls = fail_after_calls
+
+    def generate(self, prompts, params, seed):
+        if self.fail_after_calls is not None and len(self.calls) == self.fail_after_calls:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls.append(prompts)
+        return [[Completion(f"{p}|{seed}|{i}", i, False) for i in range(params.n)] for p in prompts]
+
+
+def run(backend, out, fingerprint="fp"):
+    prompts = [f"p{i}" for i in range(20)]
+    params = GenerationParams(n=2, temperature=1.0, top_p=1.0, max_new_tokens=4)
+    cfg = SamplingConfig(batch_size=3, shard_size=6)
+    return sample_prompts(backend, prompts, prompts, params, cfg, 5, out, fingerprint)
+
+
+def test_killed_run_resumes_from_last_complete_shard(tmp_path):
+    reference = run(CountingBackend(), tmp_path / "ref.parquet")
+    out = tmp_path / "samples.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        run(CountingBackend(fail_after_calls=5), out)  # shard 0 (2 calls) and 1 (2 calls) done, shard 2 cut
+    assert not out.exists()
+    resumed_backend = CountingBackend()
+    resumed = run(resumed_backend, out)
+    assert [p for call in resumed_backend.calls for p in call] == [f"p{i}" for i in range(12, 20)]
+    assert resumed.equals(reference)
+
+
+def test_parts_of_a_different_configuration_are_discarded(tmp_path):
+    out = tmp_path / "samples.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        run(CountingBackend(fail_after_calls=3), out, fingerprint="old")
+    backend = CountingBackend()
+    run(backend, out, fingerprint="new")
+    assert sum(len(call) for call in backend.calls) == 20
+
+
+def test_greedy_with_several_samples_is_rejected():
+    with pytest.raises(ValueError, match="greedy"):
+        GenerationParams(n=2, temperature=0.0, top_p=1.0, max_new_tokens=4)

@@ -1,0 +1,51 @@
+# Models built by the pipeline itself (the embedded default): a tokenizer and tiny Qwen2 models.
+
+
+rule bootstrap_tokenizer:
+    input:
+        rows=lambda wc: f"results/prepare/{config['tokenizer']['dataset']}/train.parquet",
+    output:
+        directory("results/tokenizer"),
+    log:
+        "logs/bootstrap/tokenizer.log",
+    benchmark:
+        "benchmarks/bootstrap/tokenizer.tsv"
+    params:
+        settings=as_json({k: v for k, v in config.get("tokenizer", {}).items() if k != "dataset"}),
+        code=code_version("bootstrap.py", "prompts.py"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    container:
+        container_for("cpu")
+    shell:
+        "advdistill bootstrap-tokenizer --rows {input.rows} --settings {params.settings:q}"
+        " --out {output} > {log} 2>&1"
+
+
+rule bootstrap_model:
+    input:
+        rows=lambda wc: f"results/prepare/{models()[wc.model]['bootstrap']['dataset']}/train.parquet",
+        tokenizer="results/tokenizer",
+    output:
+        directory("results/models/{model}"),
+    log:
+        "logs/bootstrap/{model}.log",
+    benchmark:
+        "benchmarks/bootstrap/{model}.tsv"
+    params:
+        settings=lambda wc: as_json({k: v for k, v in models()[wc.model]["bootstrap"].items() if k != "dataset"}),
+        prompt=as_json(config.get("prompt", {})),
+        seed=config["seed"],
+        code=code_version("bootstrap.py", "prompts.py", "train.py", "stages.py"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    container:
+        container_for("cpu")
+    shell:
+        "advdistill bootstrap-model --rows {input.rows} --tokenizer {input.tokenizer}"
+        " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed}"
+        " --out {output} > {log} 2>&1"
