@@ -1,0 +1,187 @@
+"""Public entry points: input validation, backend choice and dropping masked tokens.
+
+Masked tokens (prompt, padding) carry no loss, so they are removed before a backend runs: the
+backends then do LM-head work only for response tokens, and the masked rows of the hidden-state
+gradient are exact zeros.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from advdistill_kernels import cpp_backend, reference
+from advdistill_kernels._aggregation import ResponseStats
+from advdistill_kernels._errors import BackendUnavailableError
+from advdistill_kernels._validation import validate_inputs
+from advdistill_kernels.naive import compute_dtype
+
+BACKENDS = ("torch", "cpp", "triton")
+
+
+@functools.cache
+def _triton_import_error() -> str | None:
+    """None when triton imports, else why not."""
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # triton can fail with more than ImportError on unsupported platforms
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _triton_unavailable_reason(device: torch.device) -> str | None:
+    reason = _triton_import_error()
+    if reason is not None:
+        return f"triton cannot be imported ({reason})"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"it needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter), got {device}"
+    return None
+
+
+def _unavailable_reason(name: str, device: torch.device) -> str | None:
+    if name == "torch":
+        return None
+    if name == "cpp":
+        if device.type != "cpu":
+            return f"it runs on CPU tensors only, got {device}"
+        try:
+            cpp_backend.load_extension()
+        except BackendUnavailableError as exc:
+            return str(exc)
+        return None
+    return _triton_unavailable_reason(device)
+
+
+def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
+    """Backends that can run on tensors of ``device`` here (may compile the C++ extension)."""
+    device = torch.device(device)
+    return tuple(name for name in BACKENDS if _unavailable_reason(name, device) is None)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for ``backend`` (``auto`` or a name) on ``device``.
+
+    ``auto`` is triton for CUDA tensors when triton imports, cpp for CPU tensors when the
+    extension builds, torch otherwise. A named backend that cannot run raises
+    :class:`BackendUnavailableError`.
+    """
+    if backend == "auto":
+        if device.type == "cuda":
+            return "triton" if _triton_import_error() is None else "torch"
+        if device.type == "cpu" and cpp_backend.is_available():
+            return "cpp"
+        return "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
+    reason = _unavailable_reason(backend, device)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {backend!r} is unavailable: {reason}")
+    return backend
+
+
+def _loss_function(name: str) -> Callable[..., torch.Tensor]:
+    if name == "torch":
+        return reference.advdistill_loss_torch
+    if name == "cpp":
+        return cpp_backend.advdistill_loss_cpp
+    from advdistill_kernels import triton_fused_loss
+
+    return triton_fused_loss.advdistill_loss_triton
+
+
+def _stats_function(name: str) -> Callable[..., ResponseStats]:
+    if name == "torch":
+        return reference.response_stats_torch
+    if name == "cpp":
+        return cpp_backend.response_stats_cpp
+    from advdistill_kernels import triton_fused_loss
+
+    return triton_fused_loss.response_stats_triton
+
+
+def _valid_tokens(targets: torch.Tensor, ignore_index: int) -> torch.Tensor | None:
+    """Indices of the unmasked tokens, or None when no token is masked."""
+    valid = targets != ignore_index
+    if bool(valid.all()):
+        return None
+    return valid.nonzero().squeeze(1)
+
+
+def _autocast_inputs(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inside ``torch.autocast`` both inputs go to the autocast dtype, as they would for ``nn.Linear``."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return hidden.to(dtype), weight.to(dtype)
+    return hidden, weight
+
+
+def advdistill_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor, *,
+                    lam: float = 0.5, p_max: float = 0.999, ignore_index: int = -100, backend: str = "auto",
+                    chunk_size: int | None = None) -> torch.Tensor:
+    """AdvDistill loss of one group, differentiable wrt ``hidden`` and ``weight``.
+
+    ``hidden`` ``[N, d]`` and ``weight`` ``[V, d]`` share a float dtype; ``targets`` ``[N]`` (int64,
+    ``ignore_index`` = masked), ``response_index`` ``[N]`` (int64 in ``[0, R)`` for unmasked
+    tokens), ``response_weights`` ``[R]`` (float) and ``wrong`` ``[R]`` (bool). The loss is a
+    float32 scalar (float64 for float64 inputs). Under ``torch.autocast`` both ``hidden`` and
+    ``weight`` are first cast to the autocast dtype. ``chunk_size`` tunes memory vs speed: tokens
+    per chunk for ``torch`` and for pass 2 of ``triton``, vocabulary columns per tile for ``cpp``.
+    """
+    hidden, weight = _autocast_inputs(hidden, weight)
+    validate_inputs(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index)
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size}")
+    name = resolve_backend(backend, hidden.device)
+    kept = _valid_tokens(targets, ignore_index)
+    if kept is not None:
+        if kept.numel() == 0:
+            return (hidden[:0].sum() + weight[:0].sum()).to(compute_dtype(hidden.dtype))
+        hidden = hidden.index_select(0, kept)
+        targets = targets[kept]
+        response_index = response_index[kept]
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _loss_function(name)(hidden, weight, targets, response_index, response_weights, wrong, lam=lam,
+                                    p_max=p_max, ignore_index=ignore_index, chunk_size=chunk_size)
+
+
+def response_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
+                   num_responses: int, *, ignore_index: int = -100, backend: str = "auto",
+                   chunk_size: int | None = None) -> ResponseStats:
+    """Per-response ``(ce, p_mean, num_tokens)`` of one group, without gradient (for logging)."""
+    hidden, weight = _autocast_inputs(hidden, weight)
+    placeholder_weights = torch.zeros(num_responses, device=hidden.device)
+    no_wrong = torch.zeros(num_responses, dtype=torch.bool, device=hidden.device)
+    validate_inputs(hidden, weight, targets, response_index, placeholder_weights, no_wrong, 0.0, 0.5, ignore_index)
+    name = resolve_backend(backend, hidden.device)
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        return _stats_function(name)(hidden.detach(), weight.detach(), targets, response_index, num_responses,
+                                     ignore_index=ignore_index, chunk_size=chunk_size)
+
+
+class AdvDistillLoss(nn.Module):
+    """:func:`advdistill_loss` with its options stored on the module."""
+
+    def __init__(self, lam: float = 0.5, p_max: float = 0.999, ignore_index: int = -100, backend: str = "auto",
+                 chunk_size: int | None = None):
+        super().__init__()
+        self.lam = lam
+        self.p_max = p_max
+        self.ignore_index = ignore_index
+        self.backend = backend
+        self.chunk_size = chunk_size
+
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+        return advdistill_loss(hidden, weight, targets, response_index, response_weights, wrong, lam=self.lam,
+                               p_max=self.p_max, ignore_index=self.ignore_index, backend=self.backend,
+                               chunk_size=self.chunk_size)
+
+    def extra_repr(self) -> str:
+        return (f"lam={self.lam}, p_max={self.p_max}, ignore_index={self.ignore_index}, "
+                f"backend={self.backend!r}, chunk_size={self.chunk_size}")

@@ -1,0 +1,451 @@
+"""Tests of the fused AdvDistill loss (``advdistill_kernels``) on small CPU problems.
+
+Every backend is compared with :func:`advdistill_loss_from_logits` evaluated in float64 on the
+same input values (the ground truth). Tolerances:
+
+* float32 inputs: loss within 1e-6 relative; gradients within 1e-5 of the gradient's max-abs.
+* bfloat16 inputs (CCE-style): error of a backend <= error of the naive computation done in
+  bfloat16 (logits and autograd in bf16) + slack, slack = 2^-8 x max-abs of the reference
+  (one bf16 rounding step), for the loss and both gradients.
+
+Triton runs on CUDA tensors when a GPU is present. On CPU the Triton cases run under the
+interpreter: ``test_triton_under_interpreter`` re-runs this file's ``triton`` cases in a
+subprocess with ``TRITON_INTERPRET=1`` (it has to be set before triton is imported, and must
+not leak into the other tests); in the parent session those cases show as skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from advdistill_kernels import (
+    AdvDistillLoss,
+    BackendUnavailableError,
+    advdistill_loss,
+    advdistill_loss_from_logits,
+    available_backends,
+    response_stats,
+)
+from advdistill_kernels import cpp_backend
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+CUDA = torch.cuda.is_available()
+BF16_SLACK = 2.0 ** -8
+
+
+def _cpp_skip_reason() -> str | None:
+    try:
+        cpp_backend.load_extension()
+    except BackendUnavailableError as exc:
+        return f"cpp backend unavailable (no working C++ compiler?): {exc}"
+    return None
+
+
+def _backend_device_params() -> list:
+    """(backend, device) pairs; the fixture skips, with a reason, those this session cannot run."""
+    pairs = [("torch", "cpu"), ("cpp", "cpu")]
+    if CUDA:
+        pairs += [("torch", "cuda"), ("triton", "cuda")]
+    pairs.append(("triton", "cpu"))
+    return [pytest.param(pair, id="triton-cpu-interpreted" if pair == ("triton", "cpu") else "-".join(pair))
+            for pair in pairs]
+
+
+with_backends = pytest.mark.parametrize("backend_device", _backend_device_params(), indirect=True)
+
+
+@pytest.fixture
+def backend_device(request) -> tuple[str, str]:
+    backend, device = request.param
+    if backend == "cpp":
+        reason = _cpp_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    if backend == "triton":
+        if not TRITON_INSTALLED:
+            pytest.skip("triton is not installed")
+        if device == "cpu" and not INTERPRETED:
+            pytest.skip("runs in the TRITON_INTERPRET=1 subprocess of test_triton_under_interpreter")
+    return backend, device
+
+
+def backend_loss_function(backend: str):
+    """The backend's own entry (no masked-token removal by the public API)."""
+    if backend == "torch":
+        from advdistill_kernels.reference import advdistill_loss_torch
+        return advdistill_loss_torch
+    if backend == "cpp":
+        return cpp_backend.advdistill_loss_cpp
+    from advdistill_kernels.triton_fused_loss import advdistill_loss_triton
+    return advdistill_loss_triton
+
+
+@dataclass
+class Case:
+    """One group: inputs of the loss and its options."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    targets: torch.Tensor
+    response_index: torch.Tensor
+    response_weights: torch.Tensor
+    wrong: torch.Tensor
+    lam: float = 0.5
+    p_max: float = 0.999
+
+    def to(self, device: str, dtype: torch.dtype | None = None) -> Case:
+        dtype = dtype or self.hidden.dtype
+        return replace(self, hidden=self.hidden.to(device, dtype), weight=self.weight.to(device, dtype),
+                       targets=self.targets.to(device), response_index=self.response_index.to(device),
+                       response_weights=self.response_weights.to(device), wrong=self.wrong.to(device))
+
+
+def random_case(num_tokens=48, hidden_dim=32, vocab_size=300, num_responses=4, masked=6, seed=0) -> Case:
+    """Random group; the first ``masked`` tokens are masked (response index -1), responses in runs."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, vocab_size, (num_tokens,), generator=generator)
+    response_index = torch.arange(num_tokens) * num_responses // num_tokens
+    targets[:masked] = -100
+    response_index[:masked] = -1
+    return Case(
+        hidden=torch.randn(num_tokens, hidden_dim, generator=generator),
+        weight=torch.randn(vocab_size, hidden_dim, generator=generator) / hidden_dim ** 0.5,
+        targets=targets,
+        response_index=response_index,
+        response_weights=torch.softmax(torch.randn(num_responses, generator=generator), dim=0),
+        wrong=torch.arange(num_responses) % 2 == 1,
+    )
+
+
+ODD_CASE = dict(num_tokens=37, hidden_dim=24, vocab_size=257, num_responses=3, masked=5, seed=1)
+
+
+def run_loss(case: Case, backend: str, scale: float = 1.0, **options):
+    """(loss, grad_hidden, grad_weight) of ``scale * loss`` through the public API."""
+    hidden = case.hidden.detach().clone().requires_grad_()
+    weight = case.weight.detach().clone().requires_grad_()
+    loss = advdistill_loss(hidden, weight, case.targets, case.response_index, case.response_weights, case.wrong,
+                           lam=case.lam, p_max=case.p_max, backend=backend, **options)
+    (scale * loss).backward()
+    return loss.detach(), hidden.grad, weight.grad
+
+
+def naive_loss(case: Case, dtype: torch.dtype, scale: float = 1.0):
+    """(loss, grad_hidden, grad_weight) of the materialised-logits loss with the matmul in ``dtype``."""
+    hidden = case.hidden.detach().to(dtype).clone().requires_grad_()
+    weight = case.weight.detach().to(dtype).clone().requires_grad_()
+    loss = advdistill_loss_from_logits(hidden @ weight.T, case.targets, case.response_index, case.response_weights,
+                                       case.wrong, lam=case.lam, p_max=case.p_max)
+    (scale * loss).backward()
+    return loss.detach(), hidden.grad, weight.grad
+
+
+def max_error(actual, expected) -> list[float]:
+    return [float((a.double() - e.double()).abs().max()) if a.numel() else 0.0 for a, e in zip(actual, expected)]
+
+
+def assert_close_fp32(actual, expected) -> None:
+    loss, grad_hidden, grad_weight = max_error(actual, expected)
+    assert loss <= 1e-6 * max(1.0, abs(float(expected[0]))), f"loss error {loss}"
+    for name, error, reference in (("grad_hidden", grad_hidden, expected[1]), ("grad_weight", grad_weight, expected[2])):
+        bound = 1e-5 * max(float(reference.abs().max()), 1e-12)
+        assert error <= bound, f"{name} error {error} > {bound}"
+
+
+# ----------------------------------------------------------------------------------- accuracy
+
+
+@with_backends
+@pytest.mark.parametrize("shape", [dict(), ODD_CASE], ids=["N48-d32-V300", "N37-d24-V257"])
+def test_float32_matches_float64_ground_truth(backend_device, shape):
+    backend, device = backend_device
+    case = random_case(**shape).to(device)
+    assert_close_fp32(run_loss(case, backend), naive_loss(case, torch.float64))
+
+
+@with_backends
+@pytest.mark.parametrize("shape", [dict(), ODD_CASE], ids=["N48-d32-V300", "N37-d24-V257"])
+def test_bfloat16_no_worse_than_naive_bfloat16(backend_device, shape):
+    backend, device = backend_device
+    case = random_case(**shape).to(device, torch.bfloat16)
+    reference = naive_loss(case, torch.float64)
+    naive_errors = max_error(naive_loss(case, torch.bfloat16), reference)
+    candidate = run_loss(case, backend)
+    assert candidate[1].dtype == candidate[2].dtype == torch.bfloat16
+    for name, error, naive_error, ref in zip(("loss", "grad_hidden", "grad_weight"), max_error(candidate, reference),
+                                             naive_errors, reference):
+        bound = naive_error + BF16_SLACK * float(ref.abs().max())
+        assert error <= bound, f"{name}: error {error} > naive-bf16 error {naive_error} + slack"
+
+
+def test_hand_computed_two_responses():
+    """V=3, d=2, W = [e1, e2, 0]: token probabilities 1/2, 1/3 (response 0) and 3/5 (response 1, wrong)."""
+    ln2, ln3 = math.log(2.0), math.log(3.0)
+    case = Case(
+        hidden=torch.tensor([[ln2, 0.0], [0.0, 0.0], [0.0, ln3], [5.0, -5.0]], dtype=torch.float64),
+        weight=torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64),
+        targets=torch.tensor([0, 2, 1, -100]),
+        response_index=torch.tensor([0, 0, 1, -1]),
+        response_weights=torch.tensor([0.4, 0.6], dtype=torch.float64),
+        wrong=torch.tensor([False, True]),
+        lam=0.5,
+    )
+    # CE_0 = (ln 2 + ln 3) / 2, CE_1 = ln(5/3), contrastive = -ln(1 - 3/5) = ln(5/2)
+    expected_loss = 0.4 * (ln2 + ln3) / 2 + 0.6 * math.log(5 / 3) + 0.5 * math.log(5 / 2)
+    # token 2: c = -0.6/1 + 0.5 * (3/5) / (1 * (1 - 3/5)) = 0.15; dz = c (onehot(1) - [1/5, 3/5, 1/5])
+    expected_grad_token2 = torch.tensor([-0.03, 0.06], dtype=torch.float64)
+    backends = ["torch"] + (["cpp"] if _cpp_skip_reason() is None else [])
+    for backend in backends:
+        loss, grad_hidden, _ = run_loss(case, backend)
+        assert loss.item() == pytest.approx(expected_loss, rel=1e-12), backend
+        torch.testing.assert_close(grad_hidden[2], expected_grad_token2, rtol=1e-12, atol=1e-14)
+        assert torch.equal(grad_hidden[3], torch.zeros(2, dtype=torch.float64))
+    assert advdistill_loss_from_logits(case.hidden @ case.weight.T, case.targets, case.response_index,
+                                       case.response_weights, case.wrong).item() == pytest.approx(expected_loss)
+
+
+# ----------------------------------------------------------------------------------- edge cases
+
+
+@with_backends
+def test_all_tokens_masked_gives_zero_loss_and_exactly_zero_grads(backend_device):
+    backend, device = backend_device
+    case = random_case(masked=48).to(device)
+    loss, grad_hidden, grad_weight = run_loss(case, backend)
+    assert loss.item() == 0.0
+    assert torch.equal(grad_hidden, torch.zeros_like(grad_hidden))
+    assert torch.equal(grad_weight, torch.zeros_like(grad_weight))
+
+
+@with_backends
+@pytest.mark.parametrize("masked", [10, 48])
+def test_backend_function_handles_masked_tokens_itself(backend_device, masked):
+    """The backends are also correct without the entry point's masked-token removal."""
+    backend, device = backend_device
+    case = random_case(masked=masked).to(device)
+    function = backend_loss_function(backend)
+    hidden = case.hidden.clone().requires_grad_()
+    weight = case.weight.clone().requires_grad_()
+    loss = function(hidden, weight, case.targets, case.response_index, case.response_weights, case.wrong,
+                    lam=case.lam, p_max=case.p_max, ignore_index=-100, chunk_size=None)
+    loss.backward()
+    assert_close_fp32((loss.detach(), hidden.grad, weight.grad), naive_loss(case, torch.float64))
+    assert torch.equal(hidden.grad[:masked], torch.zeros_like(hidden.grad[:masked]))
+
+
+@with_backends
+def test_no_wrong_responses_is_weighted_cross_entropy(backend_device):
+    backend, device = backend_device
+    case = replace(random_case(), wrong=torch.zeros(4, dtype=torch.bool)).to(device)
+    result = run_loss(case, backend)
+    assert_close_fp32(result, naive_loss(case, torch.float64))
+    assert_close_fp32(result, naive_loss(replace(case, lam=0.0), torch.float64))
+
+
+@with_backends
+def test_one_token_responses(backend_device):
+    backend, device = backend_device
+    case = random_case(num_tokens=6, num_responses=6, masked=0, seed=3)
+    case = replace(case, response_index=torch.arange(6), wrong=torch.tensor([True, False] * 3)).to(device)
+    assert_close_fp32(run_loss(case, backend), naive_loss(case, torch.float64))
+
+
+@with_backends
+def test_response_without_tokens_contributes_nothing(backend_device):
+    backend, device = backend_device
+    case = random_case(num_responses=3)
+    # response 3 (wrong, weight > 0) has no token at all
+    case = replace(case, response_weights=torch.tensor([0.2, 0.3, 0.1, 0.4]),
+                   wrong=torch.tensor([False, True, False, True])).to(device)
+    loss, grad_hidden, grad_weight = run_loss(case, backend)
+    assert torch.isfinite(loss) and torch.isfinite(grad_hidden).all() and torch.isfinite(grad_weight).all()
+    assert_close_fp32((loss, grad_hidden, grad_weight), naive_loss(case, torch.float64))
+    without = replace(case, response_weights=case.response_weights[:3], wrong=case.wrong[:3])
+    assert_close_fp32((loss, grad_hidden, grad_weight), naive_loss(without, torch.float64))
+
+
+@with_backends
+def test_clamp_at_p_max_kills_contrastive_gradient(backend_device):
+    """A wrong response with p_mean above p_max: its contrastive term is the constant -log(1 - p_max)."""
+    backend, device = backend_device
+    case = random_case(masked=0, seed=4)
+    confident = case.weight[case.targets] * 40.0  # target logit far above the others: p_t ~ 1
+    in_response_1 = case.response_index == 1
+    hidden = torch.where(in_response_1.unsqueeze(1), confident, case.hidden)
+    case = replace(case, hidden=hidden, p_max=0.9, wrong=torch.tensor([False, True, False, False])).to(device)
+    stats = response_stats(case.hidden, case.weight, case.targets, case.response_index, 4, backend="torch")
+    assert stats.p_mean[1] > case.p_max
+    loss, grad_hidden, grad_weight = run_loss(case, backend)
+    ce_only = naive_loss(replace(case, lam=0.0), torch.float64)
+    assert loss.item() == pytest.approx(ce_only[0].item() - case.lam * math.log1p(-case.p_max), rel=1e-6)
+    assert_close_fp32((ce_only[0], grad_hidden, grad_weight), ce_only)
+    assert_close_fp32((loss, grad_hidden, grad_weight), naive_loss(case, torch.float64))
+
+
+@with_backends
+def test_loss_scaled_by_two_scales_gradients(backend_device):
+    backend, device = backend_device
+    case = random_case().to(device)
+    assert_close_fp32(run_loss(case, backend, scale=2.0), naive_loss(case, torch.float64, scale=2.0))
+
+
+@with_backends
+def test_no_grad_and_frozen_weight(backend_device):
+    backend, device = backend_device
+    case = random_case().to(device)
+    expected = naive_loss(case, torch.float64)
+    with torch.no_grad():
+        loss = advdistill_loss(case.hidden, case.weight, case.targets, case.response_index, case.response_weights,
+                               case.wrong, backend=backend)
+    assert not loss.requires_grad
+    assert loss.item() == pytest.approx(expected[0].item(), rel=1e-6)
+    hidden = case.hidden.clone().requires_grad_()
+    advdistill_loss(hidden, case.weight, case.targets, case.response_index, case.response_weights, case.wrong,
+                    backend=backend).backward()
+    assert_close_fp32((expected[0], hidden.grad, expected[2]), expected)
+
+
+@with_backends
+def test_response_stats_match_ground_truth(backend_device):
+    backend, device = backend_device
+    case = random_case(**ODD_CASE).to(device)
+    stats = response_stats(case.hidden, case.weight, case.targets, case.response_index, 3, backend=backend)
+    logp = torch.log_softmax(case.hidden.double() @ case.weight.double().T, dim=-1)
+    for response in range(3):
+        tokens = (case.response_index == response) & (case.targets != -100)
+        token_logp = logp[tokens].gather(1, case.targets[tokens].unsqueeze(1)).squeeze(1)
+        assert int(stats.num_tokens[response]) == int(tokens.sum())
+        assert float(stats.ce[response]) == pytest.approx(-token_logp.mean().item(), rel=1e-5)
+        assert float(stats.p_mean[response]) == pytest.approx(token_logp.exp().mean().item(), rel=1e-5)
+
+
+def test_autocast_computes_in_autocast_dtype():
+    """Under autocast float32 (or mixed) inputs are cast like nn.Linear inputs; outside, mixed dtypes fail."""
+    case = random_case()
+    as_bf16 = run_loss(case.to("cpu", torch.bfloat16), "torch")
+    hidden = case.hidden.clone().requires_grad_()
+    weight = case.weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = advdistill_loss(hidden, weight.bfloat16(), case.targets, case.response_index, case.response_weights,
+                               case.wrong, backend="torch")
+    loss.backward()
+    assert loss.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    assert loss.item() == as_bf16[0].item()
+    torch.testing.assert_close(hidden.grad, as_bf16[1].float())
+    with pytest.raises(TypeError, match="same dtype"):
+        advdistill_loss(case.hidden, case.weight.bfloat16(), case.targets, case.response_index,
+                        case.response_weights, case.wrong)
+
+
+# ----------------------------------------------------------------------------------- chunking, gradcheck
+
+
+CHUNK_SIZES = {"torch": (1, 5, 37, 64), "cpp": (1, 64, 100, 257, 4096), "triton": (7, 16, 64)}
+
+
+@with_backends
+def test_chunk_size_invariance(backend_device):
+    """``chunk_size`` (tokens for torch and triton, vocabulary columns for cpp) only changes memory use.
+
+    The sizes include 1, sizes that divide neither N=37 nor V=257, and sizes above N and V.
+    """
+    backend, device = backend_device
+    case = random_case(**ODD_CASE).to(device)
+    results = [run_loss(case, backend, chunk_size=chunk) for chunk in CHUNK_SIZES[backend]]
+    for result in results[1:]:
+        assert_close_fp32(result, results[0])
+    assert_close_fp32(results[0], naive_loss(case, torch.float64))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_gradcheck_float64(backend):
+    if backend == "cpp" and (reason := _cpp_skip_reason()):
+        pytest.skip(reason)
+    case = random_case(num_tokens=9, hidden_dim=3, vocab_size=7, num_responses=3, masked=2, seed=5).to(
+        "cpu", torch.float64)
+    hidden = case.hidden.clone().requires_grad_()
+    weight = case.weight.clone().requires_grad_()
+
+    def loss(hidden, weight):
+        return advdistill_loss(hidden, weight, case.targets, case.response_index, case.response_weights, case.wrong,
+                               lam=0.7, p_max=0.999, backend=backend, chunk_size=2)
+
+    assert torch.autograd.gradcheck(loss, (hidden, weight), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- API
+
+
+def test_module_matches_function_and_reports_options():
+    case = random_case()
+    module = AdvDistillLoss(lam=0.3, p_max=0.95, backend="torch", chunk_size=16)
+    expected = advdistill_loss(case.hidden, case.weight, case.targets, case.response_index, case.response_weights,
+                               case.wrong, lam=0.3, p_max=0.95, backend="torch")
+    actual = module(case.hidden, case.weight, case.targets, case.response_index, case.response_weights, case.wrong)
+    assert actual.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert "lam=0.3" in repr(module) and "backend='torch'" in repr(module)
+
+
+def test_available_backends_and_auto():
+    backends = available_backends("cpu")
+    assert backends[0] == "torch"
+    assert ("cpp" in backends) == (_cpp_skip_reason() is None)
+    case = random_case()
+    auto = run_loss(case, "auto")
+    assert_close_fp32(auto, naive_loss(case, torch.float64))
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the interpreter makes triton usable on CPU")
+def test_unavailable_backend_raises_naming_it():
+    case = random_case()
+    with pytest.raises(BackendUnavailableError, match="'triton'"):
+        advdistill_loss(case.hidden, case.weight, case.targets, case.response_index, case.response_weights,
+                        case.wrong, backend="triton")
+    with pytest.raises(ValueError, match="'cuda_magic'"):
+        advdistill_loss(case.hidden, case.weight, case.targets, case.response_index, case.response_weights,
+                        case.wrong, backend="cuda_magic")
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(hidden=torch.randn(48, 31)), ValueError, r"weight: expected shape \[V, 31\]"),
+    (dict(weight=torch.randn(300, 32, dtype=torch.float64)), TypeError, "same dtype"),
+    (dict(targets=torch.zeros(47, dtype=torch.int64)), ValueError, r"targets: expected shape \[48\]"),
+    (dict(targets=torch.full((48,), 300)), ValueError, r"targets\[0\].*\[0, 300\).*got 300"),
+    (dict(response_index=torch.full((48,), 4)), ValueError, r"response_index\[6\].*\[0, 4\).*got 4"),
+    (dict(wrong=torch.zeros(3, dtype=torch.bool)), ValueError, r"wrong: expected shape \[4\]"),
+    (dict(wrong=torch.zeros(4)), TypeError, "wrong: expected dtype in \\(bool\\)"),
+    (dict(targets=torch.zeros(48, dtype=torch.int32)), TypeError, "targets: expected dtype in \\(int64\\)"),
+    (dict(p_max=1.0), ValueError, r"p_max: expected a value in \(0, 1\)"),
+], ids=["hidden-dim", "dtype-mismatch", "targets-shape", "target-range", "response-range", "wrong-shape",
+        "wrong-dtype", "targets-dtype", "p_max"])
+def test_invalid_inputs_are_rejected_with_expected_and_actual(change, error, message):
+    case = replace(random_case(), **change)
+    with pytest.raises(error, match=message):
+        advdistill_loss(case.hidden, case.weight, case.targets, case.response_index, case.response_weights,
+                        case.wrong, p_max=case.p_max, backend="torch")
+
+
+# ----------------------------------------------------------------------------------- triton on CPU
+
+
+@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
+@pytest.mark.skipif(not TRITON_INSTALLED, reason="triton is not installed")
+def test_triton_under_interpreter():
+    """Runs this file's triton-cpu cases in a subprocess with TRITON_INTERPRET=1."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "triton-cpu-interpreted",
+               str(Path(__file__))]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    assert " passed" in output and "skipped" not in output.splitlines()[-1], output[-2000:]
