@@ -15,13 +15,16 @@ from pathlib import Path
 from advdistill.config import (
     BootstrapConfig,
     ConfigError,
+    EvaluationConfig,
     PromptConfig,
     SamplingConfig,
     ScoreConfig,
     TokenizerConfig,
+    TrainingConfig,
     from_json,
 )
 from advdistill.datasets import DatasetError
+from advdistill.errors import TrainingError
 
 
 def _json_object(text: str) -> dict:
@@ -76,6 +79,31 @@ def _add_score(sub) -> None:
     p.add_argument("--summary", type=Path, required=True, help="output summary JSON")
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a student on scored groups (sft or advdistill)")
+    p.add_argument("--model", required=True, help="student base: model folder or hub id")
+    p.add_argument("--rows", type=Path, required=True, help="training rows parquet (for the prompts)")
+    p.add_argument("--scored", type=Path, required=True, help="scored parquet")
+    p.add_argument("--objective", choices=["sft", "advdistill"], required=True)
+    p.add_argument("--settings", default="{}", help="training settings as JSON")
+    p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoints", type=Path, help="checkpoint folder (resume point; default beside --out)")
+    p.add_argument("--out", type=Path, required=True, help="output model folder")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="greedy answers of one model on one test set, with metrics")
+    p.add_argument("--model", required=True, help="model folder or hub id")
+    p.add_argument("--rows", type=Path, required=True, help="test rows parquet")
+    p.add_argument("--few-shot-rows", type=Path, help="training rows for few-shot turns")
+    p.add_argument("--settings", default="{}", help="evaluation settings as JSON")
+    p.add_argument("--prompt", default="{}", help="prompt settings as JSON (few_shot > 0 for base models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output responses parquet")
+    p.add_argument("--metrics", type=Path, required=True, help="output metrics JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advdistill", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO")
@@ -84,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap(sub)
     _add_sample(sub)
     _add_score(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     return parser
 
 
@@ -105,6 +135,15 @@ def run(args: argparse.Namespace) -> None:
     elif args.stage == "score":
         stages.score(args.rows, args.samples, from_json(ScoreConfig, args.settings, "score"),
                      args.out, args.summary)
+    elif args.stage == "train":
+        checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
+        stages.train(args.model, args.rows, args.scored, args.objective,
+                     from_json(TrainingConfig, args.settings, "training"), from_json(PromptConfig, args.prompt, "prompt"),
+                     args.seed, args.out, checkpoints)
+    elif args.stage == "evaluate":
+        stages.evaluate(args.model, args.rows, from_json(EvaluationConfig, args.settings, "evaluation"),
+                        from_json(PromptConfig, args.prompt, "prompt"), args.few_shot_rows, args.seed,
+                        args.out, args.metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run(args)
-    except (ConfigError, DatasetError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, TrainingError, ValueError, FileNotFoundError) as err:
         print(f"advdistill {args.stage}: error: {err}", file=sys.stderr)
         return 2
     return 0

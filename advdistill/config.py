@@ -149,3 +149,39 @@ class ScoreConfig:
     cosine: CosineConfig = field(default_factory=CosineConfig)
     advantage_eps: float = 1e-4
     drop_zero_variance: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Greedy evaluation of every model on every test set."""
+
+    backend: str = "hf"
+    max_new_tokens: int = 2048
+    batch_size: int = 16
+    shard_size: int = 256
+    dtype: str = "auto"
+    base_few_shot: int = 3
+    degeneracy_ngram: int = 4
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The AdvDistill loss: ``sum_i softmax(A/tau)_i CE_i + lam * sum_{i wrong} -log(1 - min(p_i, p_max))``."""
+
+    backend: str = "auto"
+    tau: float = 0.5
+    lam: float = 0.5
+    p_max: float = 0.999
+    chunk_size: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    validation_fraction: float = 0.05
+    nonfinite_loss: str = "error"
+
+    def __post_init__(self):
+        if self.nonfinite_loss not in ("error", "skip"):
+            raise ConfigError(f"training.nonfinite_loss: expected 'error' or 'skip', got '{self.nonfinite_loss}'")

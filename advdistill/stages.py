@@ -13,8 +13,16 @@ from typing import Any
 import polars as pl
 
 from advdistill import prompts as prompt_lib
-from advdistill.config import BootstrapConfig, PromptConfig, SamplingConfig, TokenizerConfig
+from advdistill.config import (
+    BootstrapConfig,
+    EvaluationConfig,
+    PromptConfig,
+    SamplingConfig,
+    TokenizerConfig,
+    TrainingConfig,
+)
 from advdistill.datasets import get_adapter, normalise_split
+from advdistill.errors import TrainingError
 from advdistill.io import atomic_directory, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -45,7 +53,7 @@ def bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapConfig,
     from transformers import AutoTokenizer
 
     from advdistill.bootstrap import build_model
-    from advdistill.train import tokenize_pair, train_sft
+    from advdistill.train import tokenize_pair, train_model
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     model = build_model(tokenizer, cfg.shape, seed)
@@ -57,7 +65,8 @@ def bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapConfig,
                       cfg.optim.max_seq_length)
         for row in rows
     ]
-    metrics = train_sft(model, tokenizer, pairs, cfg.optim, work_dir, seed, save_checkpoints=False)
+    metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=cfg.optim), work_dir, seed,
+                          save_checkpoints=False)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -98,3 +107,42 @@ def score(rows_path: Path, samples_path: Path, cfg: Any, out: Path, summary_path
     from advdistill.score import run_score
 
     return run_score(rows_path, samples_path, cfg, out, summary_path)
+
+
+def train(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,
+          prompt_cfg: PromptConfig, seed: int, out: Path, work_dir: Path) -> dict[str, Any]:
+    """Fine-tune a student on scored teacher groups with the ``sft`` or ``advdistill`` objective."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from advdistill.train import best_pairs, build_groups, split_validation, train_model
+
+    scored = pl.read_parquet(scored_path)
+    if not scored["kept"].any():
+        raise TrainingError(f"{scored_path}: no kept groups to train on (every group was filtered out by score)")
+    rows = pl.read_parquet(rows_path).to_dicts()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = dict(zip([r["id"] for r in rows], prompts_for(rows, tokenizer, prompt_cfg)))
+    groups, truncated = build_groups(prompts, scored, tokenizer, cfg.optim.max_seq_length)
+    train_groups, eval_groups = split_validation(groups, cfg.validation_fraction, seed)
+    if objective == "sft":
+        train_items, eval_items = best_pairs(train_groups), best_pairs(eval_groups)
+    else:
+        train_items, eval_items = train_groups, eval_groups
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    metrics = train_model(model, tokenizer, objective, train_items, cfg, work_dir, seed, eval_items)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    metrics.update({"objective": objective, "groups": len(groups), "train_items": len(train_items),
+                    "eval_items": len(eval_items), "truncated_responses": truncated})
+    write_json(metrics, out / "train_metrics.json")
+    log.info("%s: trained on %d items (%d held out), %d responses truncated", objective, len(train_items),
+             len(eval_items), truncated)
+    return metrics
+
+
+def evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt_cfg: PromptConfig,
+             few_shot_rows_path: Path | None, seed: int, out: Path, metrics_path: Path) -> dict:
+    from advdistill.evaluate import run_evaluate
+
+    return run_evaluate(model_path, rows_path, cfg, prompt_cfg, few_shot_rows_path, seed, out, metrics_path)

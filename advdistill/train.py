@@ -1,16 +1,15 @@
-"""Student training on the Hugging Face ``Trainer``: the SFT baseline and the AdvDistill objective.
+"""Training on the Hugging Face ``Trainer``: the SFT baseline and the AdvDistill objective.
 
-SFT trains on one (prompt, response) pair per example with the model's own token-mean
-cross-entropy. AdvDistill puts one group (all responses of a prompt) in each micro-batch and
-computes the loss from the last hidden states and the LM-head weight through
-:mod:`advdistill.losses`, so the logits are never materialised when a fused backend is used.
+SFT trains on (prompt, response) pairs with token-mean cross-entropy; AdvDistill puts one group (all
+responses of a prompt) in each micro-batch. Both losses come from the last hidden states and the
+LM-head weight through :mod:`advdistill.losses`, so a fused backend never materialises the logits.
 Checkpoints are written every ``save_steps``; a killed run resumes from the newest one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +17,15 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from advdistill.config import OptimConfig
+from advdistill.config import LossConfig, OptimConfig, TrainingConfig
+from advdistill.errors import TrainingError
+from advdistill.losses import group_loss, sft_loss
 
 IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (no data, a non-finite loss)."""
 
 
 @dataclass
@@ -119,42 +116,123 @@ def training_arguments(optim: OptimConfig, output_dir: Path, seed: int, has_eval
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        prediction_loss_only=True,
     )
 
 
-class NonFiniteLossGuard(TrainerCallback):
-    """Stops training when a logged loss is NaN or infinite, instead of training on garbage."""
+class FusedLossTrainer(Trainer):
+    """``Trainer`` whose loss comes from hidden states and the LM-head weight (:mod:`advdistill.losses`).
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingError(f"non-finite training loss {loss} logged at step {state.global_step}")
+    The model's decoder runs without its LM head, so no logits are computed here. ``objective`` is
+    ``sft`` (token-mean cross-entropy over the batch) or ``advdistill`` (one group per micro-batch).
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, objective: str, loss_cfg: LossConfig, nonfinite_loss: str = "error", **kwargs):
+        super().__init__(*args, **kwargs)
+        if objective not in ("sft", "advdistill"):
+            raise ValueError(f"unknown training objective '{objective}' (known: sft, advdistill)")
+        self.objective = objective
+        self.loss_cfg = loss_cfg
+        self.nonfinite_loss = nonfinite_loss
+        self.skipped_nonfinite: list[dict[str, Any]] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        weight = model.get_output_embeddings().weight
+        if self.objective == "sft":
+            loss = sft_loss(hidden, weight, inputs["labels"], self.loss_cfg)
+        else:
+            loss = group_loss(hidden, weight, inputs["labels"], inputs["advantages"], inputs["correct"], self.loss_cfg)
+        if not torch.isfinite(loss):
+            where = f"step {self.state.global_step}, group {inputs.get('group_id', 'n/a')}"
+            if self.nonfinite_loss == "error":
+                raise TrainingError(f"non-finite loss {loss.item()} at {where}")
+            log.warning("skipping non-finite loss %s at %s", loss.item(), where)
+            self.skipped_nonfinite.append({"step": self.state.global_step, "group": inputs.get("group_id")})
+            loss = hidden.sum() * 0.0
+        return (loss, {}) if return_outputs else loss
 
 
-def run_trainer(trainer: Trainer, output_dir: Path, resume: bool) -> dict[str, Any]:
-    """Train (resuming from the newest checkpoint in ``output_dir`` if any) and return metrics."""
-    checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+@dataclass
+class Group:
+    """All responses of one prompt, tokenized, with their advantages and correctness."""
+
+    group_id: str
+    pairs: list[TokenizedPair]
+    advantages: list[float]
+    correct: list[bool]
+
+
+class GroupCollator:
+    """One group per micro-batch (the AdvDistill objective)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, groups: Sequence[Group]) -> dict[str, Any]:
+        if len(groups) != 1:
+            raise TrainingError(f"AdvDistill takes one group per micro-batch, got {len(groups)}")
+        group = groups[0]
+        batch = pad_sequences(group.pairs, self.pad_id)
+        batch["advantages"] = torch.tensor(group.advantages, dtype=torch.float32)
+        batch["correct"] = torch.tensor(group.correct, dtype=torch.bool)
+        batch["group_id"] = group.group_id
+        return batch
+
+
+def train_model(model: PreTrainedModel, tokenizer: Any, objective: str, train_items: Sequence[Any],
+                cfg: TrainingConfig, checkpoint_dir: Path, seed: int, eval_items: Sequence[Any] = (),
+                save_checkpoints: bool = True) -> dict[str, Any]:
+    """Train on pairs (``sft``) or groups (``advdistill``); returns the trainer's metrics."""
+    if not train_items:
+        raise TrainingError("no training examples")
+    optim = cfg.optim
+    if objective == "advdistill" and optim.per_device_batch_size != 1:
+        optim = dataclasses.replace(optim, per_device_batch_size=1)
+    collator = (PairCollator if objective == "sft" else GroupCollator)(tokenizer.pad_token_id)
+    trainer = FusedLossTrainer(
+        model=model,
+        args=training_arguments(optim, checkpoint_dir, seed, bool(eval_items), save_checkpoints),
+        train_dataset=ListDataset(train_items),
+        eval_dataset=ListDataset(eval_items) if eval_items else None,
+        data_collator=collator,
+        objective=objective,
+        loss_cfg=cfg.loss,
+        nonfinite_loss=cfg.nonfinite_loss,
+    )
+    checkpoint = get_last_checkpoint(str(checkpoint_dir)) if save_checkpoints and checkpoint_dir.is_dir() else None
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = dict(result.metrics)
-    metrics["resumed_from"] = checkpoint
-    metrics["log_history"] = trainer.state.log_history
-    return metrics
+    return {**result.metrics, "resumed_from": checkpoint, "skipped_nonfinite": trainer.skipped_nonfinite,
+            "log_history": trainer.state.log_history}
 
 
-def train_sft(model: PreTrainedModel, tokenizer: Any, train_pairs: Sequence[TokenizedPair],
-              optim: OptimConfig, checkpoint_dir: Path, seed: int,
-              eval_pairs: Sequence[TokenizedPair] = (), save_checkpoints: bool = True) -> dict[str, Any]:
-    """Causal-LM fine-tuning on (prompt, response) pairs; returns the trainer's metrics."""
-    if not train_pairs:
-        raise TrainingError("no training examples")
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(optim, checkpoint_dir, seed, bool(eval_pairs), save_checkpoints),
-        train_dataset=ListDataset(train_pairs),
-        eval_dataset=ListDataset(eval_pairs) if eval_pairs else None,
-        data_collator=PairCollator(tokenizer.pad_token_id),
-        callbacks=[NonFiniteLossGuard()],
-    )
-    return run_trainer(trainer, checkpoint_dir, resume=save_checkpoints)
+def build_groups(prompts: dict[str, str], scored: Any, tokenizer: Any, max_length: int) -> tuple[list[Group], int]:
+    """Kept groups of a scored table (polars) as :class:`Group`; also returns the truncated-response count."""
+    groups, truncated = [], 0
+    kept = scored.filter(scored["kept"]).sort("prompt_id", "sample_idx")
+    for (prompt_id,), frame in kept.group_by("prompt_id", maintain_order=True):
+        pairs = [tokenize_pair(tokenizer, prompts[prompt_id], response, max_length) for response in frame["response"]]
+        truncated += sum(p.truncated for p in pairs)
+        groups.append(Group(prompt_id, pairs, frame["advantage"].to_list(), frame["correct"].to_list()))
+    return groups, truncated
+
+
+def best_pairs(groups: Sequence[Group]) -> list[TokenizedPair]:
+    """The SFT baseline's data: per group, the response with the highest advantage (first on ties)."""
+    return [g.pairs[max(range(len(g.pairs)), key=lambda i: (g.advantages[i], -i))] for g in groups]
+
+
+def split_validation(groups: Sequence[Group], fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
+    """Hold out ``fraction`` of the groups (at least one when ``fraction > 0`` and there are two)."""
+    order = sorted(groups, key=lambda g: g.group_id)
+    if fraction <= 0 or len(order) < 2:
+        return list(order), []
+    held = max(1, int(round(fraction * len(order))))
+    shuffled = torch.randperm(len(order), generator=torch.Generator().manual_seed(seed)).tolist()
+    held_ids = set(shuffled[:held])
+    return ([g for i, g in enumerate(order) if i not in held_ids], [g for i, g in enumerate(order) if i in held_ids])

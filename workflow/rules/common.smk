@@ -24,7 +24,12 @@ def check_config_references():
         for testset in experiment["testsets"]:
             if testset not in config["datasets"] or "test" not in config["datasets"][testset]["splits"]:
                 raise ValueError(f"config experiments.{train_set}.testsets: '{testset}' is not a dataset with a 'test' split")
-    for key, model in [("teacher", config["teacher"])]:
+    names = [m["name"] for m in [config["teacher"], *config.get("students", [])]]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"config teacher/students: model names must be unique, repeated: {duplicates}")
+    labelled = [("teacher", config["teacher"])] + [(f"students[{i}]", s) for i, s in enumerate(config.get("students", []))]
+    for key, model in labelled:
         if model["source"] == "bootstrap":
             if "bootstrap" not in model:
                 raise ValueError(f"config {key}.bootstrap is required when {key}.source is 'bootstrap'")
@@ -54,21 +59,28 @@ def code_version(*modules):
 
 
 def models():
-    return {config["teacher"]["name"]: config["teacher"]}
+    """Base models by name: the teacher and every student."""
+    return {m["name"]: m for m in [config["teacher"], *config.get("students", [])]}
 
 
-def is_bootstrapped(name):
-    return models()[name]["source"] == "bootstrap"
+def evaluated_models():
+    """Names evaluated per experiment: teacher, each student's base, each trained student."""
+    names = [config["teacher"]["name"]]
+    for student in config.get("students", []):
+        names.append(f"{student['name']}-base")
+        names.extend(f"{student['name']}-{objective}" for objective in student["objectives"])
+    return names
 
 
-def model_path(name):
-    """Where a model is loaded from: the pipeline's own folder, a local folder or a hub id."""
-    return f"results/models/{name}" if is_bootstrapped(name) else models()[name]["source"]
+def evaluated_model_path(train_set, name):
+    """Where an evaluated model lives: the base model's path, or the trained student's folder."""
+    base = name.removesuffix("-base")
+    return model_path(base) if base in models() else f"results/train/{train_set}/{name}"
 
 
-def model_input(name):
-    """The model as a file dependency when the pipeline builds it, else nothing to wait for."""
-    return [model_path(name)] if is_bootstrapped(name) else []
+def evaluated_model_input(train_set, name):
+    base = name.removesuffix("-base")
+    return model_input(base) if base in models() else [evaluated_model_path(train_set, name)]
 
 
 def container_for(kind="cpu"):
@@ -80,9 +92,14 @@ def gpu_resources():
 
 
 
+def evaluation_outputs(kind):
+    return [
+        f"results/evaluate/{train_set}/{model}/{testset}/{kind}"
+        for train_set, experiment in config["experiments"].items()
+        for model in evaluated_models()
+        for testset in experiment["testsets"]
+    ]
+
+
 def final_outputs():
-    outputs = []
-    for train_set in config["experiments"]:
-        outputs.append(f"results/score/{train_set}/scored.parquet")
-        outputs.append(f"results/score/{train_set}/summary.json")
-    return outputs
+    return ["results/report/index.html"]
