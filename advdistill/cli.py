@@ -104,6 +104,15 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--metrics", type=Path, required=True, help="output metrics JSON")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="tables, plots and cost of a finished run")
+    p.add_argument("--plan", type=_json_object, required=True,
+                   help='JSON: {"models": [...], "experiments": {train_set: [testsets]}}')
+    p.add_argument("--results", type=Path, default=Path("results"), help="the run's results folder")
+    p.add_argument("--benchmarks", type=Path, default=Path("benchmarks"), help="Snakemake benchmark folder")
+    p.add_argument("--out-dir", type=Path, required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advdistill", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO")
@@ -114,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_report(sub)
     return parser
 
 
@@ -144,6 +154,8 @@ def run(args: argparse.Namespace) -> None:
         stages.evaluate(args.model, args.rows, from_json(EvaluationConfig, args.settings, "evaluation"),
                         from_json(PromptConfig, args.prompt, "prompt"), args.few_shot_rows, args.seed,
                         args.out, args.metrics)
+    elif args.stage == "report":
+        stages.report(args.plan, args.results, args.benchmarks, args.out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,3 +146,29 @@ def evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt_cfg
     from advdistill.evaluate import run_evaluate
 
     return run_evaluate(model_path, rows_path, cfg, prompt_cfg, few_shot_rows_path, seed, out, metrics_path)
+
+
+def report(plan: dict[str, Any], results: Path, benchmarks: Path, out_dir: Path) -> Path:
+    """The run's report from the evaluate/score outputs laid out under ``results``.
+
+    ``plan`` has ``models`` (row order) and ``experiments`` (training dataset -> its test sets). A test
+    set is reported with the students trained on the first experiment that lists it.
+    """
+    from advdistill.report import build_report
+
+    metrics_files, responses_files, testsets = {}, {}, []
+    for train_set, experiment_testsets in plan["experiments"].items():
+        for testset in experiment_testsets:
+            if testset in testsets:
+                continue
+            testsets.append(testset)
+            for model in plan["models"]:
+                folder = results / "evaluate" / train_set / model / testset
+                metrics_files[(model, testset)] = folder / "metrics.json"
+                responses_files[(model, testset)] = folder / "responses.parquet"
+    scored_files = {name: results / "score" / name / "scored.parquet" for name in plan["experiments"]}
+    benchmark_files = {stage.name: sorted(stage.rglob("*.tsv"))
+                       for stage in sorted(benchmarks.iterdir()) if stage.is_dir()} if benchmarks.is_dir() else {}
+    manifests = sorted(results.glob("*/**/manifest.json"))
+    return build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, out_dir,
+                        plan["models"], testsets)

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-PACKAGE = Path(workflow.basedir) / "advdistill"
+REPO = Path(workflow.basedir)
 
 
 wildcard_constraints:
@@ -45,15 +45,16 @@ def as_json(section):
     return json.dumps(section, sort_keys=True, separators=(",", ":"))
 
 
-def code_version(*modules):
-    """Hash of package source files, so a code change reruns the rules that use it.
-
-    Snakemake's own code trigger only sees the rule's shell command, not the package it calls.
+def code_version(*sources):
+    """Hash of source files and folders (relative to the repository), so that a code change reruns
+    the rules that use them. The built-in code trigger only sees the shell command of a rule, not the
+    package that command calls.
     """
     digest = hashlib.sha256()
-    for module in modules:
-        for path in sorted((PACKAGE / module).rglob("*.py")) if (PACKAGE / module).is_dir() else [PACKAGE / module]:
-            digest.update(path.relative_to(PACKAGE).as_posix().encode())
+    for source in sources:
+        root = REPO / source
+        for path in sorted(root.rglob("*.py")) + sorted(root.rglob("*.cpp")) if root.is_dir() else [root]:
+            digest.update(path.relative_to(REPO).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -70,6 +71,20 @@ def evaluated_models():
         names.append(f"{student['name']}-base")
         names.extend(f"{student['name']}-{objective}" for objective in student["objectives"])
     return names
+
+
+def is_bootstrapped(name):
+    return models()[name]["source"] == "bootstrap"
+
+
+def model_path(name):
+    """Where a model is loaded from: the pipeline's own folder, a local folder or a hub id."""
+    return f"results/models/{name}" if is_bootstrapped(name) else models()[name]["source"]
+
+
+def model_input(name):
+    """The model as a file dependency when the pipeline builds it, else nothing to wait for."""
+    return [model_path(name)] if is_bootstrapped(name) else []
 
 
 def evaluated_model_path(train_set, name):
@@ -89,7 +104,6 @@ def container_for(kind="cpu"):
 
 def gpu_resources():
     return {"gpu": 1} if config.get("resources", {}).get("gpu_rules", False) else {}
-
 
 
 def evaluation_outputs(kind):

@@ -10,7 +10,7 @@ rule prepare:
         adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
         source=lambda wc: config["datasets"][wc.dataset]["source"],
         options=lambda wc: as_json(config["datasets"][wc.dataset].get("options", {})),
-        code=code_version("datasets"),
+        code=code_version("advdistill/datasets"),
     threads: 1
     resources:
         mem_mb=4000,

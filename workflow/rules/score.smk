@@ -11,7 +11,7 @@ rule score:
         "benchmarks/score/{dataset}.tsv"
     params:
         settings=as_json(config["score"]),
-        code=code_version("score.py", "rewards.py", "advantages.py", "answers.py"),
+        code=code_version("advdistill/score.py", "advdistill/rewards.py", "advdistill/advantages.py", "advdistill/answers.py"),
     threads: 1
     resources:
         mem_mb=4000,

@@ -1,0 +1,31 @@
+"""Group-relative advantages and group filtering.
+
+For the responses of one prompt with rewards ``R``: ``A_i = (R_i - mean(R)) / (std(R) + eps)``, with
+the population standard deviation (``ddof=0``) and ``eps = 1e-4`` by default, as in GRPO. A group
+whose rewards are all equal gets advantages of exactly 0. A group is kept for training if it has at
+least one correct response and, when ``drop_zero_variance`` is set, rewards that are not all equal.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def group_advantages(df: pl.DataFrame, group_col: str = "prompt_id", reward_col: str = "reward",
+                     eps: float = 1e-4) -> pl.DataFrame:
+    """Add ``advantage`` and ``group_reward_std`` (population std of the group's rewards)."""
+    std = pl.col(reward_col).std(ddof=0).over(group_col)
+    return df.with_columns(
+        ((pl.col(reward_col) - pl.col(reward_col).mean().over(group_col)) / (std + eps)).alias("advantage"),
+        std.alias("group_reward_std"),
+    )
+
+
+def keep_groups(df: pl.DataFrame, group_col: str = "prompt_id", drop_zero_variance: bool = False) -> pl.DataFrame:
+    """Add ``kept`` (bool) and ``drop_reason`` (``no_correct`` | ``zero_variance`` | null)."""
+    no_correct = ~pl.col("correct").any().over(group_col)
+    zero_variance = pl.lit(drop_zero_variance) & (pl.col("group_reward_std") == 0)
+    reason = (pl.when(no_correct).then(pl.lit("no_correct"))
+              .when(zero_variance).then(pl.lit("zero_variance"))
+              .otherwise(pl.lit(None, dtype=pl.String)))
+    return df.with_columns(reason.alias("drop_reason")).with_columns(pl.col("drop_reason").is_null().alias("kept"))

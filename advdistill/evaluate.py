@@ -1,0 +1,67 @@
+"""The evaluate stage: greedy answers of one model on one test set, judged and summarised.
+
+Responses are generated through the same sampling backends and resumable shards as the teacher's
+samples (one greedy sample per prompt), judged with the same answer checker and format reward as
+the scorer, and kept per response so that any metric can be recomputed later.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from advdistill.answers import extract_answer, is_correct
+from advdistill.config import EvaluationConfig, PromptConfig, SamplingConfig
+from advdistill.io import write_json, write_parquet
+from advdistill.metrics import evaluation_metrics
+from advdistill.rewards import format_reward
+
+log = logging.getLogger(__name__)
+
+
+def judge(rows: pl.DataFrame, responses: pl.DataFrame) -> pl.DataFrame:
+    """Add ``predicted``, ``correct`` and ``format_ok`` to greedy responses."""
+    joined = responses.join(rows.select("id", "answer", "kind", "choices"), left_on="prompt_id",
+                            right_on="id", how="inner")
+    texts = joined["response"].to_list()
+    predicted = [extract_answer(t) for t in texts]
+    correct = [is_correct(p, gold, kind, choices) for p, gold, kind, choices
+               in zip(predicted, joined["answer"], joined["kind"], joined["choices"])]
+    return joined.with_columns(
+        pl.Series("predicted", predicted, dtype=pl.String),
+        pl.Series("correct", correct, dtype=pl.Boolean),
+        pl.Series("format_ok", [r == 1.0 for r in format_reward(texts)], dtype=pl.Boolean),
+    ).drop("answer", "kind", "choices", "sample_idx")
+
+
+def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt_cfg: PromptConfig,
+                 few_shot_rows_path: Path | None, seed: int, out: Path, metrics_path: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    from advdistill.sampling import get_backend, run_fingerprint, sample_prompts
+    from advdistill.sampling.base import GenerationParams
+    from advdistill.stages import prompts_for
+
+    rows = pl.read_parquet(rows_path)
+    few_shot_rows = pl.read_parquet(few_shot_rows_path).to_dicts() if few_shot_rows_path else []
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    texts = prompts_for(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)
+    ids = rows["id"].to_list()
+    params = GenerationParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
+    sampling_cfg = SamplingConfig(backend=cfg.backend, n_samples=1, temperature=0.0,
+                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                  shard_size=cfg.shard_size, dtype=cfg.dtype)
+    fingerprint = run_fingerprint(model_path, ids, texts, params, sampling_cfg, seed)
+    raw = out.with_name(out.stem + ".raw.parquet")
+    responses = sample_prompts(lambda: get_backend(cfg.backend, model_path, cfg.dtype), ids, texts,
+                               params, sampling_cfg, seed, raw, fingerprint)
+    judged = judge(rows, responses)
+    metrics = evaluation_metrics(judged, ngram=cfg.degeneracy_ngram)
+    metrics.update({"model": model_path, "testset": str(rows_path), "few_shot": prompt_cfg.few_shot})
+    write_parquet(judged, out)
+    write_json(metrics, metrics_path)
+    raw.unlink(missing_ok=True)
+    log.info("%s on %s: accuracy %.3f over %d prompts", model_path, rows_path, metrics["accuracy"], metrics["n"])
+    return metrics

@@ -1,0 +1,332 @@
+"""The report stage: the paper's result tables and figures, rebuilt from the pipeline's outputs.
+
+Tables follow the layouts of the paper (arXiv 2507.00054): accuracy per model and test set (§5.1),
+mean response length of correct and wrong answers (Appendix C.2, Table 7) with the verbosity ratio
+(Figure 6), degeneracy of correct and wrong answers (Appendix C.1, Table 6), template adherence
+(Figure 4) and the compute cost of each stage (Table 3, here measured by Snakemake benchmarks).
+Figures show the advantages of the kept training groups (Figure 2a), the number of correct teacher
+responses per group (Figure 2b), accuracy as grouped bars and response lengths of correct and wrong
+answers. Each table is written as Markdown and CSV, each figure as PNG, and ``index.html`` shows them
+all on one page with the run manifests as provenance. Every file is written to a temporary sibling
+and moved into place, so an interrupted run leaves no half-written artefact.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from advdistill.io import read_json
+
+MODEL_COLUMN = "model"
+CORRECT_MARK = "✓"
+WRONG_MARK = "✗"
+MISSING_CELL = "–"
+
+# Snakemake benchmark column -> report column; max_rss is already in MB.
+BENCHMARK_COLUMNS = {"s": "wall_s", "cpu_time": "cpu_s", "max_rss": "max_rss_mb"}
+
+TABLE_CAPTIONS = {
+    "accuracy": "Accuracy (%) of each model on each test set (layout of the paper's §5.1 results table).",
+    "verbosity": (f"Mean response tokens of correct ({CORRECT_MARK}) and wrong ({WRONG_MARK}) answers and "
+                  f"their ratio {WRONG_MARK}/{CORRECT_MARK} (paper Table 7 and Figure 6)."),
+    "degeneracy": (f"Mean repeated word n-gram rate of correct ({CORRECT_MARK}) and wrong ({WRONG_MARK}) "
+                   "answers (layout of paper Table 6; our rate is a 0-1 share defined in "
+                   "advdistill.metrics and is not on the scale of the paper's values)."),
+    "template_adherence": "Share (%) of answers that follow the requested format (paper Figure 4).",
+    "stage_costs": ("Compute per pipeline stage from Snakemake benchmarks: jobs, summed wall-clock and "
+                    "CPU seconds, peak resident memory (compare paper Table 3)."),
+}
+
+# (column name, test set, metrics key, scale, decimals) of one column of a model x test set table.
+ColumnSpec = tuple[str, str, str, float, int]
+
+
+def _write_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write`` on a temporary sibling of ``path``, then move the result onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _cell(metrics: Mapping[tuple[str, str], dict], model: str, spec: ColumnSpec) -> float | None:
+    _, testset, key, scale, decimals = spec
+    value = metrics.get((model, testset), {}).get(key)
+    return None if value is None else round(value * scale, decimals)
+
+
+def _model_table(metrics: Mapping[tuple[str, str], dict], models: list[str],
+                 columns: list[ColumnSpec]) -> pl.DataFrame:
+    """One row per model (in the given order) and one float column per spec; missing cells null."""
+    schema = {MODEL_COLUMN: pl.String, **{spec[0]: pl.Float64 for spec in columns}}
+    rows = [[model, *(_cell(metrics, model, spec) for spec in columns)] for model in models]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def accuracy_table(metrics: Mapping[tuple[str, str], dict], models: list[str],
+                   testsets: list[str]) -> pl.DataFrame:
+    """Accuracy in % (2 decimals): one row per model, one column per test set, null where not evaluated."""
+    return _model_table(metrics, models, [(t, t, "accuracy", 100.0, 2) for t in testsets])
+
+
+def behaviour_tables(metrics: Mapping[tuple[str, str], dict], models: list[str],
+                     testsets: list[str]) -> dict[str, pl.DataFrame]:
+    """The verbosity, degeneracy and template adherence tables, keyed by those names.
+
+    ``verbosity`` has the columns ``<testset> ✓``, ``<testset> ✗`` (mean tokens of correct and wrong
+    answers, 1 decimal) and ``<testset> ratio`` (wrong/correct, 2 decimals); ``degeneracy`` has
+    ``<testset> ✓`` and ``<testset> ✗`` (3 decimals); ``template_adherence`` has one column per
+    test set in % (2 decimals).
+    """
+    verbosity = [spec for t in testsets for spec in (
+        (f"{t} {CORRECT_MARK}", t, "mean_tokens_correct", 1.0, 1),
+        (f"{t} {WRONG_MARK}", t, "mean_tokens_wrong", 1.0, 1),
+        (f"{t} ratio", t, "verbosity_ratio", 1.0, 2))]
+    degeneracy = [spec for t in testsets for spec in (
+        (f"{t} {CORRECT_MARK}", t, "degeneracy_correct", 1.0, 3),
+        (f"{t} {WRONG_MARK}", t, "degeneracy_wrong", 1.0, 3))]
+    adherence = [(t, t, "template_adherence", 100.0, 2) for t in testsets]
+    return {
+        "verbosity": _model_table(metrics, models, verbosity),
+        "degeneracy": _model_table(metrics, models, degeneracy),
+        "template_adherence": _model_table(metrics, models, adherence),
+    }
+
+
+def read_benchmark(path: Path) -> pl.DataFrame:
+    """Wall seconds, CPU seconds and max RSS (MB) of each run in a Snakemake benchmark TSV.
+
+    'NA', '-' and other non-numeric values, and columns an older Snakemake does not write, become null.
+    """
+    raw = pl.read_csv(path, separator="\t", infer_schema=False)
+    return raw.select(
+        (pl.col(source).cast(pl.Float64, strict=False) if source in raw.columns
+         else pl.lit(None, dtype=pl.Float64)).alias(target)
+        for source, target in BENCHMARK_COLUMNS.items())
+
+
+def _total_or_none(values: pl.Series) -> float | None:
+    return None if values.null_count() == values.len() else round(float(values.sum()), 2)
+
+
+def stage_costs(benchmark_files: Mapping[str, list[Path]]) -> pl.DataFrame:
+    """Per stage: ``jobs`` (benchmark files), ``total_wall_s`` and ``total_cpu_s`` (summed over every
+    run recorded in them) and ``max_rss_mb``; a total is null when no run recorded a value."""
+    schema = {"stage": pl.String, "jobs": pl.Int64, "total_wall_s": pl.Float64,
+              "total_cpu_s": pl.Float64, "max_rss_mb": pl.Float64}
+    empty_runs = pl.DataFrame(schema={target: pl.Float64 for target in BENCHMARK_COLUMNS.values()})
+    rows = []
+    for stage, paths in benchmark_files.items():
+        runs = pl.concat([empty_runs, *(read_benchmark(Path(p)) for p in paths)])
+        rows.append([stage, len(paths), _total_or_none(runs["wall_s"]), _total_or_none(runs["cpu_s"]),
+                     runs["max_rss_mb"].max()])
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _save_figure(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    return _write_atomically(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120,
+                                                                    bbox_inches="tight"))
+
+
+def plot_advantage_histogram(scored: pl.DataFrame, path: Path, title: str | None = None,
+                             bins: int = 40) -> Path:
+    """Histogram of the advantages of the responses in kept groups (paper Figure 2a)."""
+    kept = scored.filter(pl.col("kept"))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    if kept.is_empty():
+        axes.text(0.5, 0.5, "no kept groups", ha="center", va="center", transform=axes.transAxes)
+    else:
+        axes.hist(kept["advantage"].to_numpy(), bins=bins, color="tab:blue")
+    axes.set_xlabel("advantage")
+    axes.set_ylabel("responses")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(title or f"Advantages of kept groups ({kept['prompt_id'].n_unique()} groups)")
+    return _save_figure(figure, path)
+
+
+def plot_correct_per_group(scored: pl.DataFrame, path: Path, title: str | None = None) -> Path:
+    """Bar chart of how many groups have 0, 1, ..., n correct responses (paper Figure 2b), all groups."""
+    per_group = scored.group_by("prompt_id").agg(pl.col("correct").sum().alias("n_correct"),
+                                                 pl.len().alias("group_size"))
+    largest_group = per_group["group_size"].max() or 0
+    groups_with = dict(per_group["n_correct"].value_counts().iter_rows())
+    n_correct = list(range(largest_group + 1))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    axes.bar(n_correct, [groups_with.get(k, 0) for k in n_correct], color="tab:green")
+    axes.set_xticks(n_correct)
+    axes.set_xlabel("correct responses in the group")
+    axes.set_ylabel("groups")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(title or f"Correct responses per group ({per_group.height} groups)")
+    return _save_figure(figure, path)
+
+
+def plot_accuracy_bars(accuracy: pl.DataFrame, path: Path) -> Path:
+    """Grouped bars of an :func:`accuracy_table`: one group per test set, one bar per model."""
+    testsets = [c for c in accuracy.columns if c != MODEL_COLUMN]
+    positions = np.arange(len(testsets))
+    width = 0.8 / max(accuracy.height, 1)
+    figure = Figure(figsize=(max(6, 1.5 * len(testsets)), 4))
+    axes = figure.add_subplot()
+    for index, row in enumerate(accuracy.iter_rows(named=True)):
+        heights = [np.nan if row[t] is None else row[t] for t in testsets]
+        axes.bar(positions - 0.4 + (index + 0.5) * width, heights, width, label=row[MODEL_COLUMN])
+    axes.set_xticks(positions, testsets)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("accuracy (%)")
+    if accuracy.height:
+        axes.legend(fontsize="small")
+    return _save_figure(figure, path)
+
+
+def plot_length_distributions(responses_by_model: Mapping[str, pl.DataFrame], path: Path,
+                              title: str | None = None, bins: int = 30) -> Path:
+    """Histograms of response tokens of correct and wrong answers, one panel per model, shared bins."""
+    if not responses_by_model:
+        raise ValueError("no models to plot response lengths of")
+    all_tokens = np.concatenate([df["n_tokens"].to_numpy() for df in responses_by_model.values()])
+    edges = np.histogram_bin_edges(all_tokens, bins=bins) if all_tokens.size else np.array([0.0, 1.0])
+    figure = Figure(figsize=(6, 2.2 * len(responses_by_model)))
+    panels = figure.subplots(nrows=len(responses_by_model), ncols=1, sharex=True, squeeze=False)[:, 0]
+    for axes, (model, responses) in zip(panels, responses_by_model.items()):
+        for is_correct, label, colour in ((True, "correct", "tab:green"), (False, "wrong", "tab:red")):
+            tokens = responses.filter(pl.col("correct") == is_correct)["n_tokens"].to_numpy()
+            if tokens.size:
+                axes.hist(tokens, bins=edges, alpha=0.6, color=colour, label=f"{label} ({tokens.size})")
+        axes.set_title(model, fontsize="medium")
+        axes.set_ylabel("responses")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize="small")
+    panels[-1].set_xlabel("response tokens")
+    if title:
+        figure.suptitle(title)
+    return _save_figure(figure, path)
+
+
+def _markdown_cell(value: Any) -> str:
+    return MISSING_CELL if value is None else str(value).replace("|", "\\|")
+
+
+def markdown_table(df: pl.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``df``; nulls are shown as an en dash."""
+    lines = ["| " + " | ".join(_markdown_cell(c) for c in df.columns) + " |",
+             "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown_table(df: pl.DataFrame, path: Path) -> Path:
+    """Write ``df`` as Markdown to ``path`` and as CSV beside it (same name, ``.csv``); return ``path``."""
+    path = Path(path)
+    _write_atomically(path.with_suffix(".csv"), df.write_csv)
+    return _write_atomically(path, lambda tmp: tmp.write_text(markdown_table(df), encoding="utf-8"))
+
+
+def html_table(df: pl.DataFrame) -> str:
+    """An HTML table of ``df`` with escaped cells; nulls are shown as an en dash."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(MISSING_CELL if v is None else str(v))}</td>" for v in row)
+        + "</tr>" for row in df.iter_rows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+PAGE_STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 75em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+figure { display: inline-block; margin: 0.5em; }
+img { max-width: 100%; }
+pre { background: #f4f4f4; padding: 0.8em; overflow-x: auto; }
+"""
+
+
+def _html_page(tables: Mapping[str, pl.DataFrame], table_files: Mapping[str, Path],
+               figures: list[tuple[str, Path]], manifests: list[Path], out_dir: Path) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>AdvDistill report</title>", f"<style>{PAGE_STYLE}</style></head><body>",
+             "<h1>AdvDistill report</h1>", "<h2>Tables</h2>"]
+    for name, df in tables.items():
+        markdown = table_files[name].relative_to(out_dir).as_posix()
+        csv = table_files[name].with_suffix(".csv").relative_to(out_dir).as_posix()
+        parts += [f"<h3>{html.escape(name.replace('_', ' ').capitalize())}</h3>",
+                  (f"<p>{html.escape(TABLE_CAPTIONS[name])} "
+                   f'(<a href="{html.escape(markdown)}">Markdown</a>, <a href="{html.escape(csv)}">CSV</a>)</p>'),
+                  html_table(df)]
+    parts.append("<h2>Figures</h2>")
+    for caption, path in figures:
+        source = html.escape(path.relative_to(out_dir).as_posix())
+        parts.append(f'<figure><img src="{source}" alt="{html.escape(caption)}">'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if manifests:
+        parts.append("<h2>Provenance</h2>")
+        for manifest in manifests:
+            contents = json.dumps(read_json(manifest), indent=2, sort_keys=True)
+            parts += [f"<h3>{html.escape(str(manifest))}</h3>", f"<pre>{html.escape(contents)}</pre>"]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Mapping[str, Path],
+                 responses_files: Mapping[tuple[str, str], Path], benchmark_files: Mapping[str, list[Path]],
+                 manifests: list[Path] | None, out_dir: Path, models: list[str],
+                 testsets: list[str]) -> Path:
+    """Write the report's tables (``<name>.md`` and ``<name>.csv``), figures (``plots/*.png``) and
+    ``index.html`` under ``out_dir``; return the path of ``index.html``.
+
+    ``metrics_files`` and ``responses_files`` are keyed by (model, test set), ``scored_files`` by
+    training dataset and ``benchmark_files`` by stage. Models and test sets appear in the given order;
+    (model, test set) pairs without files are left as empty cells.
+    """
+    out_dir = Path(out_dir)
+    plots_dir = out_dir / "plots"
+    metrics = {key: read_json(path) for key, path in metrics_files.items()}
+
+    accuracy = accuracy_table(metrics, models, testsets)
+    tables = {"accuracy": accuracy, **behaviour_tables(metrics, models, testsets)}
+    if benchmark_files:
+        tables["stage_costs"] = stage_costs(benchmark_files)
+    table_files = {name: write_markdown_table(df, out_dir / f"{name}.md") for name, df in tables.items()}
+
+    figures = [("Accuracy (%) per test set and model", plot_accuracy_bars(accuracy, plots_dir / "accuracy.png"))]
+    for dataset, path in scored_files.items():
+        scored = pl.read_parquet(path, columns=["prompt_id", "correct", "advantage", "kept"])
+        caption = f"{dataset}: advantages of the responses in kept groups"
+        figures.append((caption, plot_advantage_histogram(scored, plots_dir / f"advantages_{dataset}.png",
+                                                          title=caption)))
+        caption = f"{dataset}: correct teacher responses per group"
+        figures.append((caption, plot_correct_per_group(scored, plots_dir / f"correct_per_group_{dataset}.png",
+                                                        title=caption)))
+    for testset in testsets:
+        by_model = {model: pl.read_parquet(responses_files[(model, testset)], columns=["n_tokens", "correct"])
+                    for model in models if (model, testset) in responses_files}
+        if by_model:
+            caption = f"{testset}: response tokens of correct and wrong answers"
+            figures.append((caption, plot_length_distributions(by_model, plots_dir / f"lengths_{testset}.png",
+                                                               title=caption)))
+
+    page = _html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir)
+    return _write_atomically(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
