@@ -3,7 +3,8 @@
 For the responses of one prompt with rewards ``R``: ``A_i = (R_i - mean(R)) / (std(R) + eps)``, with
 the population standard deviation (``ddof=0``) and ``eps = 1e-4`` by default, as in GRPO. A group
 whose rewards are all equal gets advantages of exactly 0. A group is kept for training if it has at
-least one correct response and, when ``drop_zero_variance`` is set, rewards that are not all equal.
+least ``min_correct`` correct responses (paper: 1) and, when ``drop_zero_variance`` is set, rewards
+that are not all equal.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ def group_advantages(df: pl.DataFrame, group_col: str = "prompt_id", reward_col:
     )
 
 
-def keep_groups(df: pl.DataFrame, group_col: str = "prompt_id", drop_zero_variance: bool = False) -> pl.DataFrame:
-    """Add ``kept`` (bool) and ``drop_reason`` (``no_correct`` | ``zero_variance`` | null)."""
-    no_correct = ~pl.col("correct").any().over(group_col)
+def keep_groups(df: pl.DataFrame, group_col: str = "prompt_id", drop_zero_variance: bool = False,
+                min_correct: int = 1) -> pl.DataFrame:
+    """Add ``kept`` (bool) and ``drop_reason`` (``too_few_correct`` | ``zero_variance`` | null)."""
+    too_few_correct = pl.col("correct").sum().over(group_col) < min_correct
     zero_variance = pl.lit(drop_zero_variance) & (pl.col("group_reward_std") == 0)
-    reason = (pl.when(no_correct).then(pl.lit("no_correct"))
+    reason = (pl.when(too_few_correct).then(pl.lit("too_few_correct"))
               .when(zero_variance).then(pl.lit("zero_variance"))
               .otherwise(pl.lit(None, dtype=pl.String)))
     return df.with_columns(reason.alias("drop_reason")).with_columns(pl.col("drop_reason").is_null().alias("kept"))

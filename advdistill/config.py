@@ -148,6 +148,7 @@ class ScoreConfig:
     reward_weights: dict[str, float] = field(default_factory=lambda: {"cosine": 2.0, "format": 1.0})
     cosine: CosineConfig = field(default_factory=CosineConfig)
     advantage_eps: float = 1e-4
+    min_correct: int = 1
     drop_zero_variance: bool = False
 
 

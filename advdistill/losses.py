@@ -31,8 +31,9 @@ def next_token_view(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return flat_hidden, targets, rows
 
 
-def advantage_weights(advantages: torch.Tensor, tau: float) -> torch.Tensor:
-    return torch.softmax(advantages.float() / tau, dim=0)
+def advantage_weights(advantages: torch.Tensor, tau: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``softmax(A / tau)`` over the group, computed in float64."""
+    return torch.softmax(advantages.double() / tau, dim=0).to(dtype)
 
 
 def sft_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
@@ -48,6 +49,7 @@ def group_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                correct: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     """AdvDistill loss of one group: ``hidden [n, L, d]``, ``labels [n, L]`` (prompt and padding masked)."""
     flat_hidden, targets, rows = next_token_view(hidden, labels)
-    return advdistill_loss(flat_hidden, weight, targets, rows, advantage_weights(advantages, cfg.tau),
+    weights = advantage_weights(advantages, cfg.tau, torch.promote_types(hidden.dtype, torch.float32))
+    return advdistill_loss(flat_hidden, weight, targets, rows, weights,
                            ~correct.bool(), lam=cfg.lam, p_max=cfg.p_max, ignore_index=IGNORE_INDEX,
                            backend=cfg.backend, chunk_size=cfg.chunk_size)

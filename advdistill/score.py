@@ -58,7 +58,7 @@ def score_samples(rows: pl.DataFrame, samples: pl.DataFrame, cfg: ScoreConfig) -
         *[pl.Series(k, v, dtype=pl.Boolean) for k, v in sample_flags(responses).items()],
     ).drop("answer", "kind", "choices")
     scored = group_advantages(scored, eps=cfg.advantage_eps)
-    scored = keep_groups(scored, drop_zero_variance=cfg.drop_zero_variance)
+    scored = keep_groups(scored, drop_zero_variance=cfg.drop_zero_variance, min_correct=cfg.min_correct)
     scored = scored.sort("prompt_id", "sample_idx")
     counts = {"orphan_samples": orphans.height,
               "orphan_prompt_ids": orphans["prompt_id"].unique().sort().head(20).to_list()}

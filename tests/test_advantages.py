@@ -35,6 +35,12 @@ def test_keep_groups_reasons():
     }))
     kept = dict(keep_groups(df, drop_zero_variance=True).group_by("prompt_id")
                 .agg(pl.col("kept").first(), pl.col("drop_reason").first()).select("prompt_id", "drop_reason").iter_rows())
-    assert kept == {"mixed": None, "all_wrong": "no_correct", "flat": "zero_variance"}
+    assert kept == {"mixed": None, "all_wrong": "too_few_correct", "flat": "zero_variance"}
     lenient = keep_groups(df, drop_zero_variance=False)
     assert set(lenient.filter("kept")["prompt_id"]) == {"mixed", "flat"}
+
+
+def test_min_correct_threshold():
+    df = group_advantages(frame({"one": [(1.0, True), (0.0, False)], "two": [(1.0, True), (1.0, True)]}))
+    assert set(keep_groups(df, min_correct=2).filter("kept")["prompt_id"]) == {"two"}
+    assert set(keep_groups(df, min_correct=0).filter("kept")["prompt_id"]) == {"one", "two"}

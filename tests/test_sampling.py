@@ -68,3 +68,16 @@ def test_parts_of_a_different_configuration_are_discarded(tmp_path):
 def test_greedy_with_several_samples_is_rejected():
     with pytest.raises(ValueError, match="greedy"):
         GenerationParams(n=2, temperature=0.0, top_p=1.0, max_new_tokens=4)
+
+
+def test_special_token_only_and_undecodable_completions(tiny_model_dir):
+    from advdistill.sampling.hf import HFBackend
+
+    backend = HFBackend(str(tiny_model_dir))
+    tokenizer = backend.tokenizer
+    specials = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|endoftext|>"])
+    only_special = backend._completion(specials + [tokenizer.eos_token_id], max_new_tokens=8)
+    assert (only_special.text, only_special.n_tokens, only_special.truncated) == ("", 2, False)
+    lone_lead_byte = tokenizer.convert_tokens_to_ids(["Ã"])  # byte 0xC3 without its continuation byte
+    broken = backend._completion(lone_lead_byte * 3, max_new_tokens=3)
+    assert "\ufffd" in broken.text and broken.truncated

@@ -1,0 +1,103 @@
+"""Workflow tests: the tiny configuration run end to end, then dry-runs that assert what reruns.
+
+The repository is copied (workflow, package sources, kernels) so that a test can edit a package
+module and see the code-version parameter change; jobs themselves run the installed package.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+CONFIG = REPO / ".test" / "config_basic.yaml"
+TRAINED = {"train": 2, "evaluate": 4, "report": 1, "all": 1}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["snakemake", "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=900)
+
+
+def planned_jobs(workdir: Path, configfile: Path) -> dict[str, int]:
+    result = snakemake(workdir, "--dry-run", "--configfile", str(configfile))
+    assert result.returncode == 0, result.stdout + result.stderr
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return {}
+    table = result.stdout.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def edited_config(tmp_path: Path, edit) -> Path:
+    config = yaml.safe_load(CONFIG.read_text())
+    edit(config)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    for name in ("Snakefile", "workflow", "profiles", "advdistill", "kernels", ".test", "containers"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, workdir / name)
+    result = snakemake(workdir, "--configfile", str(CONFIG))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
+def test_run_produces_the_report(finished_run):
+    assert (finished_run / "results/report/index.html").stat().st_size > 0
+    assert (finished_run / "results/report/accuracy.csv").read_text().startswith("model")
+    for rule in ("prepare", "sample", "score", "train", "evaluate", "report"):
+        assert list((finished_run / "logs" / rule).rglob("*.log")), rule
+        assert list((finished_run / "benchmarks" / rule).rglob("*.tsv")), rule
+
+
+def test_unchanged_rerun_plans_nothing(finished_run):
+    assert planned_jobs(finished_run, CONFIG) == {}
+
+
+def test_training_hyperparameter_reruns_training_and_downstream_only(finished_run, tmp_path):
+    config = edited_config(tmp_path, lambda c: c["training"]["optim"].update(learning_rate=2e-3))
+    assert planned_jobs(finished_run, config) == TRAINED
+
+
+def test_reward_constant_reruns_scoring_not_sampling(finished_run, tmp_path):
+    config = edited_config(tmp_path, lambda c: c["score"]["cosine"].update(wrong_at_max=-1.0))
+    assert planned_jobs(finished_run, config) == {"score": 1, **TRAINED}
+
+
+def test_sampling_temperature_reruns_everything_from_sampling(finished_run, tmp_path):
+    config = edited_config(tmp_path, lambda c: c["sampling"].update(temperature=0.7))
+    assert planned_jobs(finished_run, config) == {"sample": 1, "score": 1, **TRAINED}
+
+
+def test_reward_code_change_reruns_scoring_and_evaluation_not_sampling(finished_run):
+    rewards = finished_run / "advdistill" / "rewards.py"
+    original = rewards.read_text()
+    try:
+        rewards.write_text(original + "\n# a change to the reward code\n")
+        # evaluation judges format with the reward code, so every model is re-evaluated
+        assert planned_jobs(finished_run, CONFIG) == {"score": 1, "train": 2, "evaluate": 8, "report": 1, "all": 1}
+    finally:
+        rewards.write_text(original)
+
+
+def test_invalid_config_key_stops_before_any_job(finished_run, tmp_path):
+    config = edited_config(tmp_path, lambda c: c["sampling"].update(temprature=0.7))
+    result = snakemake(finished_run, "--dry-run", "--configfile", str(config))
+    assert result.returncode != 0
+    assert "temprature" in result.stdout + result.stderr
