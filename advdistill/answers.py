@@ -116,7 +116,7 @@ def is_correct(predicted: str | None, gold: str, kind: str, choices: Sequence[st
     if predicted is None or not predicted.strip():
         return False
     if kind == "multiple_choice":
-        return _choice_correct(predicted, gold, choices or [])
+        return _choice_correct(predicted, gold, [] if choices is None else list(choices))
     if kind == "numeric":
         predicted_number, gold_number = normalize_number(predicted), normalize_number(gold)
         if predicted_number is not None and gold_number is not None:

@@ -8,15 +8,36 @@ load Qwen2.5-7B.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
-from advdistill.config import ModelShape, TokenizerConfig
-from advdistill.prompts import INSTRUCTION, MULTIPLE_CHOICE_INSTRUCTION, format_response
+from advdistill.config import (
+    BootstrapConfig,
+    ModelShape,
+    PromptConfig,
+    TokenizerConfig,
+    TrainingConfig,
+)
+from advdistill.io import atomic_directory, write_json
+from advdistill.prompts import (
+    INSTRUCTION,
+    MULTIPLE_CHOICE_INSTRUCTION,
+    build_messages,
+    format_response,
+    render_prompt,
+)
 
 # Qwen2's pre-tokenizer pattern: digits are split one by one, which arithmetic needs.
 QWEN2_PATTERN = (
@@ -25,6 +46,8 @@ QWEN2_PATTERN = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+log = logging.getLogger(__name__)
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -86,3 +109,36 @@ def build_model(tokenizer: PreTrainedTokenizerFast, shape: ModelShape, seed: int
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def run_bootstrap_tokenizer(rows_path: Path, cfg: TokenizerConfig, out: Path) -> None:
+    tokenizer = train_tokenizer(pl.read_parquet(rows_path).to_dicts(), cfg)
+    with atomic_directory(out) as tmp:
+        tokenizer.save_pretrained(tmp)
+    log.info("tokenizer with %d tokens written to %s", len(tokenizer), out)
+
+
+def run_bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapConfig,
+                    prompt_cfg: PromptConfig, seed: int, out: Path, work_dir: Path) -> dict[str, Any]:
+    """Build a random Qwen2 model and fine-tune it on the reference solutions of ``rows_path``."""
+    from advdistill.train import tokenize_pair, train_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    model = build_model(tokenizer, cfg.shape, seed)
+    rows = pl.read_parquet(rows_path).filter(pl.col("solution") != "").to_dicts()[:cfg.train_rows]
+    pairs = [
+        tokenize_pair(tokenizer,
+                      render_prompt(tokenizer, build_messages(row, prompt_cfg.system_prompt)),
+                      format_response(row["solution"], row["answer"]),
+                      cfg.optim.max_seq_length)
+        for row in rows
+    ]
+    metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=cfg.optim), work_dir, seed,
+                          save_checkpoints=False)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    metrics["parameters"] = sum(p.numel() for p in model.parameters())
+    metrics["examples"] = len(pairs)
+    write_json(metrics, out / "bootstrap_metrics.json")
+    return metrics

@@ -128,34 +128,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from advdistill import stages
-
+    """Import only the stage that runs, so that ``--help`` and light stages stay fast."""
     if args.stage == "prepare":
+        from advdistill.datasets import prepare_split
+
         report = args.report or args.out.with_name(args.out.stem + ".report.json")
-        stages.prepare(args.dataset, args.source, args.split, args.options, args.out, report, args.name)
+        prepare_split(args.dataset, args.source, args.split, args.options, args.out, report, args.name)
     elif args.stage == "bootstrap-tokenizer":
-        stages.bootstrap_tokenizer(args.rows, from_json(TokenizerConfig, args.settings, "tokenizer"), args.out)
+        from advdistill.bootstrap import run_bootstrap_tokenizer
+
+        run_bootstrap_tokenizer(args.rows, from_json(TokenizerConfig, args.settings, "tokenizer"), args.out)
     elif args.stage == "bootstrap-model":
-        stages.bootstrap_model(args.rows, args.tokenizer, from_json(BootstrapConfig, args.settings, "bootstrap"),
-                               from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out,
-                               args.out.with_name(args.out.name + ".checkpoints"))
+        from advdistill.bootstrap import run_bootstrap_model
+
+        run_bootstrap_model(args.rows, args.tokenizer, from_json(BootstrapConfig, args.settings, "bootstrap"),
+                            from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out,
+                            args.out.with_name(args.out.name + ".checkpoints"))
     elif args.stage == "sample":
-        stages.sample(args.model, args.rows, from_json(SamplingConfig, args.settings, "sampling"),
-                      from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out)
+        from advdistill.sampling import run_sample
+
+        run_sample(args.model, args.rows, from_json(SamplingConfig, args.settings, "sampling"),
+                   from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out)
     elif args.stage == "score":
-        stages.score(args.rows, args.samples, from_json(ScoreConfig, args.settings, "score"),
-                     args.out, args.summary)
+        from advdistill.score import run_score
+
+        run_score(args.rows, args.samples, from_json(ScoreConfig, args.settings, "score"), args.out, args.summary)
     elif args.stage == "train":
+        from advdistill.train import run_train
+
         checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
-        stages.train(args.model, args.rows, args.scored, args.objective,
-                     from_json(TrainingConfig, args.settings, "training"), from_json(PromptConfig, args.prompt, "prompt"),
-                     args.seed, args.out, checkpoints)
+        run_train(args.model, args.rows, args.scored, args.objective,
+                  from_json(TrainingConfig, args.settings, "training"), from_json(PromptConfig, args.prompt, "prompt"),
+                  args.seed, args.out, checkpoints)
     elif args.stage == "evaluate":
-        stages.evaluate(args.model, args.rows, from_json(EvaluationConfig, args.settings, "evaluation"),
-                        from_json(PromptConfig, args.prompt, "prompt"), args.few_shot_rows, args.seed,
-                        args.out, args.metrics)
+        from advdistill.evaluate import run_evaluate
+
+        run_evaluate(args.model, args.rows, from_json(EvaluationConfig, args.settings, "evaluation"),
+                     from_json(PromptConfig, args.prompt, "prompt"), args.few_shot_rows, args.seed,
+                     args.out, args.metrics)
     elif args.stage == "report":
-        stages.report(args.plan, args.results, args.benchmarks, args.out_dir)
+        from advdistill.report import run_report
+
+        run_report(args.plan, args.results, args.benchmarks, args.out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from advdistill.answers import extract_answer, is_correct
 from advdistill.config import EvaluationConfig, PromptConfig, SamplingConfig
 from advdistill.io import write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
+from advdistill.prompts import render_prompts
 from advdistill.rewards import format_reward
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,11 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
 
     from advdistill.sampling import get_backend, run_fingerprint, sample_prompts
     from advdistill.sampling.base import GenerationParams
-    from advdistill.stages import prompts_for
 
     rows = pl.read_parquet(rows_path)
     few_shot_rows = pl.read_parquet(few_shot_rows_path).to_dicts() if few_shot_rows_path else []
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    texts = prompts_for(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)
+    texts = render_prompts(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)
     ids = rows["id"].to_list()
     params = GenerationParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
     sampling_cfg = SamplingConfig(backend=cfg.backend, n_samples=1, temperature=0.0,

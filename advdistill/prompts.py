@@ -12,6 +12,8 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from advdistill.config import PromptConfig
+
 INSTRUCTION = (
     "Think step by step inside <think> </think> tags, then give the final answer inside "
     "<answer> </answer> tags as \\boxed{answer}."
@@ -63,3 +65,11 @@ def choose_few_shot(train_rows: Sequence[Mapping[str, Any]], k: int, seed: int) 
     if len(candidates) < k:
         raise ValueError(f"few-shot: need {k} training rows with solutions, found {len(candidates)}")
     return random.Random(seed).sample(candidates, k)
+
+
+def render_prompts(rows: list[dict[str, Any]], tokenizer: Any, prompt_cfg: PromptConfig,
+                few_shot_rows: list[dict[str, Any]] | None = None, seed: int = 0) -> list[str]:
+    """Rendered prompts of ``rows``; few-shot turns (``prompt_cfg.few_shot``) come from ``few_shot_rows``."""
+    shots = choose_few_shot(few_shot_rows or [], prompt_cfg.few_shot, seed)
+    return [render_prompt(tokenizer, build_messages(r, prompt_cfg.system_prompt, shots))
+            for r in rows]

@@ -330,3 +330,27 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
 
     page = _html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir)
     return _write_atomically(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+
+
+def run_report(plan: dict[str, Any], results: Path, benchmarks: Path, out_dir: Path) -> Path:
+    """The run's report from the evaluate/score outputs laid out under ``results``.
+
+    ``plan`` has ``models`` (row order) and ``experiments`` (training dataset -> its test sets). A test
+    set is reported with the students trained on the first experiment that lists it.
+    """
+    metrics_files, responses_files, testsets = {}, {}, []
+    for train_set, experiment_testsets in plan["experiments"].items():
+        for testset in experiment_testsets:
+            if testset in testsets:
+                continue
+            testsets.append(testset)
+            for model in plan["models"]:
+                folder = results / "evaluate" / train_set / model / testset
+                metrics_files[(model, testset)] = folder / "metrics.json"
+                responses_files[(model, testset)] = folder / "responses.parquet"
+    scored_files = {name: results / "score" / name / "scored.parquet" for name in plan["experiments"]}
+    benchmark_files = {stage.name: sorted(stage.rglob("*.tsv"))
+                       for stage in sorted(benchmarks.iterdir()) if stage.is_dir()} if benchmarks.is_dir() else {}
+    manifests = sorted(results.glob("*/**/manifest.json"))
+    return build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, out_dir,
+                        plan["models"], testsets)

@@ -78,7 +78,8 @@ def summarise(scored: pl.DataFrame, counts: dict[str, Any], bins: int = 20) -> d
         "groups_dropped": {r: int(n) for r, n in dropped.iter_rows()},
         "share_correct": float(scored["correct"].mean()) if scored.height else 0.0,
         "share_format": float(scored["r_format"].mean()) if "r_format" in scored.columns and scored.height else None,
-        "correct_per_group": {int(k): int(v) for k, v in groups["n_correct"].value_counts().sort("n_correct").iter_rows()},
+        "correct_per_group": {int(k): int(v)
+                              for k, v in groups["n_correct"].value_counts().sort("n_correct").iter_rows()},
         "empty_responses": int(scored["empty_response"].sum()),
         "invalid_utf8_responses": int(scored["invalid_utf8"].sum()),
         "truncated_responses": int(scored["truncated"].sum()),

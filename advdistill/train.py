@@ -15,14 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
 from torch.utils.data import Dataset
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
-from advdistill.config import LossConfig, OptimConfig, TrainingConfig
+from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingConfig
 from advdistill.errors import TrainingError
+from advdistill.io import atomic_directory, write_json
 from advdistill.losses import group_loss, sft_loss
+from advdistill.prompts import render_prompts
 
 IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
@@ -115,6 +124,7 @@ def training_arguments(optim: OptimConfig, output_dir: Path, seed: int, has_eval
         data_seed=seed,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
         prediction_loss_only=True,
     )
@@ -236,3 +246,31 @@ def split_validation(groups: Sequence[Group], fraction: float, seed: int) -> tup
     shuffled = torch.randperm(len(order), generator=torch.Generator().manual_seed(seed)).tolist()
     held_ids = set(shuffled[:held])
     return ([g for i, g in enumerate(order) if i not in held_ids], [g for i, g in enumerate(order) if i in held_ids])
+
+
+def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,
+          prompt_cfg: PromptConfig, seed: int, out: Path, work_dir: Path) -> dict[str, Any]:
+    """Fine-tune a student on scored teacher groups with the ``sft`` or ``advdistill`` objective."""
+    scored = pl.read_parquet(scored_path)
+    if not scored["kept"].any():
+        raise TrainingError(f"{scored_path}: no kept groups to train on (every group was filtered out by score)")
+    rows = pl.read_parquet(rows_path).to_dicts()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = dict(zip([r["id"] for r in rows], render_prompts(rows, tokenizer, prompt_cfg)))
+    groups, truncated = build_groups(prompts, scored, tokenizer, cfg.optim.max_seq_length)
+    train_groups, eval_groups = split_validation(groups, cfg.validation_fraction, seed)
+    if objective == "sft":
+        train_items, eval_items = best_pairs(train_groups), best_pairs(eval_groups)
+    else:
+        train_items, eval_items = train_groups, eval_groups
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    metrics = train_model(model, tokenizer, objective, train_items, cfg, work_dir, seed, eval_items)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    metrics.update({"objective": objective, "groups": len(groups), "train_items": len(train_items),
+                    "eval_items": len(eval_items), "truncated_responses": truncated})
+    write_json(metrics, out / "train_metrics.json")
+    log.info("%s: trained on %d items (%d held out), %d responses truncated", objective, len(train_items),
+             len(eval_items), truncated)
+    return metrics

@@ -1,6 +1,11 @@
 import pytest
 
-from advdistill.answers import extract_answer, extract_boxed, is_correct, normalize_number
+from advdistill.answers import (
+    extract_answer,
+    extract_boxed,
+    is_correct,
+    normalize_number,
+)
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -3,7 +3,14 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from advdistill.datasets import ROW_SCHEMA, BadRow, DatasetAdapter, DatasetError, get_adapter, normalise_split
+from advdistill.datasets import (
+    ROW_SCHEMA,
+    BadRow,
+    DatasetAdapter,
+    DatasetError,
+    get_adapter,
+    normalise_split,
+)
 from advdistill.datasets.synthetic import written_difference, written_sum
 
 

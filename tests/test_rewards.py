@@ -3,7 +3,12 @@ import math
 import pytest
 
 from advdistill.config import CosineConfig
-from advdistill.rewards import REWARD_FUNCTIONS, composite_reward, format_reward, make_cosine_reward
+from advdistill.rewards import (
+    REWARD_FUNCTIONS,
+    composite_reward,
+    format_reward,
+    make_cosine_reward,
+)
 
 L_MAX = 2048
 cosine = make_cosine_reward(CosineConfig(max_length=L_MAX))

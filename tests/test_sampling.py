@@ -1,18 +1,17 @@
 import polars as pl
 import pytest
 
-from advdistill import stages
 from advdistill.config import PromptConfig, SamplingConfig
-from advdistill.sampling import SAMPLE_SCHEMA, sample_prompts
+from advdistill.sampling import SAMPLE_SCHEMA, run_sample, sample_prompts
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
 
 SETTINGS = SamplingConfig(n_samples=3, temperature=0.9, max_new_tokens=12, batch_size=4, shard_size=8)
 
 
 def test_hf_sampling_is_deterministic_and_well_formed(tiny_model_dir, rows_file, tmp_path):
-    first = stages.sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 11, tmp_path / "a.parquet")
-    second = stages.sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 11, tmp_path / "b.parquet")
-    other_seed = stages.sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 12, tmp_path / "c.parquet")
+    first = run_sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 11, tmp_path / "a.parquet")
+    run_sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 11, tmp_path / "b.parquet")
+    other_seed = run_sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 12, tmp_path / "c.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     assert not first.equals(other_seed)
     assert dict(first.schema) == SAMPLE_SCHEMA

@@ -21,8 +21,9 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
-from advdistill.config import SamplingConfig
+from advdistill.config import PromptConfig, SamplingConfig
 from advdistill.io import read_json, write_json, write_parquet
+from advdistill.prompts import render_prompts
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
 
 log = logging.getLogger(__name__)
@@ -130,3 +131,20 @@ def _rows(prompt_ids: Sequence[str], completions: list[list[Completion]]) -> lis
         for pid, group in zip(prompt_ids, completions)
         for idx, c in enumerate(group)
     ]
+
+
+def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg: PromptConfig,
+           seed: int, out: Path) -> pl.DataFrame:
+    from transformers import AutoTokenizer
+
+    rows = pl.read_parquet(rows_path).to_dicts()[:cfg.max_prompts]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    texts = render_prompts(rows, tokenizer, prompt_cfg)
+    ids = [r["id"] for r in rows]
+    params = GenerationParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_new_tokens=cfg.max_new_tokens)
+    fingerprint = run_fingerprint(model_path, ids, texts, params, cfg, seed)
+    samples = sample_prompts(lambda: get_backend(cfg.backend, model_path, cfg.dtype), ids, texts,
+                             params, cfg, seed, out, fingerprint)
+    log.info("wrote %d samples for %d prompts to %s", samples.height, len(rows), out)
+    return samples

@@ -26,16 +26,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from advdistill_kernels import (
     AdvDistillLoss,
     BackendUnavailableError,
     advdistill_loss,
     advdistill_loss_from_logits,
     available_backends,
+    cpp_backend,
     response_stats,
 )
-from advdistill_kernels import cpp_backend
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
@@ -157,7 +156,8 @@ def max_error(actual, expected) -> list[float]:
 def assert_close_fp32(actual, expected) -> None:
     loss, grad_hidden, grad_weight = max_error(actual, expected)
     assert loss <= 1e-6 * max(1.0, abs(float(expected[0]))), f"loss error {loss}"
-    for name, error, reference in (("grad_hidden", grad_hidden, expected[1]), ("grad_weight", grad_weight, expected[2])):
+    gradients = (("grad_hidden", grad_hidden, expected[1]), ("grad_weight", grad_weight, expected[2]))
+    for name, error, reference in gradients:
         bound = 1e-5 * max(float(reference.abs().max()), 1e-12)
         assert error <= bound, f"{name} error {error} > {bound}"
 

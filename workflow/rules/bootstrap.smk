@@ -38,7 +38,7 @@ rule bootstrap_model:
         settings=lambda wc: as_json({k: v for k, v in models()[wc.model]["bootstrap"].items() if k != "dataset"}),
         prompt=as_json(config.get("prompt", {})),
         seed=config["seed"],
-        code=code_version("advdistill/bootstrap.py", "advdistill/prompts.py", "advdistill/train.py", "advdistill/stages.py"),
+        code=code_version("advdistill/bootstrap.py", "advdistill/prompts.py", "advdistill/train.py"),
     threads: 2
     resources:
         mem_mb=4000,

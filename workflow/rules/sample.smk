@@ -13,7 +13,7 @@ rule sample:
         settings=as_json(config["sampling"]),
         prompt=as_json(config.get("prompt", {})),
         seed=config["seed"],
-        code=code_version("advdistill/sampling", "advdistill/prompts.py", "advdistill/stages.py"),
+        code=code_version("advdistill/sampling", "advdistill/prompts.py"),
     threads: 2
     resources:
         mem_mb=8000,

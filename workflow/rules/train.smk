@@ -17,7 +17,7 @@ rule train:
         prompt=as_json(config.get("prompt", {})),
         seed=config["seed"],
         checkpoints=lambda wc: f"results/train/{wc.dataset}/.checkpoints/{wc.student}-{wc.objective}",
-        code=code_version("advdistill/train.py", "advdistill/losses.py", "advdistill/prompts.py", "advdistill/stages.py", "kernels/advdistill_kernels"),
+        code=code_version("advdistill/train.py", "advdistill/losses.py", "advdistill/prompts.py", "kernels/advdistill_kernels"),
     threads: 2
     resources:
         mem_mb=16000,

@@ -1,0 +1,92 @@
+import polars as pl
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingConfig
+from advdistill.errors import TrainingError
+from advdistill.train import (
+    Group,
+    best_pairs,
+    build_groups,
+    run_train,
+    split_validation,
+    tokenize_pair,
+    train_model,
+)
+
+TINY_OPTIM = OptimConfig(learning_rate=1e-3, max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
+                         max_seq_length=128, save_steps=2, logging_steps=1)
+
+
+def scored_table(synthetic_rows, kept=True):
+    train = synthetic_rows[0].head(4)
+    rows = []
+    for pid, answer in zip(train["id"], train["answer"]):
+        for idx in range(3):
+            good = idx == 0
+            rows.append({"prompt_id": pid, "sample_idx": idx, "kept": kept, "correct": good,
+                         "advantage": 1.0 if good else -0.5,
+                         "response": f"<think>x</think>\n<answer>\\boxed{{{answer if good else 0}}}</answer>"})
+    return pl.DataFrame(rows)
+
+
+def test_tokenize_pair_masks_prompt_and_truncates(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pair = tokenize_pair(tokenizer, "question here", "answer text", max_length=1000)
+    prompt_len = len(tokenizer("question here", add_special_tokens=False)["input_ids"])
+    assert pair.labels[:prompt_len] == [-100] * prompt_len
+    assert pair.labels[-1] == tokenizer.eos_token_id and not pair.truncated
+    short = tokenize_pair(tokenizer, "question here", "answer text", max_length=prompt_len + 1)
+    assert short.truncated and len(short.input_ids) == prompt_len + 1
+
+
+def test_groups_best_pairs_and_truncation_count(tiny_model_dir, synthetic_rows):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    scored = scored_table(synthetic_rows)
+    prompts = {pid: f"prompt {pid}" for pid in scored["prompt_id"]}
+    groups, truncated = build_groups(prompts, scored, tokenizer, max_length=1000)
+    assert len(groups) == 4 and truncated == 0
+    assert [g.correct for g in groups] == [[True, False, False]] * 4
+    _, truncated = build_groups(prompts, scored, tokenizer, max_length=8)
+    assert truncated == 12
+    ties = Group("g", groups[0].pairs, [0.5, 0.5, -1.0], [True, True, False])
+    assert best_pairs([ties])[0] is groups[0].pairs[0]
+    train, held = split_validation(groups, 0.25, seed=0)
+    assert len(train) == 3 and len(held) == 1
+
+
+@pytest.mark.parametrize("objective", ["sft", "advdistill"])
+def test_training_resumes_from_last_checkpoint(tiny_model_dir, synthetic_rows, objective, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    scored = scored_table(synthetic_rows)
+    groups, _ = build_groups({pid: f"prompt {pid}" for pid in scored["prompt_id"]}, scored, tokenizer, 128)
+    items = best_pairs(groups) if objective == "sft" else groups
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    first = train_model(model, tokenizer, objective, items, TrainingConfig(optim=TINY_OPTIM), tmp_path, seed=0)
+    assert first["resumed_from"] is None
+    longer = TrainingConfig(optim=OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": 3}))
+    second = train_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, objective, items, longer,
+                         tmp_path, seed=0)
+    assert second["resumed_from"].endswith("checkpoint-2")
+    assert second["log_history"][-1]["step"] == 3
+
+
+def test_nonfinite_loss_stops_with_step_and_group(tiny_model_dir, synthetic_rows, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    scored = scored_table(synthetic_rows)
+    groups, _ = build_groups({pid: "p" for pid in scored["prompt_id"]}, scored, tokenizer, 128)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.fill_(float("nan"))
+    cfg = TrainingConfig(optim=TINY_OPTIM, loss=LossConfig(backend="torch"))
+    with pytest.raises(TrainingError, match=r"non-finite loss .* step 0, group "):
+        train_model(model, tokenizer, "advdistill", groups, cfg, tmp_path, seed=0, save_checkpoints=False)
+
+
+def test_no_kept_groups_is_a_clear_error(tiny_model_dir, synthetic_rows, rows_file, tmp_path):
+    scored = tmp_path / "scored.parquet"
+    scored_table(synthetic_rows, kept=False).write_parquet(scored)
+    with pytest.raises(TrainingError, match="no kept groups"):
+        run_train(str(tiny_model_dir), rows_file, scored, "sft", TrainingConfig(optim=TINY_OPTIM),
+                     PromptConfig(), 0, tmp_path / "out", tmp_path / "ck")
