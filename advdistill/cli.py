@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from advdistill.config import (
@@ -172,12 +173,35 @@ def run(args: argparse.Namespace) -> None:
         run_report(args.plan, args.results, args.benchmarks, args.out_dir)
 
 
+SETTING_ARGUMENTS = ("settings", "prompt", "options", "plan")
+INPUT_ARGUMENTS = ("model", "rows", "samples", "scored", "tokenizer", "few_shot_rows", "source")
+
+
+def record_provenance(args: argparse.Namespace, started: float) -> None:
+    """Write the manifest of this stage beside its main output."""
+    from advdistill.provenance import stage_manifest, write_manifest
+
+    settings = {}
+    for name in SETTING_ARGUMENTS:
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = json.loads(value) if isinstance(value, str) else value
+    for name in ("objective", "split", "dataset"):
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    inputs = [str(getattr(args, name)) for name in INPUT_ARGUMENTS if getattr(args, name, None) is not None]
+    output = args.out_dir / "index.html" if args.stage == "report" else args.out
+    write_manifest(output, stage_manifest(args.stage, settings, getattr(args, "seed", None), started, inputs))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.time()
     try:
         run(args)
+        record_provenance(args, started)
     except (ConfigError, DatasetError, TrainingError, ValueError, FileNotFoundError) as err:
         print(f"advdistill {args.stage}: error: {err}", file=sys.stderr)
         return 2

@@ -282,12 +282,30 @@ def _html_page(tables: Mapping[str, pl.DataFrame], table_files: Mapping[str, Pat
         parts.append(f'<figure><img src="{source}" alt="{html.escape(caption)}">'
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     if manifests:
-        parts.append("<h2>Provenance</h2>")
-        for manifest in manifests:
-            contents = json.dumps(read_json(manifest), indent=2, sort_keys=True)
-            parts += [f"<h3>{html.escape(str(manifest))}</h3>", f"<pre>{html.escape(contents)}</pre>"]
+        parts += ["<h2>Provenance</h2>", html_table(provenance_table(manifests))]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def provenance_table(manifests: list[Path]) -> pl.DataFrame:
+    """One row per stage manifest: output, settings hash, code version, image, seed, wall time."""
+    rows = []
+    for path in manifests:
+        manifest = read_json(path)
+        output = str(path).removesuffix(".manifest.json")
+        rows.append({
+            "stage": manifest.get("stage"),
+            "output": output,
+            "settings_sha256": (manifest.get("settings_sha256") or "")[:12],
+            "version": manifest.get("package_version"),
+            "git_commit": (manifest.get("git_commit") or "")[:10] or None,
+            "container": manifest.get("container"),
+            "seed": manifest.get("seed"),
+            "wall_s": manifest.get("wall_seconds"),
+        })
+    return pl.DataFrame(rows, schema={"stage": pl.String, "output": pl.String, "settings_sha256": pl.String,
+                                      "version": pl.String, "git_commit": pl.String, "container": pl.String,
+                                      "seed": pl.Int64, "wall_s": pl.Float64})
 
 
 def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Mapping[str, Path],
@@ -351,6 +369,6 @@ def run_report(plan: dict[str, Any], results: Path, benchmarks: Path, out_dir: P
     scored_files = {name: results / "score" / name / "scored.parquet" for name in plan["experiments"]}
     benchmark_files = {stage.name: sorted(stage.rglob("*.tsv"))
                        for stage in sorted(benchmarks.iterdir()) if stage.is_dir()} if benchmarks.is_dir() else {}
-    manifests = sorted(results.glob("*/**/manifest.json"))
+    manifests = sorted(results.rglob("*.manifest.json"))
     return build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, out_dir,
                         plan["models"], testsets)

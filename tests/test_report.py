@@ -147,3 +147,16 @@ def test_build_report_without_benchmarks_or_manifests(report_inputs):
     page = build_report(**report_inputs).read_text()
     assert "Provenance" not in page
     assert not (report_inputs["out_dir"] / "stage_costs.md").exists()
+
+
+def test_provenance_table_lists_each_manifest(tmp_path):
+    from advdistill.provenance import stage_manifest, write_manifest
+    from advdistill.report import provenance_table
+
+    output = tmp_path / "scored.parquet"
+    path = write_manifest(output, stage_manifest("score", {"settings": {"a": 1}}, 7, 0.0, ["rows.parquet"]))
+    table = provenance_table([path])
+    assert table.row(0, named=True)["stage"] == "score"
+    assert table.row(0, named=True)["output"] == str(output)
+    assert table.row(0, named=True)["seed"] == 7
+    assert len(table.row(0, named=True)["settings_sha256"]) == 12

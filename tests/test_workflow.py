@@ -61,6 +61,9 @@ def finished_run(tmp_path_factory) -> Path:
 def test_run_produces_the_report(finished_run):
     assert (finished_run / "results/report/index.html").stat().st_size > 0
     assert (finished_run / "results/report/accuracy.csv").read_text().startswith("model")
+    manifest = yaml.safe_load((finished_run / "results/score/arith/scored.parquet.manifest.json").read_text())
+    assert manifest["stage"] == "score" and manifest["settings"]["settings"]["min_correct"] == 0
+    assert "Provenance" in (finished_run / "results/report/index.html").read_text()
     for rule in ("prepare", "sample", "score", "train", "evaluate", "report"):
         assert list((finished_run / "logs" / rule).rglob("*.log")), rule
         assert list((finished_run / "benchmarks" / rule).rglob("*.tsv")), rule

@@ -1,0 +1,58 @@
+"""Provenance manifests: what produced an artefact (settings hash, code version, image, seed, time).
+
+Each CLI stage writes ``<output>.manifest.json`` beside its main output; the report lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from advdistill import __version__
+from advdistill.io import write_json
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from, if it is one (an installed wheel is not)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True,
+                                timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def manifest_path(output: Path) -> Path:
+    return output.with_name(output.name + ".manifest.json")
+
+
+def stage_manifest(stage: str, settings: dict[str, Any], seed: int | None, started: float,
+                   inputs: list[str]) -> dict[str, Any]:
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return {
+        "stage": stage,
+        "settings_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+        "settings": settings,
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "container": os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"),
+        "host": platform.node(),
+        "seed": seed,
+        "inputs": inputs,
+        "started_unix": round(started, 3),
+        "wall_seconds": round(time.time() - started, 3),
+    }
+
+
+def write_manifest(output: Path, manifest: dict[str, Any]) -> Path:
+    path = manifest_path(output)
+    write_json(manifest, path)
+    return path
