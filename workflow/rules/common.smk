@@ -106,6 +106,14 @@ def gpu_resources():
     return {"gpu": 1} if config.get("resources", {}).get("gpu_rules", False) else {}
 
 
+def evaluation_prompt(model):
+    """Base models answer with few-shot turns from the training split (the paper's ICL baselines)."""
+    prompt = dict(config.get("prompt", {}))
+    if model.endswith("-base"):
+        prompt["few_shot"] = config["evaluation"]["base_few_shot"]
+    return as_json(prompt)
+
+
 def evaluation_outputs(kind):
     return [
         f"results/evaluate/{train_set}/{model}/{testset}/{kind}"

@@ -1,11 +1,3 @@
-def evaluation_prompt(model):
-    """Base models answer with few-shot turns from the training split (the paper's ICL baselines)."""
-    prompt = dict(config.get("prompt", {}))
-    if model.endswith("-base"):
-        prompt["few_shot"] = config["evaluation"]["base_few_shot"]
-    return as_json(prompt)
-
-
 rule evaluate:
     input:
         rows="results/prepare/{testset}/test.parquet",
