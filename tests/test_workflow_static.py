@@ -2,6 +2,9 @@
 
 import subprocess
 
+import pytest
+import yaml
+
 from tests.conftest import REPO
 
 
@@ -31,3 +34,15 @@ def test_dangling_dataset_reference_names_the_key(tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path)
     assert result.returncode != 0
     assert "experiments.arith.testsets: 'gsm9k'" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "config" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_configs_plan_the_full_dag_without_downloading(config, tmp_path):
+    result = run_snakemake("--dry-run", "--configfile", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    stats = result.stdout.split("Job stats:")[1].split("total")[0]
+    n_testsets = len(yaml.safe_load(config.read_text())["experiments"].popitem()[1]["testsets"])
+    # teacher, 1.5B base/SFT/AdvDistill, 3B base/SFT on every test set; no bootstrap rules
+    assert stats.split("\nevaluate")[1].split()[0] == str(6 * n_testsets)
+    assert stats.split("\ntrain")[1].split()[0] == "3"
+    assert "bootstrap" not in stats
