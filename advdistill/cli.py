@@ -68,6 +68,11 @@ def _add_sample(sub) -> None:
     p.add_argument("--settings", default="{}", help="sampling settings as JSON")
     p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part", default="0/1", help="I/J: sample the I-th of J prompt ranges (0-based)")
+    p.add_argument("--out", type=Path, required=True, help="output samples parquet")
+
+    p = sub.add_parser("merge-samples", help="merge the parts of a sharded sampling run")
+    p.add_argument("parts", type=Path, nargs="+", help="part parquet files, in order")
     p.add_argument("--out", type=Path, required=True, help="output samples parquet")
 
 
@@ -148,8 +153,13 @@ def run(args: argparse.Namespace) -> None:
     elif args.stage == "sample":
         from advdistill.sampling import run_sample
 
+        part, parts = (int(x) for x in args.part.split("/"))
         run_sample(args.model, args.rows, from_json(SamplingConfig, args.settings, "sampling"),
-                   from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out)
+                   from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out, part, parts)
+    elif args.stage == "merge-samples":
+        from advdistill.sampling import merge_samples
+
+        merge_samples(args.parts, args.out)
     elif args.stage == "score":
         from advdistill.score import run_score
 
@@ -174,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 SETTING_ARGUMENTS = ("settings", "prompt", "options", "plan")
-INPUT_ARGUMENTS = ("model", "rows", "samples", "scored", "tokenizer", "few_shot_rows", "source")
+INPUT_ARGUMENTS = ("model", "rows", "samples", "scored", "tokenizer", "few_shot_rows", "source", "parts")
 
 
 def record_provenance(args: argparse.Namespace, started: float) -> None:
@@ -186,7 +196,7 @@ def record_provenance(args: argparse.Namespace, started: float) -> None:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = json.loads(value) if isinstance(value, str) else value
-    for name in ("objective", "split", "dataset"):
+    for name in ("objective", "split", "dataset", "part"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
     inputs = [str(getattr(args, name)) for name in INPUT_ARGUMENTS if getattr(args, name, None) is not None]

@@ -128,6 +128,7 @@ class SamplingConfig:
     max_new_tokens: int = 2048
     batch_size: int = 16
     shard_size: int = 256
+    jobs: int = 1
     max_prompts: int | None = None
     dtype: str = "auto"
 

@@ -80,3 +80,25 @@ def test_special_token_only_and_undecodable_completions(tiny_model_dir):
     lone_lead_byte = tokenizer.convert_tokens_to_ids(["Ã"])  # byte 0xC3 without its continuation byte
     broken = backend._completion(lone_lead_byte * 3, max_new_tokens=3)
     assert "\ufffd" in broken.text and broken.truncated
+
+
+def test_part_ranges_cover_whole_shards():
+    from advdistill.sampling import part_range
+
+    ranges = [part_range(20, 6, part, 3) for part in range(3)]
+    assert ranges == [(0, 6), (6, 12), (12, 20)]
+    assert [part_range(5, 6, part, 2) for part in range(2)] == [(0, 0), (0, 5)]
+    with pytest.raises(ValueError, match="outside"):
+        part_range(20, 6, 3, 3)
+
+
+def test_split_sampling_merges_to_the_single_job_result(tmp_path, tiny_model_dir, rows_file):
+    from advdistill.sampling import merge_samples
+
+    single = run_sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 3, tmp_path / "all.parquet")
+    parts = [tmp_path / f"part-{i}.parquet" for i in range(3)]
+    for i, path in enumerate(parts):
+        run_sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 3, path, part=i, parts=3)
+    assert merge_samples(parts, tmp_path / "merged.parquet").equals(single)
+    with pytest.raises(ValueError, match="overlap"):
+        merge_samples([parts[0], parts[0]], tmp_path / "bad.parquet")

@@ -85,7 +85,7 @@ def test_reward_constant_reruns_scoring_not_sampling(finished_run, tmp_path):
 
 def test_sampling_temperature_reruns_everything_from_sampling(finished_run, tmp_path):
     config = edited_config(tmp_path, lambda c: c["sampling"].update(temperature=0.7))
-    assert planned_jobs(finished_run, config) == {"sample": 1, "score": 1, **TRAINED}
+    assert planned_jobs(finished_run, config) == {"sample": 1, "merge_samples": 1, "score": 1, **TRAINED}
 
 
 def test_reward_code_change_reruns_scoring_and_evaluation_not_sampling(finished_run):

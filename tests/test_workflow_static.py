@@ -23,7 +23,7 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     stats = result.stdout.split("Job stats:")[1].split("total")[0]
-    for rule, count in [("prepare", 3), ("bootstrap_tokenizer", 1), ("bootstrap_model", 2), ("sample", 1),
+    for rule, count in [("prepare", 3), ("bootstrap_tokenizer", 1), ("bootstrap_model", 2), ("sample", 1), ("merge_samples", 1),
                         ("score", 1), ("train", 2), ("evaluate", 8), ("report", 1)]:
         assert f"{rule} " in stats and stats.split(f"\n{rule}")[1].split()[0] == str(count), (rule, stats)
 
@@ -46,3 +46,14 @@ def test_paper_configs_plan_the_full_dag_without_downloading(config, tmp_path):
     assert stats.split("\nevaluate")[1].split()[0] == str(6 * n_testsets)
     assert stats.split("\ntrain")[1].split()[0] == "3"
     assert "bootstrap" not in stats
+
+
+def test_sampling_jobs_plan_one_job_per_prompt_range(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["sampling"]["jobs"] = 3
+    (tmp_path / "split.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake("--dry-run", "--configfile", str(tmp_path / "split.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--part 2/3" in result.stdout or "part-2.parquet" in result.stdout
+    stats = result.stdout.split("Job stats:")[1].split("total")[0]
+    assert stats.split("\nsample")[1].split()[0] == "3"

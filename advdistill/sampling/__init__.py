@@ -68,8 +68,22 @@ def run_fingerprint(model_path: str, prompt_ids: Sequence[str], prompts: Sequenc
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def batch_seed(seed: int, batch_number: int) -> int:
-    return (seed * 1_000_003 + batch_number) % (2**63)
+def batch_seed(seed: int, first_prompt: int) -> int:
+    """Seed of the ``generate`` call whose first prompt has global index ``first_prompt``."""
+    return (seed * 1_000_003 + first_prompt) % (2**63)
+
+
+def part_range(n_prompts: int, shard_size: int, part: int, parts: int) -> tuple[int, int]:
+    """Prompt range ``[start, end)`` of job ``part`` of ``parts``: whole shards, split as evenly as possible.
+
+    Ranges start on shard boundaries, so every batch has the same first prompt (and seed) whatever
+    the number of jobs, and the merged samples equal a single job's.
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"sampling part {part} is outside 0..{parts - 1}")
+    n_shards = -(-n_prompts // shard_size)
+    first, last = part * n_shards // parts, (part + 1) * n_shards // parts
+    return min(first * shard_size, n_prompts), min(last * shard_size, n_prompts)
 
 
 def sample_prompts(
@@ -81,10 +95,12 @@ def sample_prompts(
     seed: int,
     out_path: Path,
     fingerprint: str,
+    first_index: int = 0,
 ) -> pl.DataFrame:
     """Sample ``params.n`` completions per prompt into ``out_path``, resuming from finished shards.
 
     ``backend`` may be a factory, so that a run whose shards are all done never loads the model.
+    ``first_index`` is the global index of ``prompts[0]`` when this job samples one part of a run.
     """
     parts_dir = out_path.parent / f".{out_path.name}.parts"
     marker = parts_dir / "fingerprint.json"
@@ -95,7 +111,6 @@ def sample_prompts(
     write_json(fingerprint, marker)
 
     shard_starts = range(0, len(prompts), cfg.shard_size)
-    batches_per_shard = -(-cfg.shard_size // cfg.batch_size)
     done = sum((parts_dir / f"shard-{i:05d}.parquet").exists() for i in range(len(shard_starts)))
     if done:
         log.info("resuming: %d of %d shards already sampled", done, len(shard_starts))
@@ -107,9 +122,9 @@ def sample_prompts(
             if callable(backend) and not isinstance(backend, SamplingBackend):
                 backend = backend()
             rows = []
-            for offset, batch_start in enumerate(range(start, end, cfg.batch_size)):
+            for batch_start in range(start, end, cfg.batch_size):
                 batch_end = min(batch_start + cfg.batch_size, end)
-                seed_here = batch_seed(seed, shard_number * batches_per_shard + offset)
+                seed_here = batch_seed(seed, first_index + batch_start)
                 completions = backend.generate(list(prompts[batch_start:batch_end]), params, seed_here)
                 rows.extend(_rows(prompt_ids[batch_start:batch_end], completions))
                 progress.update(batch_end - batch_start)
@@ -134,10 +149,13 @@ def _rows(prompt_ids: Sequence[str], completions: list[list[Completion]]) -> lis
 
 
 def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg: PromptConfig,
-           seed: int, out: Path) -> pl.DataFrame:
+               seed: int, out: Path, part: int = 0, parts: int = 1) -> pl.DataFrame:
+    """Sample the prompts of job ``part`` of ``parts`` (see :func:`part_range`) into ``out``."""
     from transformers import AutoTokenizer
 
     rows = pl.read_parquet(rows_path).to_dicts()[:cfg.max_prompts]
+    start, end = part_range(len(rows), cfg.shard_size, part, parts)
+    rows = rows[start:end]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     texts = render_prompts(rows, tokenizer, prompt_cfg)
     ids = [r["id"] for r in rows]
@@ -145,6 +163,18 @@ def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg
                               max_new_tokens=cfg.max_new_tokens)
     fingerprint = run_fingerprint(model_path, ids, texts, params, cfg, seed)
     samples = sample_prompts(lambda: get_backend(cfg.backend, model_path, cfg.dtype), ids, texts,
-                             params, cfg, seed, out, fingerprint)
-    log.info("wrote %d samples for %d prompts to %s", samples.height, len(rows), out)
+                             params, cfg, seed, out, fingerprint, first_index=start)
+    log.info("wrote %d samples for prompts %d..%d to %s", samples.height, start, end, out)
     return samples
+
+
+def merge_samples(parts: list[Path], out: Path) -> pl.DataFrame:
+    """Concatenate the parts of a sharded sampling run, in part order; a repeated sample is an error."""
+    merged = pl.concat([pl.read_parquet(p) for p in parts]) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
+    duplicated = merged.select("prompt_id", "sample_idx").is_duplicated()
+    if duplicated.any():
+        first = merged.filter(duplicated).row(0, named=True)
+        raise ValueError(f"sample parts overlap: prompt {first['prompt_id']} sample {first['sample_idx']} "
+                         f"appears in more than one of {', '.join(map(str, parts))}")
+    write_parquet(merged, out)
+    return merged

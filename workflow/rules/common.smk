@@ -14,6 +14,7 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_.-]+",
     split=r"[A-Za-z0-9_.-]+",
     model=r"[A-Za-z0-9_.-]+",
+    part=r"\d+",
 
 
 def check_config_references():

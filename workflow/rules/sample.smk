@@ -3,15 +3,16 @@ rule sample:
         rows="results/prepare/{dataset}/train.parquet",
         model=lambda wc: model_input(config["teacher"]["name"]),
     output:
-        "results/sample/{dataset}/samples.parquet",
+        temp("results/sample/{dataset}/parts/part-{part}.parquet"),
     log:
-        "logs/sample/{dataset}.log",
+        "logs/sample/{dataset}/part-{part}.log",
     benchmark:
-        "benchmarks/sample/{dataset}.tsv"
+        "benchmarks/sample/{dataset}/part-{part}.tsv"
     params:
         model=lambda wc: model_path(config["teacher"]["name"]),
         settings=as_json(config["sampling"]),
         prompt=as_json(config.get("prompt", {})),
+        part=lambda wc: f"{wc.part}/{config['sampling']['jobs']}",
         seed=config["seed"],
         code=code_version("advdistill/sampling", "advdistill/prompts.py"),
     threads: 2
@@ -24,4 +25,25 @@ rule sample:
     shell:
         "advdistill sample --model {params.model:q} --rows {input.rows}"
         " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        " --part {params.part} --out {output} > {log} 2>&1"
+
+
+rule merge_samples:
+    input:
+        lambda wc: [f"results/sample/{wc.dataset}/parts/part-{i}.parquet" for i in range(config["sampling"]["jobs"])],
+    output:
+        "results/sample/{dataset}/samples.parquet",
+    log:
+        "logs/sample/{dataset}/merge.log",
+    benchmark:
+        "benchmarks/sample/{dataset}/merge.tsv"
+    params:
+        code=code_version("advdistill/sampling"),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    container:
+        container_for("cpu")
+    shell:
+        "advdistill merge-samples {input} --out {output} > {log} 2>&1"
