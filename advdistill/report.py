@@ -14,7 +14,6 @@ and moved into place, so an interrupted run leaves no half-written artefact.
 from __future__ import annotations
 
 import html
-import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
