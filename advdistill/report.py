@@ -366,8 +366,8 @@ def run_report(plan: dict[str, Any], results: Path, benchmarks: Path, out_dir: P
                 metrics_files[(model, testset)] = folder / "metrics.json"
                 responses_files[(model, testset)] = folder / "responses.parquet"
     scored_files = {name: results / "score" / name / "scored.parquet" for name in plan["experiments"]}
-    benchmark_files = {stage.name: sorted(stage.rglob("*.tsv"))
-                       for stage in sorted(benchmarks.iterdir()) if stage.is_dir()} if benchmarks.is_dir() else {}
+    stage_dirs = sorted(d for d in benchmarks.iterdir() if d.is_dir()) if benchmarks.is_dir() else []
+    benchmark_files = {d.name: sorted(d.rglob("*.tsv")) for d in stage_dirs if any(d.rglob("*.tsv"))}
     manifests = sorted(results.rglob("*.manifest.json"))
     return build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, out_dir,
                         plan["models"], testsets)
