@@ -16,13 +16,14 @@ from advdistill.datasets.base import (
     PrepareReport,
     normalise_split,
 )
+from advdistill.datasets.release import RELEASE_ADAPTERS
 from advdistill.datasets.synthetic import SyntheticArithmetic
 from advdistill.io import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
 ADAPTERS: dict[str, type[DatasetAdapter]] = {
-    SyntheticArithmetic.name: SyntheticArithmetic,
+    adapter.name: adapter for adapter in (SyntheticArithmetic, *RELEASE_ADAPTERS)
 }
 
 

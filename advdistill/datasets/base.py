@@ -110,6 +110,8 @@ def normalise_split(
     for index, record in enumerate(_records_or_error(adapter, split)):
         report.rows_read += 1
         try:
+            if hasattr(record, "reason") and hasattr(record, "line"):  # a MalformedRecord from sources.py
+                raise BadRow(record.reason)
             if not isinstance(record, dict):
                 raise BadRow("not_a_record")
             row = _validated(adapter.normalise(record, index, split))

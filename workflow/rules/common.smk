@@ -41,6 +41,16 @@ def check_config_references():
 check_config_references()
 
 
+def dataset_source(dataset, split):
+    """The source of one split: the dataset's source, or its entry for ``split`` in a mapping."""
+    source = config["datasets"][dataset]["source"]
+    if isinstance(source, dict):
+        if split not in source:
+            raise ValueError(f"config datasets.{dataset}.source: no entry for split '{split}'")
+        return source[split]
+    return source
+
+
 def as_json(section):
     """A config section as compact JSON, the form the CLI takes and the params trigger compares."""
     return json.dumps(section, sort_keys=True, separators=(",", ":"))

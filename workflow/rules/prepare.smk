@@ -8,7 +8,7 @@ rule prepare:
         "benchmarks/prepare/{dataset}/{split}.tsv"
     params:
         adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
-        source=lambda wc: config["datasets"][wc.dataset]["source"],
+        source=lambda wc: dataset_source(wc.dataset, wc.split),
         options=lambda wc: as_json(config["datasets"][wc.dataset].get("options", {})),
         code=code_version("advdistill/datasets"),
     threads: 1

@@ -1,0 +1,93 @@
+"""Where raw records come from: a local copy of an official release file, or a hub dataset.
+
+``source`` is a local path (``.jsonl``, ``.json`` or ``.parquet``, in the release's own field layout)
+or a hub id loaded with :func:`datasets.load_dataset`. Anything that looks like a path is never sent
+to the hub. A line of a JSONL file that is not valid UTF-8 or not valid JSON becomes a
+:class:`MalformedRecord`, which :func:`~advdistill.datasets.base.normalise_split` skips and counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from advdistill.datasets.base import DatasetError
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+FIELD_CHECK_RECORDS = 20
+
+
+@dataclass(frozen=True)
+class MalformedRecord:
+    """A line that could not be read as a record; ``reason`` is counted as the skip reason."""
+
+    reason: str
+    line: int
+
+
+def looks_local(source: str) -> bool:
+    """A path (existing, absolute, relative with ./ or ../, or a release-file suffix), not a hub id."""
+    return source.endswith(LOCAL_SUFFIXES) or source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+
+
+def read_local(dataset: str, path: Path) -> Iterator[dict[str, Any] | MalformedRecord]:
+    if not path.is_file():
+        raise DatasetError(f"dataset '{dataset}': local file not found: {path}")
+    if path.suffix == ".parquet":
+        yield from pl.read_parquet(path).to_dicts()
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DatasetError(f"dataset '{dataset}': {path} is not valid JSON ({err})") from err
+        records = data.get("data") if isinstance(data, dict) else data
+        if not isinstance(records, list):
+            raise DatasetError(f"dataset '{dataset}': {path} holds neither a list of records nor {{'data': [...]}}")
+        yield from records
+    else:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    yield json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield MalformedRecord("invalid_utf8", number)
+                except json.JSONDecodeError:
+                    yield MalformedRecord("malformed_json", number)
+
+
+def read_hub(dataset: str, hub_id: str, config: str | None, split: str) -> Iterable[dict[str, Any]]:
+    try:
+        import datasets
+
+        return datasets.load_dataset(hub_id, config, split=split)
+    except Exception as err:  # datasets/huggingface_hub raise many types for an unreachable or missing hub id
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DatasetError(f"dataset '{dataset}': cannot load '{hub_id}' (split '{split}') from the hub: "
+                           f"{type(err).__name__}: {first_line}") from None
+
+
+def load_records(dataset: str, source: str, hub_config: str | None, hub_split: str,
+                 required: Sequence[str]) -> Iterator[dict[str, Any] | MalformedRecord]:
+    """Records of one split; fails before yielding if the first records lack a required field."""
+    records = read_local(dataset, Path(source).expanduser()) if looks_local(source) else iter(read_hub(
+        dataset, source, hub_config, hub_split))
+    head: list[Any] = []
+    for record in records:
+        head.append(record)
+        if sum(isinstance(r, dict) for r in head) >= FIELD_CHECK_RECORDS:
+            break
+    valid = [r for r in head if isinstance(r, dict)]
+    if valid:
+        missing = [name for name in required if all(name not in r for r in valid)]
+        if missing:
+            raise DatasetError(f"dataset '{dataset}': {source} has no field(s) {', '.join(missing)} "
+                               f"(found: {', '.join(sorted(valid[0]))})")
+    yield from head
+    yield from records
