@@ -58,3 +58,11 @@ def test_sampling_jobs_plan_one_job_per_prompt_range(tmp_path):
     assert "--part 2/3" in result.stdout or "part-2.parquet" in result.stdout
     stats = result.stdout.split("Job stats:")[1].split("total")[0]
     assert stats.split("\nsample")[1].split()[0] == "3"
+
+
+def test_missing_container_image_stops_before_any_job(tmp_path):
+    result = run_snakemake("--dry-run", "--sdm", "apptainer", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "image containers/advdistill-cpu_0.1.0.sif not found" in output
+    assert "apptainer build containers/advdistill-cpu_0.1.0.sif containers/advdistill-cpu.def" in output

@@ -2,6 +2,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 
@@ -110,7 +111,16 @@ def evaluated_model_input(train_set, name):
 
 
 def container_for(kind="cpu"):
-    return config["containers"][kind]
+    """The Apptainer image of a rule; with --sdm apptainer a missing local image stops the run early."""
+    image = config["containers"][kind]
+    if "://" in image:
+        return image
+    uses_apptainer = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+    if uses_apptainer and not (REPO / image).exists():
+        definition = Path(image).name.rsplit("_", 1)[0] + ".def"
+        raise ValueError(f"config containers.{kind}: image {image} not found; build it with "
+                         f"'apptainer build {image} containers/{definition}' (see containers/README.md)")
+    return str(REPO / image)
 
 
 def gpu_resources():
