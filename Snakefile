@@ -24,3 +24,6 @@ rule all:
     input:
         final_outputs(),
     default_target: True
+
+
+check_profile_resources()

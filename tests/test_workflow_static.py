@@ -66,3 +66,18 @@ def test_missing_container_image_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "image containers/advdistill-cpu_0.1.0.sif not found" in output
     assert "apptainer build containers/advdistill-cpu_0.1.0.sif containers/advdistill-cpu.def" in output
+
+
+def test_unknown_rule_in_profile_resources_is_named(tmp_path):
+    result = run_snakemake("--dry-run", "--configfile", str(REPO / "config.yaml"), "--set-resources",
+                           "trian:mem_mb=1000", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "unknown rule(s) trian" in result.stdout + result.stderr
+
+
+def test_slurm_profile_names_only_existing_rules(tmp_path):
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    rules = {"prepare", "bootstrap_tokenizer", "bootstrap_model", "sample", "merge_samples", "score", "train",
+             "evaluate", "report"}
+    assert set(profile["set-resources"]) <= rules
+    assert profile["executor"] == "slurm" and profile["software-deployment-method"] == "apptainer"

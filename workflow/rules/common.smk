@@ -146,3 +146,14 @@ def evaluation_outputs(kind):
 
 def final_outputs():
     return ["results/report/index.html"]
+
+
+def check_profile_resources():
+    """Per-rule resources or threads (profile set-resources/set-threads) must name existing rules."""
+    known = {rule.name for rule in workflow.rules}
+    settings = workflow.resource_settings
+    named = set(settings.overwrite_resources) | set(settings.overwrite_threads)
+    unknown = sorted(named - known)
+    if unknown:
+        raise ValueError(f"profile set-resources/set-threads name unknown rule(s) {', '.join(unknown)}; "
+                         f"rules are: {', '.join(sorted(known))}")
