@@ -131,6 +131,9 @@ class SamplingConfig:
     jobs: int = 1
     max_prompts: int | None = None
     dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class EvaluationConfig:
     batch_size: int = 16
     shard_size: int = 256
     dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
     base_few_shot: int = 3
     degeneracy_ngram: int = 4
 

@@ -55,7 +55,7 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
                                   shard_size=cfg.shard_size, dtype=cfg.dtype)
     fingerprint = run_fingerprint(model_path, ids, texts, params, sampling_cfg, seed)
     raw = out.with_name(out.stem + ".raw.parquet")
-    responses = sample_prompts(lambda: get_backend(cfg.backend, model_path, cfg.dtype), ids, texts,
+    responses = sample_prompts(lambda: get_backend(cfg, model_path), ids, texts,
                                params, sampling_cfg, seed, raw, fingerprint)
     judged = judge(rows, responses)
     metrics = evaluation_metrics(judged, ngram=cfg.degeneracy_ngram)

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from tqdm.auto import tqdm
@@ -37,12 +38,18 @@ SAMPLE_SCHEMA = {
 }
 
 
-def get_backend(name: str, model_path: str, dtype: str = "auto") -> SamplingBackend:
-    if name == "hf":
+def get_backend(cfg: SamplingConfig | Any, model_path: str) -> SamplingBackend:
+    """The backend named by ``cfg.backend``, with its engine options from ``cfg``."""
+    if cfg.backend == "hf":
         from advdistill.sampling.hf import HFBackend
 
-        return HFBackend(model_path, dtype)
-    raise ValueError(f"sampling.backend: unknown backend '{name}' (known: hf)")
+        return HFBackend(model_path, cfg.dtype)
+    if cfg.backend == "vllm":
+        from advdistill.sampling.vllm import VLLMBackend
+
+        return VLLMBackend(model_path, cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
+                           gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len)
+    raise ValueError(f"sampling.backend: unknown backend '{cfg.backend}' (known: hf, vllm)")
 
 
 def model_fingerprint(model_path: str) -> list:
@@ -162,7 +169,7 @@ def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg
     params = GenerationParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_new_tokens=cfg.max_new_tokens)
     fingerprint = run_fingerprint(model_path, ids, texts, params, cfg, seed)
-    samples = sample_prompts(lambda: get_backend(cfg.backend, model_path, cfg.dtype), ids, texts,
+    samples = sample_prompts(lambda: get_backend(cfg, model_path), ids, texts,
                              params, cfg, seed, out, fingerprint, first_index=start)
     log.info("wrote %d samples for prompts %d..%d to %s", samples.height, start, end, out)
     return samples

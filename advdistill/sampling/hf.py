@@ -25,8 +25,9 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto") -> tuple[Any,
     return model.to(device).eval(), tokenizer, device
 
 
-def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    configured = model.generation_config.eos_token_id
+def stop_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end a response: the generation config's EOS ids and the tokenizer's."""
+    configured = generation_config.eos_token_id if generation_config is not None else None
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     ids.add(tokenizer.eos_token_id)
     return ids
@@ -35,7 +36,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
 class HFBackend(SamplingBackend):
     def __init__(self, model_path: str, dtype: str = "auto"):
         self.model, self.tokenizer, self.device = load_model_and_tokenizer(model_path, dtype)
-        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
+        self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
 
     def generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)

