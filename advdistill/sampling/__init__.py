@@ -17,12 +17,11 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 from tqdm.auto import tqdm
 
-from advdistill.config import PromptConfig, SamplingConfig
+from advdistill.config import EngineConfig, PromptConfig, SamplingConfig
 from advdistill.io import read_json, write_json, write_parquet
 from advdistill.prompts import render_prompts
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
@@ -38,7 +37,7 @@ SAMPLE_SCHEMA = {
 }
 
 
-def get_backend(cfg: SamplingConfig | Any, model_path: str) -> SamplingBackend:
+def get_backend(cfg: EngineConfig, model_path: str) -> SamplingBackend:
     """The backend named by ``cfg.backend``, with its engine options from ``cfg``."""
     if cfg.backend == "hf":
         from advdistill.sampling.hf import HFBackend
