@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +29,24 @@ def _temporary_sibling(path: Path, is_dir: bool = False) -> Path:
     return Path(name)
 
 
-def write_parquet(df: pl.DataFrame, path: str | os.PathLike) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write`` on a temporary sibling of ``path``, then move the result onto ``path``."""
     path = Path(path)
     tmp = _temporary_sibling(path)
     try:
-        df.write_parquet(tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_parquet(df: pl.DataFrame, path: str | os.PathLike) -> None:
+    atomic_write(path, df.write_parquet)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = _temporary_sibling(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"))
 
 
 def read_json(path: str | os.PathLike) -> Any:

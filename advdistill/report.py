@@ -14,9 +14,7 @@ and moved into place, so an interrupted run leaves no half-written artefact.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from advdistill.io import read_json
+from advdistill.io import atomic_write, read_json
 
 MODEL_COLUMN = "model"
 CORRECT_MARK = "✓"
@@ -50,20 +48,6 @@ TABLE_CAPTIONS = {
 
 # (column name, test set, metrics key, scale, decimals) of one column of a model x test set table.
 ColumnSpec = tuple[str, str, str, float, int]
-
-
-def _write_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write`` on a temporary sibling of ``path``, then move the result onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _cell(metrics: Mapping[tuple[str, str], dict], model: str, spec: ColumnSpec) -> float | None:
@@ -142,7 +126,7 @@ def stage_costs(benchmark_files: Mapping[str, list[Path]]) -> pl.DataFrame:
 
 def _save_figure(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)
-    return _write_atomically(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120,
+    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120,
                                                                     bbox_inches="tight"))
 
 
@@ -239,8 +223,8 @@ def markdown_table(df: pl.DataFrame) -> str:
 def write_markdown_table(df: pl.DataFrame, path: Path) -> Path:
     """Write ``df`` as Markdown to ``path`` and as CSV beside it (same name, ``.csv``); return ``path``."""
     path = Path(path)
-    _write_atomically(path.with_suffix(".csv"), df.write_csv)
-    return _write_atomically(path, lambda tmp: tmp.write_text(markdown_table(df), encoding="utf-8"))
+    atomic_write(path.with_suffix(".csv"), df.write_csv)
+    return atomic_write(path, lambda tmp: tmp.write_text(markdown_table(df), encoding="utf-8"))
 
 
 def html_table(df: pl.DataFrame) -> str:
@@ -346,7 +330,7 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
                                                                title=caption)))
 
     page = _html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir)
-    return _write_atomically(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def run_report(plan: dict[str, Any], results: Path, benchmarks: Path, out_dir: Path) -> Path:
