@@ -122,3 +122,11 @@ def is_correct(predicted: str | None, gold: str, kind: str, choices: Sequence[st
         if predicted_number is not None and gold_number is not None:
             return Decimal(predicted_number) == Decimal(gold_number)
     return _math_equal(predicted, gold)
+
+
+def judge_answers(responses: Sequence[str], golds: Sequence[str], kinds: Sequence[str],
+                  choices: Sequence[Sequence[str] | None]) -> tuple[list[str | None], list[bool]]:
+    """Extracted answers and their correctness for parallel columns of responses and gold rows."""
+    predicted = [extract_answer(r) for r in responses]
+    correct = [is_correct(p, gold, kind, options) for p, gold, kind, options in zip(predicted, golds, kinds, choices)]
+    return predicted, correct

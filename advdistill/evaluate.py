@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from advdistill.answers import extract_answer, is_correct
+from advdistill.answers import judge_answers
 from advdistill.config import EngineConfig, EvaluationConfig, PromptConfig, SamplingConfig
 from advdistill.io import write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
@@ -28,9 +28,7 @@ def judge(rows: pl.DataFrame, responses: pl.DataFrame) -> pl.DataFrame:
     joined = responses.join(rows.select("id", "answer", "kind", "choices"), left_on="prompt_id",
                             right_on="id", how="inner")
     texts = joined["response"].to_list()
-    predicted = [extract_answer(t) for t in texts]
-    correct = [is_correct(p, gold, kind, choices) for p, gold, kind, choices
-               in zip(predicted, joined["answer"], joined["kind"], joined["choices"])]
+    predicted, correct = judge_answers(texts, joined["answer"], joined["kind"], joined["choices"])
     return joined.with_columns(
         pl.Series("predicted", predicted, dtype=pl.String),
         pl.Series("correct", correct, dtype=pl.Boolean),

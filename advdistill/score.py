@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from advdistill.advantages import group_advantages, keep_groups
-from advdistill.answers import extract_answer, is_correct
+from advdistill.answers import judge_answers
 from advdistill.config import ScoreConfig
 from advdistill.io import write_json, write_parquet
 from advdistill.rewards import REWARD_FUNCTIONS, composite_reward
@@ -40,9 +40,7 @@ def score_samples(rows: pl.DataFrame, samples: pl.DataFrame, cfg: ScoreConfig) -
     orphans = joined.filter(pl.col("answer").is_null())
     joined = joined.filter(pl.col("answer").is_not_null())
     responses = joined["response"].fill_null("").to_list()
-    predicted = [extract_answer(r) for r in responses]
-    correct = [is_correct(p, gold, kind, choices)
-               for p, gold, kind, choices in zip(predicted, joined["answer"], joined["kind"], joined["choices"])]
+    predicted, correct = judge_answers(responses, joined["answer"], joined["kind"], joined["choices"])
     lengths = joined["n_tokens"].to_list()
     components = {}
     for name in cfg.reward_weights:
