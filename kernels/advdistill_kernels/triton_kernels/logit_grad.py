@@ -10,6 +10,8 @@ avoids floating-point atomics.
 import triton
 import triton.language as tl
 
+from advdistill_kernels.triton_kernels.logits_tile import logits_tile
+
 
 @triton.jit
 def logit_grad_kernel(
@@ -26,18 +28,8 @@ def logit_grad_kernel(
     vocab = vocab_block * BLOCK_VOCAB + tl.arange(0, BLOCK_VOCAB)
     vocab_mask = vocab < vocab_size
 
-    logits = tl.zeros([BLOCK_TOKENS, BLOCK_VOCAB], dtype=tl.float32)
-    for dim_start in range(0, hidden_dim, BLOCK_DIM):
-        dims = dim_start + tl.arange(0, BLOCK_DIM)
-        dim_mask = dims < hidden_dim
-        h = tl.load(hidden_ptr + tokens[:, None].to(tl.int64) * hidden_dim + dims[None, :],
-                    mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
-        w = tl.load(weight_ptr + vocab[:, None].to(tl.int64) * hidden_dim + dims[None, :],
-                    mask=vocab_mask[:, None] & dim_mask[None, :], other=0.0)
-        if DOT_IN_FP32:
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        logits = tl.dot(h, tl.trans(w), logits, input_precision=INPUT_PRECISION)
+    logits = logits_tile(hidden_ptr, weight_ptr, tokens, row_mask, vocab, vocab_mask, hidden_dim,
+                         BLOCK_TOKENS, BLOCK_VOCAB, BLOCK_DIM, DOT_IN_FP32, INPUT_PRECISION)
 
     targets = tl.load(targets_ptr + tokens, mask=row_mask, other=-1)
     lse = tl.load(lse_ptr + tokens, mask=row_mask, other=0.0)

@@ -9,6 +9,8 @@ The split holding a token's target also writes that token's target logit.
 import triton
 import triton.language as tl
 
+from advdistill_kernels.triton_kernels.logits_tile import logits_tile
+
 
 @triton.jit
 def token_logsumexp_kernel(
@@ -32,18 +34,8 @@ def token_logsumexp_kernel(
     for vocab_block in range(first_block, last_block):
         vocab = vocab_block * BLOCK_VOCAB + tl.arange(0, BLOCK_VOCAB)
         vocab_mask = vocab < vocab_size
-        logits = tl.zeros([BLOCK_TOKENS, BLOCK_VOCAB], dtype=tl.float32)
-        for dim_start in range(0, hidden_dim, BLOCK_DIM):
-            dims = dim_start + tl.arange(0, BLOCK_DIM)
-            dim_mask = dims < hidden_dim
-            h = tl.load(hidden_ptr + tokens[:, None].to(tl.int64) * hidden_dim + dims[None, :],
-                        mask=token_mask[:, None] & dim_mask[None, :], other=0.0)
-            w = tl.load(weight_ptr + vocab[:, None].to(tl.int64) * hidden_dim + dims[None, :],
-                        mask=vocab_mask[:, None] & dim_mask[None, :], other=0.0)
-            if DOT_IN_FP32:
-                h = h.to(tl.float32)
-                w = w.to(tl.float32)
-            logits = tl.dot(h, tl.trans(w), logits, input_precision=INPUT_PRECISION)
+        logits = logits_tile(hidden_ptr, weight_ptr, tokens, token_mask, vocab, vocab_mask, hidden_dim,
+                             BLOCK_TOKENS, BLOCK_VOCAB, BLOCK_DIM, DOT_IN_FP32, INPUT_PRECISION)
         logits = tl.where(vocab_mask[None, :], logits, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(logits, axis=1))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
