@@ -1,7 +1,8 @@
 """The pipeline through a real single-node SLURM cluster (Debian's slurm-wlm + munge on localhost).
 
 The cluster is started by scripts/slurm/start_cluster.sh (which installs the packages if needed)
-and stopped at the end, also when a test fails. Skipped only where packages cannot be installed.
+and stopped at the end, also when a test fails. Skipped where packages cannot be installed, and where
+/etc/slurm/slurm.conf belongs to a real installation that the test cluster must not replace.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ COMPARED = ["results/prepare/arith/train.parquet", "results/sample/arith/samples
 def cluster():
     if os.geteuid() != 0 or not (shutil.which("apt-get") or shutil.which("slurmctld")):
         pytest.skip("a local SLURM cluster needs root and apt-get to install slurm-wlm and munge")
+    existing = Path("/etc/slurm/slurm.conf")
+    if existing.exists() and "ClusterName=advdistill-test" not in existing.read_text():
+        pytest.skip(f"{existing} belongs to another SLURM installation; the test cluster would overwrite it")
     started = subprocess.run(["bash", str(REPO / "scripts/slurm/start_cluster.sh")], capture_output=True,
                              text=True, timeout=900)
     try:

@@ -2,6 +2,8 @@
 # Start a single-node SLURM cluster on localhost (for the integration test; needs root and apt).
 # Installs Debian's slurm-wlm and munge if missing, writes /etc/slurm/slurm.conf, starts munged,
 # slurmctld and slurmd, and waits until the node is idle. Stop it with stop_cluster.sh.
+# Every start is a fresh cluster: daemons left running are stopped and the saved state is wiped, since
+# jobs recovered from an earlier run (e.g. a copy of this machine's disk) can hold the node allocated.
 set -euo pipefail
 
 if ! command -v slurmctld > /dev/null || ! command -v munged > /dev/null; then
@@ -10,6 +12,8 @@ if ! command -v slurmctld > /dev/null || ! command -v munged > /dev/null; then
 fi
 
 state=/var/spool/advdistill-slurm
+bash "$(dirname "$0")/stop_cluster.sh"
+rm -rf "$state"
 mkdir -p /etc/slurm "$state/ctld" "$state/d" /var/log/slurm /run/munge
 cpus=$(nproc)
 memory=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))
@@ -44,8 +48,8 @@ fi
 chown -R munge:munge /etc/munge /run/munge 2> /dev/null || true
 chmod 400 /etc/munge/munge.key
 pgrep -x munged > /dev/null || munged --force
-pgrep -x slurmctld > /dev/null || slurmctld
-pgrep -x slurmd > /dev/null || slurmd -N localhost
+slurmctld -c
+slurmd -c -N localhost
 
 for _ in $(seq 60); do
     state_now=$(sinfo -h -N -o %t 2> /dev/null || true)
