@@ -14,6 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(items):
+    """Run the SLURM cluster's tests last: once its controller is stopped, every snakemake start waits
+    ~10 s in the SLURM executor plugin's `scontrol show config` probe, which would slow all later
+    workflow tests."""
+    items.sort(key=lambda item: item.path.name == "test_slurm.py")
+
+
 @pytest.fixture(scope="session")
 def synthetic_rows():
     adapter = get_adapter("synthetic", "synthetic", {"seed": 7, "n_train": 64, "n_test": 16})
