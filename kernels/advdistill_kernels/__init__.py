@@ -20,12 +20,14 @@ from advdistill_kernels.api import (
     resolve_backend,
     response_stats,
 )
+from advdistill_kernels.inputs import LossInputs
 from advdistill_kernels.naive import advdistill_loss_from_logits
 
 __all__ = [
     "BACKENDS",
     "AdvDistillLoss",
     "BackendUnavailableError",
+    "LossInputs",
     "ResponseStats",
     "advdistill_loss",
     "advdistill_loss_from_logits",

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from advdistill_kernels import LossInputs
 
 PROVIDERS = ("naive", "naive_compiled", "torch_reference", "cpp", "triton", "liger", "cce")
 CUDA_ONLY = {"triton", "liger", "cce"}
@@ -83,19 +84,7 @@ SIZES = {
 }
 
 
-@dataclass
-class Inputs:
-    hidden: torch.Tensor
-    weight: torch.Tensor
-    targets: torch.Tensor
-    response_index: torch.Tensor
-    response_weights: torch.Tensor
-    wrong: torch.Tensor
-    lam: float
-    p_max: float
-
-
-def make_inputs(size: Size, plain_ce: bool) -> Inputs:
+def make_inputs(size: Size, plain_ce: bool) -> LossInputs:
     """Seeded inputs; ``plain_ce`` gives uniform weights and ``lam = 0`` (plain token-mean CE)."""
     generator = torch.Generator().manual_seed(0)
     dtype = getattr(torch, size.dtype)
@@ -109,14 +98,12 @@ def make_inputs(size: Size, plain_ce: bool) -> Inputs:
     else:
         response_weights = torch.softmax(torch.randn(size.responses, generator=generator), dim=0)
         wrong = torch.arange(size.responses) % 2 == 1
-    device = torch.device(size.device)
-    return Inputs(
-        hidden=hidden.to(device=device, dtype=dtype).requires_grad_(),
-        weight=weight.to(device=device, dtype=dtype).requires_grad_(),
-        targets=targets.to(device), response_index=response_index.to(device),
-        response_weights=response_weights.to(device), wrong=wrong.to(device),
-        lam=0.0 if plain_ce else 0.5, p_max=0.999,
-    )
+    inputs = LossInputs(hidden=hidden, weight=weight, targets=targets, response_index=response_index,
+                        response_weights=response_weights, wrong=wrong, lam=0.0 if plain_ce else 0.5)
+    inputs = inputs.to(size.device, dtype)
+    inputs.hidden.requires_grad_()
+    inputs.weight.requires_grad_()
+    return inputs
 
 
 Step = Callable[[], torch.Tensor]
@@ -138,18 +125,18 @@ def _backward_step(loss_fn: Callable[[], torch.Tensor]) -> Step:
     return step
 
 
-def setup_naive(x: Inputs) -> Step:
+def setup_naive(x: LossInputs) -> Step:
     return _backward_step(lambda: _naive_loss(x.hidden, x.weight, x.targets, x.response_index, x.response_weights,
                                               x.wrong, x.lam, x.p_max))
 
 
-def setup_naive_compiled(x: Inputs) -> Step:
+def setup_naive_compiled(x: LossInputs) -> Step:
     compiled = torch.compile(_naive_loss)
     return _backward_step(lambda: compiled(x.hidden, x.weight, x.targets, x.response_index, x.response_weights,
                                            x.wrong, x.lam, x.p_max))
 
 
-def _fused(x: Inputs, backend: str) -> Step:
+def _fused(x: LossInputs, backend: str) -> Step:
     from advdistill_kernels import advdistill_loss
 
     return _backward_step(lambda: advdistill_loss(x.hidden, x.weight, x.targets, x.response_index,
@@ -157,32 +144,32 @@ def _fused(x: Inputs, backend: str) -> Step:
                                                   backend=backend))
 
 
-def setup_torch_reference(x: Inputs) -> Step:
+def setup_torch_reference(x: LossInputs) -> Step:
     return _fused(x, "torch")
 
 
-def setup_cpp(x: Inputs) -> Step:
+def setup_cpp(x: LossInputs) -> Step:
     return _fused(x, "cpp")
 
 
-def setup_triton(x: Inputs) -> Step:
+def setup_triton(x: LossInputs) -> Step:
     return _fused(x, "triton")
 
 
-def setup_liger(x: Inputs) -> Step:
+def setup_liger(x: LossInputs) -> Step:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     loss_module = LigerFusedLinearCrossEntropyLoss()
     return _backward_step(lambda: loss_module(x.weight, x.hidden, x.targets))
 
 
-def setup_cce(x: Inputs) -> Step:
+def setup_cce(x: LossInputs) -> Step:
     from cut_cross_entropy import linear_cross_entropy
 
     return _backward_step(lambda: linear_cross_entropy(x.hidden, x.weight, x.targets))
 
 
-SETUPS: dict[str, Callable[[Inputs], Step]] = {
+SETUPS: dict[str, Callable[[LossInputs], Step]] = {
     "naive": setup_naive, "naive_compiled": setup_naive_compiled, "torch_reference": setup_torch_reference,
     "cpp": setup_cpp, "triton": setup_triton, "liger": setup_liger, "cce": setup_cce,
 }
@@ -195,12 +182,12 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _clear_grads(x: Inputs) -> None:
+def _clear_grads(x: LossInputs) -> None:
     x.hidden.grad = None
     x.weight.grad = None
 
 
-def _peak_memory_mb(step: Step, x: Inputs, device: torch.device) -> float | None:
+def _peak_memory_mb(step: Step, x: LossInputs, device: torch.device) -> float | None:
     _clear_grads(x)
     if device.type == "cuda":
         torch.cuda.synchronize()

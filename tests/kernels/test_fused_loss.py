@@ -21,7 +21,7 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ import torch
 from advdistill_kernels import (
     AdvDistillLoss,
     BackendUnavailableError,
+    LossInputs,
     advdistill_loss,
     advdistill_loss_from_logits,
     available_backends,
@@ -89,34 +90,14 @@ def backend_loss_function(backend: str):
     return advdistill_loss_triton
 
 
-@dataclass
-class Case:
-    """One group: inputs of the loss and its options."""
-
-    hidden: torch.Tensor
-    weight: torch.Tensor
-    targets: torch.Tensor
-    response_index: torch.Tensor
-    response_weights: torch.Tensor
-    wrong: torch.Tensor
-    lam: float = 0.5
-    p_max: float = 0.999
-
-    def to(self, device: str, dtype: torch.dtype | None = None) -> Case:
-        dtype = dtype or self.hidden.dtype
-        return replace(self, hidden=self.hidden.to(device, dtype), weight=self.weight.to(device, dtype),
-                       targets=self.targets.to(device), response_index=self.response_index.to(device),
-                       response_weights=self.response_weights.to(device), wrong=self.wrong.to(device))
-
-
-def random_case(num_tokens=48, hidden_dim=32, vocab_size=300, num_responses=4, masked=6, seed=0) -> Case:
+def random_case(num_tokens=48, hidden_dim=32, vocab_size=300, num_responses=4, masked=6, seed=0) -> LossInputs:
     """Random group; the first ``masked`` tokens are masked (response index -1), responses in runs."""
     generator = torch.Generator().manual_seed(seed)
     targets = torch.randint(0, vocab_size, (num_tokens,), generator=generator)
     response_index = torch.arange(num_tokens) * num_responses // num_tokens
     targets[:masked] = -100
     response_index[:masked] = -1
-    return Case(
+    return LossInputs(
         hidden=torch.randn(num_tokens, hidden_dim, generator=generator),
         weight=torch.randn(vocab_size, hidden_dim, generator=generator) / hidden_dim ** 0.5,
         targets=targets,
@@ -129,7 +110,7 @@ def random_case(num_tokens=48, hidden_dim=32, vocab_size=300, num_responses=4, m
 ODD_CASE = dict(num_tokens=37, hidden_dim=24, vocab_size=257, num_responses=3, masked=5, seed=1)
 
 
-def run_loss(case: Case, backend: str, scale: float = 1.0, **options):
+def run_loss(case: LossInputs, backend: str, scale: float = 1.0, **options):
     """(loss, grad_hidden, grad_weight) of ``scale * loss`` through the public API."""
     hidden = case.hidden.detach().clone().requires_grad_()
     weight = case.weight.detach().clone().requires_grad_()
@@ -139,7 +120,7 @@ def run_loss(case: Case, backend: str, scale: float = 1.0, **options):
     return loss.detach(), hidden.grad, weight.grad
 
 
-def naive_loss(case: Case, dtype: torch.dtype, scale: float = 1.0):
+def naive_loss(case: LossInputs, dtype: torch.dtype, scale: float = 1.0):
     """(loss, grad_hidden, grad_weight) of the materialised-logits loss with the matmul in ``dtype``."""
     hidden = case.hidden.detach().to(dtype).clone().requires_grad_()
     weight = case.weight.detach().to(dtype).clone().requires_grad_()
@@ -191,7 +172,7 @@ def test_bfloat16_no_worse_than_naive_bfloat16(backend_device, shape):
 def test_hand_computed_two_responses():
     """V=3, d=2, W = [e1, e2, 0]: token probabilities 1/2, 1/3 (response 0) and 3/5 (response 1, wrong)."""
     ln2, ln3 = math.log(2.0), math.log(3.0)
-    case = Case(
+    case = LossInputs(
         hidden=torch.tensor([[ln2, 0.0], [0.0, 0.0], [0.0, ln3], [5.0, -5.0]], dtype=torch.float64),
         weight=torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64),
         targets=torch.tensor([0, 2, 1, -100]),
