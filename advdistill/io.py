@@ -1,14 +1,17 @@
-"""Atomic writes of the pipeline's artefacts (parquet, JSON, model folders).
+"""Atomic writes of the pipeline's artefacts (parquet, JSON, model folders) and resume folders.
 
 Every artefact is first written next to its final path and then moved into place with
 ``os.replace``, so an interrupted job never leaves a half-written file that a later run would
-mistake for a finished one.
+mistake for a finished one. Long stages keep their partial work (sample shards, training
+checkpoints) in a resume folder stamped with a fingerprint of everything that determines the
+result, so a rerun after a config, input or code change starts over instead of resuming.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+log = logging.getLogger(__name__)
 
 
 def _temporary_sibling(path: Path, is_dir: bool = False) -> Path:
@@ -66,3 +71,20 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def claim_resume_folder(path: str | os.PathLike, fingerprint: str) -> bool:
+    """Make ``path`` the resume folder of the run identified by ``fingerprint``.
+
+    A folder left by a run with another (or no) fingerprint is deleted first. Returns whether partial
+    work of this same run was found and kept.
+    """
+    path = Path(path)
+    marker = path / "fingerprint.json"
+    kept = path.is_dir() and marker.exists() and read_json(marker) == fingerprint
+    if path.exists() and not kept:
+        log.info("discarding partial work of a different run in %s", path)
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(fingerprint, marker)
+    return kept

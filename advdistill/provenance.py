@@ -18,6 +18,29 @@ from advdistill import __version__
 from advdistill.io import write_json
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+SOURCE_SUFFIXES = {".py", ".cpp"}
+
+
+def path_identity(path: str) -> list:
+    """Identity of an input file or folder (names, sizes, modification times), or the hub id it names."""
+    root = Path(path)
+    if not root.exists():
+        return [path]
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    return [[f.relative_to(root).as_posix() if f != root else f.name, f.stat().st_size, f.stat().st_mtime_ns]
+            for f in files]
+
+
+def source_digest() -> str:
+    """sha256 of this package's and the loss kernels' source files: the code a stage's result depends on."""
+    import advdistill_kernels
+
+    digest = hashlib.sha256()
+    for root in (PACKAGE_DIR, Path(advdistill_kernels.__file__).resolve().parent):
+        for source in sorted(f for f in root.rglob("*") if f.suffix in SOURCE_SUFFIXES):
+            digest.update(source.relative_to(root.parent).as_posix().encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def git_commit() -> str | None:

@@ -3,13 +3,18 @@
 SFT trains on (prompt, response) pairs with token-mean cross-entropy; AdvDistill puts one group (all
 responses of a prompt) in each micro-batch. Both losses come from the last hidden states and the
 LM-head weight through :mod:`advdistill.losses`, so a fused backend never materialises the logits.
-Checkpoints are written every ``save_steps``; a killed run resumes from the newest one.
+Checkpoints are written every ``save_steps``; a killed run resumes from the newest one. The checkpoint
+folder is stamped with a fingerprint of the run (student, data, settings, seed, code), so a rerun
+after any of them changed starts from the student base, and it is deleted once the model is saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +34,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingConfig
 from advdistill.errors import TrainingError
-from advdistill.io import atomic_directory, write_json
+from advdistill.io import atomic_directory, claim_resume_folder, write_json
 from advdistill.losses import group_loss, sft_loss
 from advdistill.prompts import render_prompts
+from advdistill.provenance import path_identity, source_digest
 
 IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
@@ -248,9 +254,23 @@ def split_validation(groups: Sequence[Group], fraction: float, seed: int) -> tup
     return ([g for i, g in enumerate(order) if i not in held_ids], [g for i, g in enumerate(order) if i in held_ids])
 
 
+def training_fingerprint(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,
+                         prompt_cfg: PromptConfig, seed: int) -> str:
+    """What a training run's checkpoints depend on; a checkpoint of another run must not be resumed."""
+    payload = json.dumps({
+        "model": path_identity(model_path), "rows": path_identity(str(rows_path)),
+        "scored": path_identity(str(scored_path)), "objective": objective, "training": dataclasses.asdict(cfg),
+        "prompt": dataclasses.asdict(prompt_cfg), "seed": seed, "code": source_digest(),
+    }, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,
           prompt_cfg: PromptConfig, seed: int, out: Path, work_dir: Path) -> dict[str, Any]:
-    """Fine-tune a student on scored teacher groups with the ``sft`` or ``advdistill`` objective."""
+    """Fine-tune a student on scored teacher groups with the ``sft`` or ``advdistill`` objective.
+
+    ``work_dir`` holds the checkpoints of this run only (see :func:`training_fingerprint`).
+    """
     scored = pl.read_parquet(scored_path)
     if not scored["kept"].any():
         raise TrainingError(f"{scored_path}: no kept groups to train on (every group was filtered out by score)")
@@ -264,10 +284,13 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
     else:
         train_items, eval_items = train_groups, eval_groups
     model = AutoModelForCausalLM.from_pretrained(model_path)
+    claim_resume_folder(work_dir, training_fingerprint(model_path, rows_path, scored_path, objective, cfg,
+                                                       prompt_cfg, seed))
     metrics = train_model(model, tokenizer, objective, train_items, cfg, work_dir, seed, eval_items)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    shutil.rmtree(work_dir)
     metrics.update({"objective": objective, "groups": len(groups), "train_items": len(train_items),
                     "eval_items": len(eval_items), "truncated_responses": truncated})
     write_json(metrics, out / "train_metrics.json")

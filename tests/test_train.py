@@ -1,6 +1,7 @@
 import polars as pl
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingConfig
@@ -13,7 +14,9 @@ from advdistill.train import (
     split_validation,
     tokenize_pair,
     train_model,
+    training_fingerprint,
 )
+from advdistill.io import claim_resume_folder
 
 TINY_OPTIM = OptimConfig(learning_rate=1e-3, max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
                          max_seq_length=128, save_steps=2, logging_steps=1)
@@ -90,3 +93,41 @@ def test_no_kept_groups_is_a_clear_error(tiny_model_dir, synthetic_rows, rows_fi
     with pytest.raises(TrainingError, match="no kept groups"):
         run_train(str(tiny_model_dir), rows_file, scored, "sft", TrainingConfig(optim=TINY_OPTIM),
                      PromptConfig(), 0, tmp_path / "out", tmp_path / "ck")
+
+
+def test_rerun_resumes_only_checkpoints_of_the_same_run(tiny_model_dir, synthetic_rows, rows_file, tmp_path):
+    """A finished run leaves no checkpoint behind, so a rerun with another learning rate trains from the
+    student base (it used to resume the finished run's last checkpoint and save the old model again);
+    a killed run's checkpoint is resumed by the same run only."""
+    scored = tmp_path / "scored.parquet"
+    scored_table(synthetic_rows).write_parquet(scored)
+    work = tmp_path / "checkpoints"
+    cfg = TrainingConfig(optim=TINY_OPTIM)
+    other_lr = TrainingConfig(optim=OptimConfig(**{**TINY_OPTIM.__dict__, "learning_rate": 5e-3}))
+
+    def train(config: TrainingConfig, name: str) -> dict:
+        return run_train(str(tiny_model_dir), rows_file, scored, "sft", config, PromptConfig(), 0, tmp_path / name,
+                         work)
+
+    def weights(name: str) -> dict:
+        return load_file(tmp_path / name / "model.safetensors")
+
+    assert train(cfg, "first")["resumed_from"] is None
+    assert not work.exists()
+    assert train(other_lr, "second")["resumed_from"] is None
+    assert any(not torch.equal(a, weights("second")[k]) for k, a in weights("first").items())
+
+    def killed_run_of(config: TrainingConfig) -> None:
+        claim_resume_folder(work, training_fingerprint(str(tiny_model_dir), rows_file, scored, "sft", config,
+                                                       PromptConfig(), 0))
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        groups, _ = build_groups({pid: "p" for pid in scored_table(synthetic_rows)["prompt_id"]},
+                                 scored_table(synthetic_rows), tokenizer, 128)
+        train_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, "sft", best_pairs(groups),
+                    config, work, seed=0)
+        assert (work / "checkpoint-2").is_dir()
+
+    killed_run_of(cfg)
+    assert train(other_lr, "third")["resumed_from"] is None
+    killed_run_of(cfg)
+    assert train(cfg, "fourth")["resumed_from"].endswith("checkpoint-2")

@@ -3,7 +3,7 @@
 Prompts are processed in shards of ``shard_size``; each finished shard is written to a parts
 folder beside the output. A killed run skips the shards already there. The parts folder carries a
 fingerprint of everything that determines its content (model files, prompts, sampling settings,
-seed), so parts left by a different configuration are discarded rather than reused. Every
+seed, source code), so parts left by a different run are discarded rather than reused. Every
 ``generate`` call is seeded from the run seed and its batch number, so a resumed run writes exactly
 what an uninterrupted one would.
 """
@@ -22,8 +22,9 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from advdistill.config import EngineConfig, PromptConfig, SamplingConfig
-from advdistill.io import read_json, write_json, write_parquet
+from advdistill.io import claim_resume_folder, write_parquet
 from advdistill.prompts import render_prompts
+from advdistill.provenance import path_identity, source_digest
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
 
 log = logging.getLogger(__name__)
@@ -51,19 +52,11 @@ def get_backend(cfg: EngineConfig, model_path: str) -> SamplingBackend:
     raise ValueError(f"sampling.backend: unknown backend '{cfg.backend}' (known: hf, vllm)")
 
 
-def model_fingerprint(model_path: str) -> list:
-    """Identity of a model: its files' names, sizes and modification times, or the hub id."""
-    path = Path(model_path)
-    if not path.is_dir():
-        return [model_path]
-    return sorted([str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
-                  for f in path.rglob("*") if f.is_file())
-
-
 def run_fingerprint(model_path: str, prompt_ids: Sequence[str], prompts: Sequence[str],
                     params: GenerationParams, cfg: SamplingConfig, seed: int) -> str:
     payload = json.dumps({
-        "model": model_fingerprint(model_path),
+        "model": path_identity(model_path),
+        "code": source_digest(),
         "prompts": hashlib.sha256("\x00".join([*prompt_ids, *prompts]).encode()).hexdigest(),
         "params": asdict(params),
         "batch_size": cfg.batch_size,
@@ -109,12 +102,7 @@ def sample_prompts(
     ``first_index`` is the global index of ``prompts[0]`` when this job samples one part of a run.
     """
     parts_dir = out_path.parent / f".{out_path.name}.parts"
-    marker = parts_dir / "fingerprint.json"
-    if parts_dir.exists() and (not marker.exists() or read_json(marker) != fingerprint):
-        log.info("discarding parts from a different configuration in %s", parts_dir)
-        shutil.rmtree(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    write_json(fingerprint, marker)
+    claim_resume_folder(parts_dir, fingerprint)
 
     shard_starts = range(0, len(prompts), cfg.shard_size)
     done = sum((parts_dir / f"shard-{i:05d}.parquet").exists() for i in range(len(shard_starts)))
