@@ -9,6 +9,7 @@ load Qwen2.5-7B.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,11 @@ def run_bootstrap_tokenizer(rows_path: Path, cfg: TokenizerConfig, out: Path) ->
 
 
 def run_bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapConfig,
-                    prompt_cfg: PromptConfig, seed: int, out: Path, work_dir: Path) -> dict[str, Any]:
-    """Build a random Qwen2 model and fine-tune it on the reference solutions of ``rows_path``."""
+                        prompt_cfg: PromptConfig, seed: int, out: Path) -> dict[str, Any]:
+    """Build a random Qwen2 model and fine-tune it on the reference solutions of ``rows_path``.
+
+    Bootstrapping takes minutes, so it keeps no checkpoints: the trainer's output folder is temporary.
+    """
     from advdistill.train import tokenize_pair, train_model
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -133,8 +137,10 @@ def run_bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapCon
                       cfg.optim.max_seq_length)
         for row in rows
     ]
-    metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=cfg.optim), work_dir, seed,
-                          save_checkpoints=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.trainer-", dir=out.parent) as work_dir:
+        metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=cfg.optim), Path(work_dir),
+                              seed, save_checkpoints=False)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

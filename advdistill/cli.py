@@ -148,8 +148,7 @@ def run(args: argparse.Namespace) -> None:
         from advdistill.bootstrap import run_bootstrap_model
 
         run_bootstrap_model(args.rows, args.tokenizer, from_json(BootstrapConfig, args.settings, "bootstrap"),
-                            from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out,
-                            args.out.with_name(args.out.name + ".checkpoints"))
+                            from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out)
     elif args.stage == "sample":
         from advdistill.sampling import run_sample
 
