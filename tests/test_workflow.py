@@ -6,6 +6,7 @@ module and see the code-version parameter change; jobs themselves run the instal
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -104,3 +105,17 @@ def test_invalid_config_key_stops_before_any_job(finished_run, tmp_path):
     result = snakemake(finished_run, "--dry-run", "--configfile", str(config))
     assert result.returncode != 0
     assert "temprature" in result.stdout + result.stderr
+
+
+def test_rerun_after_a_training_edit_trains_a_new_model(finished_run, tmp_path):
+    """A real rerun, in a copy of the finished run: the edited learning rate must give another model
+    (the finished run's last checkpoint was once resumed, which trained nothing and saved the old model)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    student = workdir / "results/train/arith/student-advdistill"
+    before = (student / "model.safetensors").read_bytes()
+    config = edited_config(tmp_path, lambda c: c["training"]["optim"].update(learning_rate=2e-3))
+    result = snakemake(workdir, "--configfile", str(config), "--until", "train")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (student / "model.safetensors").read_bytes() != before
+    assert json.loads((student / "train_metrics.json").read_text())["resumed_from"] is None
