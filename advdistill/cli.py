@@ -94,7 +94,9 @@ def _add_train(sub) -> None:
     p.add_argument("--settings", default="{}", help="training settings as JSON")
     p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoints", type=Path, help="checkpoint folder: the resume point of a killed run with the same inputs, settings, seed and code; deleted once the model is saved (default beside --out)")
+    p.add_argument("--checkpoints", type=Path,
+                   help="checkpoint folder: the resume point of a killed run with the same inputs, settings, seed "
+                        "and code; deleted once the model is saved (default beside --out)")
     p.add_argument("--out", type=Path, required=True, help="output model folder")
 
 

@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingConfig
 from advdistill.errors import TrainingError
+from advdistill.io import claim_resume_folder
 from advdistill.train import (
     Group,
     best_pairs,
@@ -16,7 +17,6 @@ from advdistill.train import (
     train_model,
     training_fingerprint,
 )
-from advdistill.io import claim_resume_folder
 
 TINY_OPTIM = OptimConfig(learning_rate=1e-3, max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
                          max_seq_length=128, save_steps=2, logging_steps=1)
