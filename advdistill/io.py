@@ -73,18 +73,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def claim_resume_folder(path: str | os.PathLike, fingerprint: str) -> bool:
-    """Make ``path`` the resume folder of the run identified by ``fingerprint``.
-
-    A folder left by a run with another (or no) fingerprint is deleted first. Returns whether partial
-    work of this same run was found and kept.
-    """
+def claim_resume_folder(path: str | os.PathLike, fingerprint: str) -> None:
+    """Make ``path`` the resume folder of the run identified by ``fingerprint``: a folder left by a run
+    with another (or no) fingerprint is deleted first, partial work of this same run is kept."""
     path = Path(path)
     marker = path / "fingerprint.json"
-    kept = path.is_dir() and marker.exists() and read_json(marker) == fingerprint
-    if path.exists() and not kept:
+    if path.exists() and not (marker.exists() and read_json(marker) == fingerprint):
         log.info("discarding partial work of a different run in %s", path)
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     write_json(fingerprint, marker)
-    return kept

@@ -21,6 +21,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_SUFFIXES = {".py", ".cpp"}
 
 
+def fingerprint(payload: dict[str, Any]) -> str:
+    """sha256 of ``payload`` as canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def path_identity(path: str) -> list:
     """Identity of an input file or folder (names, sizes, modification times), or the hub id it names."""
     root = Path(path)
@@ -59,10 +65,9 @@ def manifest_path(output: Path) -> Path:
 
 def stage_manifest(stage: str, settings: dict[str, Any], seed: int | None, started: float,
                    inputs: list[str]) -> dict[str, Any]:
-    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return {
         "stage": stage,
-        "settings_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+        "settings_sha256": fingerprint(settings),
         "settings": settings,
         "package_version": __version__,
         "git_commit": git_commit(),

@@ -11,8 +11,6 @@ after any of them changed starts from the student base, and it is deleted once t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -37,7 +35,7 @@ from advdistill.errors import TrainingError
 from advdistill.io import atomic_directory, claim_resume_folder, write_json
 from advdistill.losses import group_loss, sft_loss
 from advdistill.prompts import render_prompts
-from advdistill.provenance import path_identity, source_digest
+from advdistill.provenance import fingerprint, path_identity, source_digest
 
 IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
@@ -257,12 +255,11 @@ def split_validation(groups: Sequence[Group], fraction: float, seed: int) -> tup
 def training_fingerprint(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,
                          prompt_cfg: PromptConfig, seed: int) -> str:
     """What a training run's checkpoints depend on; a checkpoint of another run must not be resumed."""
-    payload = json.dumps({
+    return fingerprint({
         "model": path_identity(model_path), "rows": path_identity(str(rows_path)),
         "scored": path_identity(str(scored_path)), "objective": objective, "training": dataclasses.asdict(cfg),
         "prompt": dataclasses.asdict(prompt_cfg), "seed": seed, "code": source_digest(),
-    }, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    })
 
 
 def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,

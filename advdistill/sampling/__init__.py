@@ -11,7 +11,6 @@ what an uninterrupted one would.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from advdistill.config import EngineConfig, PromptConfig, SamplingConfig
 from advdistill.io import claim_resume_folder, write_parquet
 from advdistill.prompts import render_prompts
-from advdistill.provenance import path_identity, source_digest
+from advdistill.provenance import fingerprint, path_identity, source_digest
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def get_backend(cfg: EngineConfig, model_path: str) -> SamplingBackend:
 
 def run_fingerprint(model_path: str, prompt_ids: Sequence[str], prompts: Sequence[str],
                     params: GenerationParams, cfg: SamplingConfig, seed: int) -> str:
-    payload = json.dumps({
+    return fingerprint({
         "model": path_identity(model_path),
         "code": source_digest(),
         "prompts": hashlib.sha256("\x00".join([*prompt_ids, *prompts]).encode()).hexdigest(),
@@ -63,8 +62,7 @@ def run_fingerprint(model_path: str, prompt_ids: Sequence[str], prompts: Sequenc
         "shard_size": cfg.shard_size,
         "dtype": cfg.dtype,
         "seed": seed,
-    }, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    })
 
 
 def batch_seed(seed: int, first_prompt: int) -> int:
