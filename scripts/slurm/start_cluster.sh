@@ -47,7 +47,7 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown -R munge:munge /etc/munge /run/munge 2> /dev/null || true
 chmod 400 /etc/munge/munge.key
-pgrep -x munged > /dev/null || munged --force
+munged --force
 slurmctld -c
 slurmd -c -N localhost
 

@@ -6,9 +6,10 @@ for daemon in slurmd slurmctld munged; do
     pkill -x "$daemon" > /dev/null 2>&1 || true
 done
 for _ in $(seq 20); do
-    pgrep -x slurmd > /dev/null || pgrep -x slurmctld > /dev/null || exit 0
+    pgrep -x slurmd > /dev/null || pgrep -x slurmctld > /dev/null || pgrep -x munged > /dev/null || exit 0
     sleep 0.5
 done
-pkill -9 -x slurmd > /dev/null 2>&1 || true
-pkill -9 -x slurmctld > /dev/null 2>&1 || true
+for daemon in slurmd slurmctld munged; do
+    pkill -9 -x "$daemon" > /dev/null 2>&1 || true
+done
 exit 0
