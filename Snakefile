@@ -1,10 +1,17 @@
 # AdvDistill: raw datasets -> teacher samples -> scored groups -> students -> evaluation -> report.
 from snakemake.utils import min_version
 
+from advdistill.planning import checked_config_file
+
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The embedded default, read strictly (a YAML error names its line and column). Config files given with
+# --configfile replace it instead of being merged into it, so that no dataset or experiment of the default
+# is silently added to the run they describe.
+if not workflow.overwrite_configfiles:
+
+    configfile: checked_config_file("config.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -1,7 +1,8 @@
 """Group-relative advantages and group filtering.
 
 For the responses of one prompt with rewards ``R``: ``A_i = (R_i - mean(R)) / (std(R) + eps)``, with
-the population standard deviation (``ddof=0``) and ``eps = 1e-4`` by default, as in GRPO. A group
+the population standard deviation (``ddof=0``; ``score.advantage_std: sample`` gives ``ddof=1``) and
+``eps = 1e-4`` by default, as in GRPO. A group
 whose rewards are all equal gets advantages of exactly 0. A group is kept for training if it has at
 least ``min_correct`` correct responses (paper: 1) and, when ``drop_zero_variance`` is set, rewards
 that are not all equal.
@@ -11,11 +12,18 @@ from __future__ import annotations
 
 import polars as pl
 
+from advdistill.errors import ConfigError
+
+STD_DDOF = {"population": 0, "sample": 1}
+
 
 def group_advantages(df: pl.DataFrame, group_col: str = "prompt_id", reward_col: str = "reward",
-                     eps: float = 1e-4) -> pl.DataFrame:
-    """Add ``advantage`` and ``group_reward_std`` (population std of the group's rewards)."""
-    std = pl.col(reward_col).std(ddof=0).over(group_col)
+                     eps: float = 1e-4, std: str = "population") -> pl.DataFrame:
+    """Add ``advantage`` and ``group_reward_std`` (the ``population`` or ``sample`` std of the group's rewards;
+    a one-response group has sample std 0 here, not NaN)."""
+    if std not in STD_DDOF:
+        raise ConfigError(f"score.advantage_std: expected population or sample, got '{std}'")
+    std = pl.col(reward_col).std(ddof=STD_DDOF[std]).over(group_col).fill_null(0.0).fill_nan(0.0)
     return df.with_columns(
         ((pl.col(reward_col) - pl.col(reward_col).mean().over(group_col)) / (std + eps)).alias("advantage"),
         std.alias("group_reward_std"),

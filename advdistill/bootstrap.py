@@ -27,11 +27,12 @@ from transformers import (
 from advdistill.config import (
     BootstrapConfig,
     ModelShape,
+    OptimConfig,
     PromptConfig,
     TokenizerConfig,
     TrainingConfig,
 )
-from advdistill.io import atomic_directory, write_json
+from advdistill.io import atomic_directory, read_parquet, write_json
 from advdistill.prompts import (
     INSTRUCTION,
     MULTIPLE_CHOICE_INSTRUCTION,
@@ -90,7 +91,8 @@ def train_tokenizer(rows: Iterable[dict[str, Any]], cfg: TokenizerConfig) -> Pre
     )
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, shape: ModelShape, seed: int) -> Qwen2ForCausalLM:
+def build_model(tokenizer: PreTrainedTokenizerFast, shape: ModelShape, seed: int,
+                tie_word_embeddings: bool = True) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2 causal LM sized for ``tokenizer``."""
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -100,7 +102,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, shape: ModelShape, seed: int
         num_key_value_heads=shape.num_key_value_heads,
         intermediate_size=shape.intermediate_size,
         max_position_embeddings=shape.max_position_embeddings,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -113,7 +115,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, shape: ModelShape, seed: int
 
 
 def run_bootstrap_tokenizer(rows_path: Path, cfg: TokenizerConfig, out: Path) -> None:
-    tokenizer = train_tokenizer(pl.read_parquet(rows_path).to_dicts(), cfg)
+    tokenizer = train_tokenizer(read_parquet(rows_path).to_dicts(), cfg)
     with atomic_directory(out) as tmp:
         tokenizer.save_pretrained(tmp)
     log.info("tokenizer with %d tokens written to %s", len(tokenizer), out)
@@ -125,26 +127,36 @@ def run_bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapCon
 
     Bootstrapping takes minutes, so it keeps no checkpoints: the trainer's output folder is temporary.
     """
-    from advdistill.train import tokenize_pair, train_model
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     model = build_model(tokenizer, cfg.shape, seed)
-    rows = pl.read_parquet(rows_path).filter(pl.col("solution") != "").to_dicts()[:cfg.train_rows]
-    pairs = [
-        tokenize_pair(tokenizer,
-                      render_prompt(tokenizer, build_messages(row, prompt_cfg.system_prompt)),
-                      format_response(row["solution"], row["answer"]),
-                      cfg.optim.max_seq_length)
-        for row in rows
-    ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.trainer-", dir=out.parent) as work_dir:
-        metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=cfg.optim), Path(work_dir),
-                              seed, save_checkpoints=False)
+    rows = read_parquet(rows_path).filter(pl.col("solution") != "").to_dicts()[:cfg.train_rows]
+    metrics = pretrain(model, tokenizer, rows, cfg.optim, prompt_cfg, seed, out)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
-    metrics["examples"] = len(pairs)
     write_json(metrics, out / "bootstrap_metrics.json")
+    return metrics
+
+
+def pretrain(model: Qwen2ForCausalLM, tokenizer: Any, rows: list[dict[str, Any]], optim: OptimConfig,
+             prompt_cfg: PromptConfig, seed: int, out: Path) -> dict[str, Any]:
+    """Fine-tune ``model`` in place on prompt -> formatted reference solution of each row (SFT).
+
+    The trainer's work folder is a temporary sibling of ``out``, deleted afterwards (no checkpoints).
+    """
+    from advdistill.train import tokenize_pair, train_model
+
+    pairs = [
+        tokenize_pair(tokenizer,
+                      render_prompt(tokenizer, build_messages(row, prompt_cfg.system_prompt)),
+                      format_response(row["solution"], row["answer"]),
+                      optim.max_seq_length)
+        for row in rows
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.trainer-", dir=out.parent) as work_dir:
+        metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=optim), Path(work_dir),
+                              seed, save_checkpoints=False)
+    metrics["examples"] = len(pairs)
     return metrics

@@ -2,6 +2,9 @@
 
 Settings arrive as JSON strings (the rule's config section, passed by Snakemake as ``params``), and
 are parsed into the typed dataclasses of :mod:`advdistill.config`, which reject unknown keys.
+
+Exit status: 0 done; 2 an error the user can fix (:class:`~advdistill.errors.AdvDistillError`: config, input,
+output disk), printed in one line (``--debug`` adds the traceback); 1 anything else, a bug, with its traceback.
 """
 
 from __future__ import annotations
@@ -9,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from advdistill.config import (
     BootstrapConfig,
-    ConfigError,
     EvaluationConfig,
     PromptConfig,
     SamplingConfig,
@@ -24,8 +28,8 @@ from advdistill.config import (
     TrainingConfig,
     from_json,
 )
-from advdistill.datasets import DatasetError
-from advdistill.errors import TrainingError
+from advdistill.errors import AdvDistillError, InputError
+from advdistill.schema import validate
 
 
 def _json_object(text: str) -> dict:
@@ -33,6 +37,27 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def _seed(text: str) -> int:
+    """A seed in the config schema's range (0 to 2**32 - 1, what numpy accepts)."""
+    try:
+        seed = int(text)
+        validate(seed, "/properties/seed", "seed")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return seed
+
+
+def _part(text: str) -> str:
+    """``I/J`` with 0 <= I < J, kept as text (the manifest records it as given)."""
+    try:
+        part, parts = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/J, e.g. 0/4, got '{text}'") from None
+    if not 0 <= part < parts:
+        raise argparse.ArgumentTypeError(f"part {part} is outside 0..{parts - 1}")
+    return text
 
 
 def _add_prepare(sub) -> None:
@@ -57,7 +82,7 @@ def _add_bootstrap(sub) -> None:
     p.add_argument("--tokenizer", type=Path, required=True)
     p.add_argument("--settings", default="{}", help="bootstrap settings (shape, optim) as JSON")
     p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, required=True, help="output model folder")
 
 
@@ -67,8 +92,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--rows", type=Path, required=True, help="rows parquet (prepare output)")
     p.add_argument("--settings", default="{}", help="sampling settings as JSON")
     p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--part", default="0/1", help="I/J: sample the I-th of J prompt ranges (0-based)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--part", type=_part, default="0/1", help="I/J: sample the I-th of J prompt ranges (0-based)")
     p.add_argument("--out", type=Path, required=True, help="output samples parquet")
 
     p = sub.add_parser("merge-samples", help="merge the parts of a sharded sampling run")
@@ -93,7 +118,7 @@ def _add_train(sub) -> None:
     p.add_argument("--objective", choices=["sft", "advdistill"], required=True)
     p.add_argument("--settings", default="{}", help="training settings as JSON")
     p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--checkpoints", type=Path,
                    help="checkpoint folder: the resume point of a killed run with the same inputs, settings, seed "
                         "and code; deleted once the model is saved (default beside --out)")
@@ -107,7 +132,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--few-shot-rows", type=Path, help="training rows for few-shot turns")
     p.add_argument("--settings", default="{}", help="evaluation settings as JSON")
     p.add_argument("--prompt", default="{}", help="prompt settings as JSON (few_shot > 0 for base models)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, required=True, help="output responses parquet")
     p.add_argument("--metrics", type=Path, required=True, help="output metrics JSON")
 
@@ -115,15 +140,30 @@ def _add_evaluate(sub) -> None:
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="tables, plots and cost of a finished run")
     p.add_argument("--plan", type=_json_object, required=True,
-                   help='JSON: {"models": [...], "experiments": {train_set: [testsets]}}')
+                   help='JSON: {"models": [...], "experiments": {train_set: [testsets]}, "memory": [memory plan rows]}')
     p.add_argument("--results", type=Path, default=Path("results"), help="the run's results folder")
     p.add_argument("--benchmarks", type=Path, default=Path("benchmarks"), help="Snakemake benchmark folder")
     p.add_argument("--out-dir", type=Path, required=True)
 
 
+def _add_standin(sub) -> None:
+    p = sub.add_parser("standin", help="a tiny stand-in for a Qwen2.5 hub model, saved like the release (rehearsals)")
+    p.add_argument("--like", required=True, help="hub id it stands in for, e.g. Qwen/Qwen2.5-7B")
+    p.add_argument("--rows", type=Path, required=True,
+                   help="prepared training rows: the tokenizer is trained on all of them")
+    p.add_argument("--pretrain-rows", type=int, default=0,
+                   help="pretrain on the reference solutions of the first N rows (a teacher: sampling.max_prompts, "
+                        "so that some samples are right); 0 = untrained")
+    p.add_argument("--prompt", default="{}", help="prompt settings as JSON, as sampling renders them")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output model folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advdistill", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of configuration, input and output errors too (bugs always show one)")
     sub = parser.add_subparsers(dest="stage", required=True)
     _add_prepare(sub)
     _add_bootstrap(sub)
@@ -132,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_report(sub)
+    _add_standin(sub)
     return parser
 
 
@@ -182,6 +223,11 @@ def run(args: argparse.Namespace) -> None:
         from advdistill.report import run_report
 
         run_report(args.plan, args.results, args.benchmarks, args.out_dir)
+    elif args.stage == "standin":
+        from advdistill.standin import run_standin
+
+        run_standin(args.like, args.rows, args.pretrain_rows, from_json(PromptConfig, args.prompt, "prompt"),
+                    args.seed, args.out)
 
 
 SETTING_ARGUMENTS = ("settings", "prompt", "options", "plan")
@@ -205,17 +251,34 @@ def record_provenance(args: argparse.Namespace, started: float) -> None:
     write_manifest(output, stage_manifest(args.stage, settings, getattr(args, "seed", None), started, inputs))
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Every input given as a path exists, before a stage loads anything (model and source may be hub ids)."""
+    for name in INPUT_ARGUMENTS:
+        value = getattr(args, name, None)
+        for path in value if isinstance(value, list) else [value]:
+            if isinstance(path, Path) and not path.exists():
+                raise InputError(f"--{name.replace('_', '-')}: no such file or folder: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.time()
     try:
+        check_inputs(args)
         run(args)
-        record_provenance(args, started)
-    except (ConfigError, DatasetError, TrainingError, ValueError, FileNotFoundError) as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            record_provenance(args, started)
+    except AdvDistillError as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"advdistill {args.stage}: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print(f"advdistill {args.stage}: internal error (a bug): the traceback above says where", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,8 +1,10 @@
 """Typed configuration sections.
 
-Snakemake validates ``config.yaml`` against ``workflow/schemas/config.schema.yaml``; each rule then
-hands its own section to the CLI as JSON, which is parsed here into a frozen dataclass. Unknown keys
-are an error that names the key, so a typo never silently falls back to a default.
+Snakemake validates ``config.yaml`` against the config schema (:mod:`advdistill.schema`); each rule then
+hands its own section to the CLI as JSON, which is validated against that section's part of the same schema
+and parsed here into a frozen dataclass, whose ``__post_init__`` checks the rules that tie keys together.
+Planning parses every section the same way, so a job never meets a config error that planning let through.
+Unknown keys are an error that names the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -14,15 +16,21 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from advdistill.errors import ConfigError
+from advdistill.schema import validate
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type."""
-
-
 def from_dict(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
-    """Build dataclass ``cls`` from ``data``; ``section`` names the config path in error messages."""
+    """Build dataclass ``cls`` from ``data`` after validating it against its part of the config schema
+    (:data:`SCHEMA_PARTS`); ``section`` names the config path in error messages."""
+    if cls in SCHEMA_PARTS:
+        validate(data or {}, SCHEMA_PARTS[cls], section)
+    return _build(cls, data, section)
+
+
+def _build(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
     data = dict(data or {})
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{section}' must be a mapping, got {type(data).__name__}")
@@ -37,7 +45,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
     kwargs = {}
     for name, value in data.items():
         nested = _dataclass_type(hints[name])
-        kwargs[name] = from_dict(nested, value, f"{section}.{name}") if nested else value
+        kwargs[name] = _build(nested, value, f"{section}.{name}") if nested else value
     try:
         return cls(**kwargs)
     except TypeError as err:
@@ -98,7 +106,6 @@ class OptimConfig:
     max_seq_length: int = 2048
     eval_steps: int = 400
     save_steps: int = 400
-    bf16: str = "auto"
     logging_steps: int = 10
 
 
@@ -141,6 +148,12 @@ class SamplingConfig(EngineConfig):
     jobs: int = 1
     max_prompts: int | None = None
 
+    def __post_init__(self):
+        if self.temperature == 0 and self.n_samples > 1:
+            raise ConfigError(f"config sampling.n_samples: {self.n_samples} responses per prompt at "
+                              f"sampling.temperature 0 (greedy decoding) would all be the same; set n_samples to 1 "
+                              f"or a temperature above 0")
+
 
 @dataclass(frozen=True)
 class CosineConfig:
@@ -158,14 +171,21 @@ class ScoreConfig:
     reward_weights: dict[str, float] = field(default_factory=lambda: {"cosine": 2.0, "format": 1.0})
     cosine: CosineConfig = field(default_factory=CosineConfig)
     advantage_eps: float = 1e-4
+    advantage_std: str = "population"
     min_correct: int = 1
     drop_zero_variance: bool = False
+
+    def __post_init__(self):
+        if not any(self.reward_weights.values()):
+            raise ConfigError("config score.reward_weights: no reward has a non-zero weight, so every response would "
+                              "score 0 and no group could be ranked; give at least one reward a weight")
 
 
 @dataclass(frozen=True)
 class EvaluationConfig(EngineConfig):
     """Greedy evaluation of every model on every test set."""
 
+    max_prompts: int | None = None
     base_few_shot: int = 3
     degeneracy_ngram: int = 4
 
@@ -179,6 +199,11 @@ class LossConfig:
     lam: float = 0.5
     p_max: float = 0.999
     chunk_size: int | None = None
+    ce_reduction: str = "mean"
+    contrastive_scale: str = "none"
+
+
+PRECISIONS = ("auto", "bf16-mixed", "fp32", "bf16-pure")
 
 
 @dataclass(frozen=True)
@@ -187,7 +212,33 @@ class TrainingConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     validation_fraction: float = 0.05
     nonfinite_loss: str = "error"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    processes: int = 1
+    fsdp: bool = False
 
     def __post_init__(self):
         if self.nonfinite_loss not in ("error", "skip"):
             raise ConfigError(f"training.nonfinite_loss: expected 'error' or 'skip', got '{self.nonfinite_loss}'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"training.precision: expected one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if not isinstance(self.processes, int) or self.processes < 1:
+            raise ConfigError(f"training.processes: expected a positive integer, got {self.processes!r}")
+        if self.fsdp and self.processes < 2:
+            raise ConfigError("training.fsdp shards the student across processes: set training.processes to 2 or more")
+
+
+# The part of the config schema that each section's dataclass is validated against (JSON pointers).
+SCHEMA_PARTS: dict[type, str] = {
+    TokenizerConfig: "/properties/tokenizer",
+    ModelShape: "/$defs/model_shape",
+    OptimConfig: "/$defs/optim",
+    BootstrapConfig: "/$defs/bootstrap_settings",
+    PromptConfig: "/properties/prompt",
+    SamplingConfig: "/properties/sampling",
+    CosineConfig: "/properties/score/properties/cosine",
+    ScoreConfig: "/properties/score",
+    EvaluationConfig: "/properties/evaluation",
+    LossConfig: "/properties/training/properties/loss",
+    TrainingConfig: "/properties/training",
+}

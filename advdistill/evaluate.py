@@ -15,7 +15,7 @@ import polars as pl
 
 from advdistill.answers import judge_answers
 from advdistill.config import EngineConfig, EvaluationConfig, PromptConfig, SamplingConfig
-from advdistill.io import write_json, write_parquet
+from advdistill.io import read_parquet, write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
 from advdistill.prompts import render_prompts
 from advdistill.rewards import format_reward
@@ -36,6 +36,23 @@ def judge(rows: pl.DataFrame, responses: pl.DataFrame) -> pl.DataFrame:
     ).drop("answer", "kind", "choices", "sample_idx")
 
 
+def few_shot_setting(prompt_cfg: PromptConfig, few_shot_rows: list[dict]) -> tuple[PromptConfig, dict]:
+    """The prompt settings to evaluate with, and what ``metrics.json`` records about few-shot turns.
+
+    Few-shot turns are worked solutions from the training split. Where it has fewer rows with a solution
+    than requested (MMLU-PRO has none), the model is evaluated zero-shot instead, with a warning.
+    """
+    requested = prompt_cfg.few_shot
+    available = sum(bool(row.get("solution")) for row in few_shot_rows)
+    if requested <= available:
+        return prompt_cfg, {"few_shot": requested, "few_shot_requested": requested}
+    note = (f"evaluated zero-shot: {requested} few-shot turns requested, but the training split has "
+            f"{available} rows with a worked solution")
+    log.warning("%s", note)
+    return (dataclasses.replace(prompt_cfg, few_shot=0),
+            {"few_shot": 0, "few_shot_requested": requested, "few_shot_note": note})
+
+
 def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt_cfg: PromptConfig,
                  few_shot_rows_path: Path | None, seed: int, out: Path, metrics_path: Path) -> dict:
     from transformers import AutoTokenizer
@@ -43,8 +60,11 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     from advdistill.sampling import get_backend, run_fingerprint, sample_prompts
     from advdistill.sampling.base import GenerationParams
 
-    rows = pl.read_parquet(rows_path)
-    few_shot_rows = pl.read_parquet(few_shot_rows_path).to_dicts() if few_shot_rows_path else []
+    rows = read_parquet(rows_path)
+    if cfg.max_prompts is not None:
+        rows = rows.head(cfg.max_prompts)
+    few_shot_rows = read_parquet(few_shot_rows_path).to_dicts() if few_shot_rows_path else []
+    prompt_cfg, few_shot = few_shot_setting(prompt_cfg, few_shot_rows)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     texts = render_prompts(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)
     ids = rows["id"].to_list()
@@ -57,7 +77,7 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
                                params, sampling_cfg, seed, raw, fingerprint)
     judged = judge(rows, responses)
     metrics = evaluation_metrics(judged, ngram=cfg.degeneracy_ngram)
-    metrics.update({"model": model_path, "testset": str(rows_path), "few_shot": prompt_cfg.few_shot})
+    metrics.update({"model": model_path, "testset": str(rows_path), **few_shot})
     write_parquet(judged, out)
     write_json(metrics, metrics_path)
     raw.unlink(missing_ok=True)

@@ -6,13 +6,14 @@ materialise the ``[tokens, vocabulary]`` logits:
 - SFT: token-mean cross-entropy over every response token of the batch (the batch is one
   "response" with weight 1 and no contrastive term), equal to ``F.cross_entropy`` on the logits.
 - AdvDistill: one group per call, ``sum_i softmax(A/tau)_i CE_i + lam * sum_{i wrong} C_i`` with
-  ``C_i = -log(1 - min(p_mean_i, p_max))``.
+  ``C_i = -log(1 - min(p_mean_i, p_max))``; ``training.loss.ce_reduction`` and ``contrastive_scale`` pick
+  the reading of the paper's eqs. 5-6 (token-mean or token-sum ``CE_i``; ``lam`` or ``lam / n``).
 """
 
 from __future__ import annotations
 
 import torch
-from advdistill_kernels import advdistill_loss
+from advdistill_kernels import advdistill_loss, response_stats
 
 from advdistill.config import LossConfig
 
@@ -52,4 +53,27 @@ def group_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     weights = advantage_weights(advantages, cfg.tau, torch.promote_types(hidden.dtype, torch.float32))
     return advdistill_loss(flat_hidden, weight, targets, rows, weights,
                            ~correct.bool(), lam=cfg.lam, p_max=cfg.p_max, ignore_index=IGNORE_INDEX,
-                           backend=cfg.backend, chunk_size=cfg.chunk_size)
+                           backend=cfg.backend, chunk_size=cfg.chunk_size, ce_reduction=cfg.ce_reduction,
+                           contrastive_scale=cfg.contrastive_scale)
+
+
+def group_loss_terms(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, advantages: torch.Tensor,
+                     correct: torch.Tensor, cfg: LossConfig) -> dict[str, float | None]:
+    """The two terms of :func:`group_loss` and what drives the contrastive one, without gradient (telemetry).
+
+    ``weighted_ce`` + ``contrastive`` equals the loss; ``wrong_p_mean`` is the mean of ``p_mean_i`` over
+    wrong responses and ``wrong_at_clamp`` the share of them at ``p_max`` (no gradient there); both are
+    None for a group without wrong responses.
+    """
+    flat_hidden, targets, rows = next_token_view(hidden.detach(), labels)
+    stats = response_stats(flat_hidden, weight.detach(), targets, rows, advantages.shape[0],
+                           ignore_index=IGNORE_INDEX, backend=cfg.backend, chunk_size=cfg.chunk_size)
+    weights = advantage_weights(advantages, cfg.tau, torch.float64).to(stats.ce.device)
+    ce = stats.ce.double() * (stats.num_tokens.double() if cfg.ce_reduction == "sum" else 1.0)
+    lam = cfg.lam / advantages.shape[0] if cfg.contrastive_scale == "per_response" else cfg.lam
+    wrong = ~correct.bool().to(stats.ce.device)
+    p_wrong = stats.p_mean.double()[wrong]
+    contrastive = -torch.log1p(-p_wrong.clamp(max=cfg.p_max)).sum()
+    return {"weighted_ce": float((weights * ce).sum()), "contrastive": float(lam * contrastive),
+            "wrong_p_mean": float(p_wrong.mean()) if p_wrong.numel() else None,
+            "wrong_at_clamp": float((p_wrong >= cfg.p_max).double().mean()) if p_wrong.numel() else None}

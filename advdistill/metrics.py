@@ -12,6 +12,8 @@ from typing import Any
 
 import polars as pl
 
+from advdistill.errors import ConfigError, InputError
+
 REQUIRED_COLUMNS = ("response", "n_tokens", "truncated", "correct", "format_ok")
 
 
@@ -27,7 +29,7 @@ def repeated_ngram_rate(text: str, n: int = 4) -> float:
     last three repeat earlier ones, so the rate is 3/7.
     """
     if n < 1:
-        raise ValueError(f"n-gram length must be at least 1, got {n}")
+        raise ConfigError(f"evaluation.degeneracy_ngram: n-gram length must be at least 1, got {n}")
     words = text.lower().split()
     n_ngrams = len(words) - n + 1
     if n_ngrams <= 0:
@@ -60,9 +62,9 @@ def evaluation_metrics(responses: pl.DataFrame, ngram: int = 4) -> dict[str, Any
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in responses.columns]
     if missing:
-        raise ValueError(f"responses lack the columns {missing}; have {responses.columns}")
+        raise InputError(f"responses lack the columns {missing}; have {responses.columns}")
     if responses.is_empty():
-        raise ValueError("cannot compute evaluation metrics of an empty set of responses")
+        raise InputError("cannot compute evaluation metrics of an empty set of responses")
 
     rated = responses.with_columns(
         pl.Series("degeneracy", [repeated_ngram_rate(text, ngram) for text in responses["response"]],

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from advdistill.config import PromptConfig
+from advdistill.errors import ConfigError
 
 INSTRUCTION = (
     "Think step by step inside <think> </think> tags, then give the final answer inside "
@@ -57,13 +58,28 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template closes an assistant turn with (``<|im_end|>`` in ChatML), if any.
+
+    A base model prompted through the template ends its answer there, not at its EOS (Qwen2.5 base
+    releases: ``<|endoftext|>``): sampling must stop at it and training must teach it.
+    """
+    marker = "\x00response\x00"
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+    rendered = tokenizer.apply_chat_template(turns, tokenize=False)
+    tail = rendered.split(marker, 1)[1] if marker in rendered else ""
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return ids[0] if ids and ids[0] in special else None
+
+
 def choose_few_shot(train_rows: Sequence[Mapping[str, Any]], k: int, seed: int) -> list[Mapping[str, Any]]:
     """``k`` training rows with a reference solution, the same for every test question."""
     if k <= 0:
         return []
     candidates = sorted((r for r in train_rows if r.get("solution")), key=lambda r: r["id"])
     if len(candidates) < k:
-        raise ValueError(f"few-shot: need {k} training rows with solutions, found {len(candidates)}")
+        raise ConfigError(f"prompt.few_shot: need {k} training rows with solutions, found {len(candidates)}")
     return random.Random(seed).sample(candidates, k)
 
 

@@ -6,7 +6,11 @@ mean response length of correct and wrong answers (Appendix C.2, Table 7) with t
 (Figure 4) and the compute cost of each stage (Table 3, here measured by Snakemake benchmarks).
 Figures show the advantages of the kept training groups (Figure 2a), the number of correct teacher
 responses per group (Figure 2b), accuracy as grouped bars and response lengths of correct and wrong
-answers. Each table is written as Markdown and CSV, each figure as PNG, and ``index.html`` shows them
+answers. Each accuracy comes with its Wilson 95 % interval; paired comparisons of the trained students with
+each other, their base model and the teacher give the accuracy difference with its 95 % interval and an exact
+McNemar p-value on the prompts both models answered (:mod:`advdistill.stats`), and the first comparison per test
+set heads the page; a training compute table lists optimizer steps, items and wall time per trained student.
+Each table is written as Markdown and CSV, each figure as PNG, and ``index.html`` shows them
 all on one page with the run manifests as provenance. Every file is written to a temporary sibling
 and moved into place, so an interrupted run leaves no half-written artefact.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +29,36 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from advdistill.io import atomic_write, read_json
+from advdistill.errors import InputError
+from advdistill.io import atomic_write, read_json, read_parquet, write_json
+from advdistill.stats import mcnemar_exact, paired_difference, wilson_interval
 
 MODEL_COLUMN = "model"
 CORRECT_MARK = "✓"
 WRONG_MARK = "✗"
 MISSING_CELL = "–"
+NOT_RECORDED = "n/a"
+
+# Training objectives, the method first: two trained students are compared as "advdistill vs sft".
+OBJECTIVES = ("advdistill", "sft")
+BASE_SUFFIX = "base"
+# Per-prompt columns of responses.parquet the report reads: outcomes for the paired tests, lengths for the plots.
+RESPONSE_COLUMNS = {"prompt_id": pl.String, "n_tokens": pl.Int64, "correct": pl.Boolean}
 
 # Snakemake benchmark column -> report column; max_rss is already in MB.
 BENCHMARK_COLUMNS = {"s": "wall_s", "cpu_time": "cpu_s", "max_rss": "max_rss_mb"}
 
 TABLE_CAPTIONS = {
-    "accuracy": "Accuracy (%) of each model on each test set (layout of the paper's §5.1 results table).",
+    "accuracy": ("Accuracy (%) of each model on each test set (layout of the paper's §5.1 results table), with its "
+                 "Wilson 95 % interval in brackets; the CSV has the bounds as '<test set> lower' and "
+                 "'<test set> upper'."),
+    "paired_comparisons": ("Each trained student against the other trained students of its base, its base model "
+                           "and the teacher, per test set, on the prompts both answered (n): accuracy difference "
+                           "model − versus in points with its 95 % Wald interval of a paired difference, b (model "
+                           "right, versus wrong), c (the reverse) and the exact two-sided McNemar p-value."),
+    "training_compute": ("Per trained student (train_metrics.json): optimizer steps, tokens seen (n/a where the "
+                         "trainer did not record them), training items (SFT pairs or AdvDistill groups) and "
+                         "wall-clock seconds of the whole training run."),
     "verbosity": (f"Mean response tokens of correct ({CORRECT_MARK}) and wrong ({WRONG_MARK}) answers and "
                   f"their ratio {WRONG_MARK}/{CORRECT_MARK} (paper Table 7 and Figure 6)."),
     "degeneracy": (f"Mean repeated word n-gram rate of correct ({CORRECT_MARK}) and wrong ({WRONG_MARK}) "
@@ -44,6 +67,8 @@ TABLE_CAPTIONS = {
     "template_adherence": "Share (%) of answers that follow the requested format (paper Figure 4).",
     "stage_costs": ("Compute per pipeline stage from Snakemake benchmarks: jobs, summed wall-clock and "
                     "CPU seconds, peak resident memory (compare paper Table 3)."),
+    "memory_plan": ("Planned peak memory per GPU of each GPU stage (advdistill/memory_plan.py, at planning time), "
+                    "against resources.gpu_mem_gb (vLLM: its gpu_memory_utilization share); also memory_plan.json."),
 }
 
 # (column name, test set, metrics key, scale, decimals) of one column of a model x test set table.
@@ -64,10 +89,127 @@ def _model_table(metrics: Mapping[tuple[str, str], dict], models: list[str],
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
+def _accuracy_with_interval(metrics: dict) -> list[float | None]:
+    """Accuracy and its Wilson 95 % bounds in % (2 decimals); bounds null without ``n`` in the metrics."""
+    accuracy, n = metrics.get("accuracy"), metrics.get("n")
+    if accuracy is None or n is None:
+        return [None if accuracy is None else round(100 * accuracy, 2), None, None]
+    return [round(100 * value, 2) for value in (accuracy, *wilson_interval(round(accuracy * n), n))]
+
+
 def accuracy_table(metrics: Mapping[tuple[str, str], dict], models: list[str],
                    testsets: list[str]) -> pl.DataFrame:
-    """Accuracy in % (2 decimals): one row per model, one column per test set, null where not evaluated."""
-    return _model_table(metrics, models, [(t, t, "accuracy", 100.0, 2) for t in testsets])
+    """Accuracy in % (2 decimals) with its Wilson 95 % interval: one row per model and, per test set, the
+    columns ``<testset>``, ``<testset> lower`` and ``<testset> upper``; null where not evaluated."""
+    schema = {MODEL_COLUMN: pl.String,
+              **{f"{t}{suffix}": pl.Float64 for t in testsets for suffix in ("", " lower", " upper")}}
+    rows = [[model, *(cell for t in testsets for cell in _accuracy_with_interval(metrics.get((model, t), {})))]
+            for model in models]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _accuracy_cell(accuracy: float | None, lower: float | None, upper: float | None) -> str | None:
+    if accuracy is None:
+        return None
+    return f"{accuracy:.2f}" if lower is None else f"{accuracy:.2f} [{lower:.2f}, {upper:.2f}]"
+
+
+def accuracy_cells(accuracy: pl.DataFrame, testsets: list[str]) -> pl.DataFrame:
+    """An :func:`accuracy_table` as shown: one text cell per test set, e.g. ``75.00 [30.06, 95.44]``."""
+    rows = [[row[MODEL_COLUMN], *(_accuracy_cell(row[t], row[f"{t} lower"], row[f"{t} upper"]) for t in testsets)]
+            for row in accuracy.iter_rows(named=True)]
+    return pl.DataFrame(rows, schema={MODEL_COLUMN: pl.String, **{t: pl.String for t in testsets}}, orient="row")
+
+
+def _role(model: str) -> tuple[str, str | None]:
+    """(student, objective or ``base``) of a student's model name, (name, None) for any other model."""
+    student, _, suffix = model.rpartition("-")
+    return (student, suffix) if student and suffix in (*OBJECTIVES, BASE_SUFFIX) else (model, None)
+
+
+def is_trained(model: str) -> bool:
+    """Whether ``model`` names a trained student, ``<student>-<objective>``."""
+    return _role(model)[1] in OBJECTIVES
+
+
+def comparison_pairs(models: list[str]) -> list[tuple[str, str]]:
+    """(model, versus) pairs to compare, from the names ``evaluated_models`` gives: per student (in order of
+    appearance), its trained models ``<student>-<objective>`` with each other (AdvDistill first), then each of
+    them with ``<student>-base`` and with the teacher (every model that is neither trained nor a base)."""
+    roles = {model: _role(model) for model in models}
+    teachers = [model for model, (_, role) in roles.items() if role is None]
+    trained: dict[str, list[str]] = {}
+    for model, (student, role) in roles.items():
+        if role in OBJECTIVES:
+            trained.setdefault(student, []).append(model)
+    pairs: list[tuple[str, str]] = []
+    for student, names in trained.items():
+        names.sort(key=lambda model: OBJECTIVES.index(roles[model][1]))
+        pairs += combinations(names, 2)
+        references = [m for m in (f"{student}-{BASE_SUFFIX}", *teachers) if m in roles]
+        pairs += [(model, reference) for model in names for reference in references]
+    return pairs
+
+
+def paired_comparison(first: pl.DataFrame, second: pl.DataFrame) -> dict[str, Any]:
+    """Compare two models' per-prompt outcomes (``prompt_id``, ``correct``) on the prompts both answered.
+
+    Returns ``n`` (those prompts), ``difference_points`` (accuracy of ``first`` minus ``second`` in points)
+    with ``ci_lower``/``ci_upper`` (:func:`advdistill.stats.paired_difference`), ``b`` (first right, second
+    wrong), ``c`` (the reverse), ``mcnemar_p`` (:func:`advdistill.stats.mcnemar_exact`; null, like the
+    difference, when no prompt is shared) and a ``note`` when the two prompt sets differ.
+    """
+    joined = first.join(second, on="prompt_id", suffix="_versus")
+    n = joined.height
+    b = joined.filter(pl.col("correct") & ~pl.col("correct_versus")).height
+    c = joined.filter(~pl.col("correct") & pl.col("correct_versus")).height
+    note = (None if n == first.height == second.height
+            else f"compared on the {n} prompts both answered ({first.height} and {second.height} evaluated)")
+    row = {"n": n, "difference_points": None, "ci_lower": None, "ci_upper": None, "b": b, "c": c,
+           "mcnemar_p": None, "note": note}
+    if n:
+        difference, lower, upper = paired_difference(b, c, n)
+        row.update(difference_points=round(100 * difference, 2), ci_lower=round(100 * lower, 2),
+                   ci_upper=round(100 * upper, 2), mcnemar_p=float(f"{mcnemar_exact(b, c):.4g}"))
+    return row
+
+
+def paired_comparisons(outcomes: Mapping[tuple[str, str], pl.DataFrame], models: list[str],
+                       testsets: list[str]) -> pl.DataFrame:
+    """One :func:`paired_comparison` row per test set and :func:`comparison_pairs` pair that has outcomes
+    (``outcomes`` keyed by (model, test set)), test sets in the given order."""
+    schema = {"testset": pl.String, "model": pl.String, "versus": pl.String, "n": pl.Int64,
+              "difference_points": pl.Float64, "ci_lower": pl.Float64, "ci_upper": pl.Float64, "b": pl.Int64,
+              "c": pl.Int64, "mcnemar_p": pl.Float64, "note": pl.String}
+    rows = [{"testset": testset, "model": model, "versus": versus,
+             **paired_comparison(outcomes[(model, testset)], outcomes[(versus, testset)])}
+            for testset in testsets for model, versus in comparison_pairs(models)
+            if (model, testset) in outcomes and (versus, testset) in outcomes]
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.1f}".replace("-", "−")
+
+
+def headlines(comparisons: pl.DataFrame) -> list[str]:
+    """The first :func:`paired_comparisons` row of each test set with shared prompts, as one sentence."""
+    first = comparisons.filter(pl.col("n") > 0).unique("testset", keep="first", maintain_order=True)
+    return [f"{r['model']} vs {r['versus']} on {r['testset']}: {_signed(r['difference_points'])} points "
+            f"[95 % CI {_signed(r['ci_lower'])}, {_signed(r['ci_upper'])}], McNemar p = {r['mcnemar_p']:.2g}, "
+            f"n = {r['n']}" for r in first.iter_rows(named=True)]
+
+
+def training_compute(train_metrics: Mapping[tuple[str, str], dict]) -> pl.DataFrame:
+    """One row per trained model, keyed by (training dataset, model), from its ``train_metrics.json``:
+    ``optimizer_steps`` (``global_step``), ``tokens_seen`` (null where not recorded), ``train_items`` and
+    ``wall_s`` (``train_runtime``: the whole run, resumed segments included; 1 decimal)."""
+    schema = {"train_set": pl.String, "model": pl.String, "optimizer_steps": pl.Int64, "tokens_seen": pl.Int64,
+              "train_items": pl.Int64, "wall_s": pl.Float64}
+    rows = [[train_set, model, m.get("global_step"), m.get("tokens_seen"), m.get("train_items"),
+             None if m.get("train_runtime") is None else round(m["train_runtime"], 1)]
+            for (train_set, model), m in train_metrics.items()]
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def behaviour_tables(metrics: Mapping[tuple[str, str], dict], models: list[str],
@@ -104,6 +246,15 @@ def read_benchmark(path: Path) -> pl.DataFrame:
         (pl.col(source).cast(pl.Float64, strict=False) if source in raw.columns
          else pl.lit(None, dtype=pl.Float64)).alias(target)
         for source, target in BENCHMARK_COLUMNS.items())
+
+
+def memory_plan_table(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """One row per planned stage and model (``advdistill.memory_plan.plan_rows``): GPUs, GiB per GPU, budget,
+    whether it fits (null: unknown shape or no ``gpu_mem_gb``), where the shape came from and the settings."""
+    schema = {"stage": pl.String, "model": pl.String, "gpus": pl.Int64, "gib_per_gpu": pl.Float64,
+              "budget_gib": pl.Float64, "fits": pl.Boolean, "shape": pl.String, "note": pl.String}
+    return pl.DataFrame([[r["stage"], r["model"], r["gpus"], r["gib"], r["budget_gib"], r["fits"], r["origin"],
+                          r["note"]] for r in rows], schema=schema, orient="row")
 
 
 def _total_or_none(values: pl.Series) -> float | None:
@@ -165,16 +316,18 @@ def plot_correct_per_group(scored: pl.DataFrame, path: Path, title: str | None =
     return _save_figure(figure, path)
 
 
-def plot_accuracy_bars(accuracy: pl.DataFrame, path: Path) -> Path:
-    """Grouped bars of an :func:`accuracy_table`: one group per test set, one bar per model."""
-    testsets = [c for c in accuracy.columns if c != MODEL_COLUMN]
+def plot_accuracy_bars(accuracy: pl.DataFrame, testsets: list[str], path: Path) -> Path:
+    """Grouped bars of an :func:`accuracy_table`: one group per test set, one bar per model, Wilson 95 %
+    intervals as error bars."""
     positions = np.arange(len(testsets))
     width = 0.8 / max(accuracy.height, 1)
     figure = Figure(figsize=(max(6, 1.5 * len(testsets)), 4))
     axes = figure.add_subplot()
     for index, row in enumerate(accuracy.iter_rows(named=True)):
-        heights = [np.nan if row[t] is None else row[t] for t in testsets]
-        axes.bar(positions - 0.4 + (index + 0.5) * width, heights, width, label=row[MODEL_COLUMN])
+        heights, lower, upper = (np.array([np.nan if row[t + suffix] is None else row[t + suffix] for t in testsets])
+                                 for suffix in ("", " lower", " upper"))
+        axes.bar(positions - 0.4 + (index + 0.5) * width, heights, width, label=row[MODEL_COLUMN],
+                 yerr=np.vstack([heights - lower, upper - heights]), capsize=3)
     axes.set_xticks(positions, testsets)
     axes.set_ylim(0, 100)
     axes.set_ylabel("accuracy (%)")
@@ -187,7 +340,7 @@ def plot_length_distributions(responses_by_model: Mapping[str, pl.DataFrame], pa
                               title: str | None = None, bins: int = 30) -> Path:
     """Histograms of response tokens of correct and wrong answers, one panel per model, shared bins."""
     if not responses_by_model:
-        raise ValueError("no models to plot response lengths of")
+        raise InputError("no models to plot response lengths of")
     all_tokens = np.concatenate([df["n_tokens"].to_numpy() for df in responses_by_model.values()])
     edges = np.histogram_bin_edges(all_tokens, bins=bins) if all_tokens.size else np.array([0.0, 1.0])
     figure = Figure(figsize=(6, 2.2 * len(responses_by_model)))
@@ -220,10 +373,11 @@ def markdown_table(df: pl.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown_table(df: pl.DataFrame, path: Path) -> Path:
-    """Write ``df`` as Markdown to ``path`` and as CSV beside it (same name, ``.csv``); return ``path``."""
+def write_markdown_table(df: pl.DataFrame, path: Path, csv: pl.DataFrame | None = None) -> Path:
+    """Write ``df`` as Markdown to ``path`` and ``csv`` (default ``df``; e.g. the numbers behind text cells)
+    as CSV beside it (same name, ``.csv``); return ``path``."""
     path = Path(path)
-    atomic_write(path.with_suffix(".csv"), df.write_csv)
+    atomic_write(path.with_suffix(".csv"), (df if csv is None else csv).write_csv)
     return atomic_write(path, lambda tmp: tmp.write_text(markdown_table(df), encoding="utf-8"))
 
 
@@ -247,11 +401,20 @@ pre { background: #f4f4f4; padding: 0.8em; overflow-x: auto; }
 """
 
 
+def few_shot_notes(metrics: Mapping[tuple[str, str], dict], models: list[str], testsets: list[str]) -> list[str]:
+    """One line per (model, test set) evaluated zero-shot although few-shot turns were requested."""
+    return [f"{model} on {testset}: {metrics[(model, testset)]['few_shot_note']}"
+            for model in models for testset in testsets
+            if metrics.get((model, testset), {}).get("few_shot_note")]
+
+
 def _html_page(tables: Mapping[str, pl.DataFrame], table_files: Mapping[str, Path],
-               figures: list[tuple[str, Path]], manifests: list[Path], out_dir: Path) -> str:
+               figures: list[tuple[str, Path]], manifests: list[Path], out_dir: Path,
+               notes: Mapping[str, list[str]], headline: list[str]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>AdvDistill report</title>", f"<style>{PAGE_STYLE}</style></head><body>",
-             "<h1>AdvDistill report</h1>", "<h2>Tables</h2>"]
+             "<h1>AdvDistill report</h1>", *(f'<p class="headline">{html.escape(line)}</p>' for line in headline),
+             "<h2>Tables</h2>"]
     for name, df in tables.items():
         markdown = table_files[name].relative_to(out_dir).as_posix()
         csv = table_files[name].with_suffix(".csv").relative_to(out_dir).as_posix()
@@ -259,6 +422,8 @@ def _html_page(tables: Mapping[str, pl.DataFrame], table_files: Mapping[str, Pat
                   (f"<p>{html.escape(TABLE_CAPTIONS[name])} "
                    f'(<a href="{html.escape(markdown)}">Markdown</a>, <a href="{html.escape(csv)}">CSV</a>)</p>'),
                   html_table(df)]
+        if notes.get(name):
+            parts.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes[name]) + "</ul>")
     parts.append("<h2>Figures</h2>")
     for caption, path in figures:
         source = html.escape(path.relative_to(out_dir).as_posix())
@@ -291,30 +456,60 @@ def provenance_table(manifests: list[Path]) -> pl.DataFrame:
                                       "seed": pl.Int64, "wall_s": pl.Float64})
 
 
+def read_responses(path: Path) -> pl.DataFrame:
+    """The :data:`RESPONSE_COLUMNS` of an evaluation's ``responses.parquet``. A repeated ``prompt_id`` is an
+    error: joining on it would count that prompt several times in the paired comparisons."""
+    responses = read_parquet(path, RESPONSE_COLUMNS).select(*RESPONSE_COLUMNS)
+    repeated = responses.filter(pl.col("prompt_id").is_duplicated())["prompt_id"]
+    if repeated.len():
+        raise InputError(f"{path}: prompt_id {repeated[0]!r} occurs more than once")
+    return responses
+
+
 def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Mapping[str, Path],
                  responses_files: Mapping[tuple[str, str], Path], benchmark_files: Mapping[str, list[Path]],
                  manifests: list[Path] | None, out_dir: Path, models: list[str],
-                 testsets: list[str]) -> Path:
+                 testsets: list[str], memory_plan: list[dict[str, Any]] | None = None,
+                 train_metrics_files: Mapping[tuple[str, str], Path] | None = None) -> Path:
     """Write the report's tables (``<name>.md`` and ``<name>.csv``), figures (``plots/*.png``) and
     ``index.html`` under ``out_dir``; return the path of ``index.html``.
 
     ``metrics_files`` and ``responses_files`` are keyed by (model, test set), ``scored_files`` by
     training dataset and ``benchmark_files`` by stage. Models and test sets appear in the given order;
-    (model, test set) pairs without files are left as empty cells.
+    (model, test set) pairs without files are left as empty cells. ``memory_plan`` (rows of
+    ``advdistill.memory_plan.plan_rows``, a GPU run's) is written as ``memory_plan.json`` and a table.
+    ``train_metrics_files`` (``train_metrics.json`` keyed by (training dataset, model)) give the training
+    compute table.
     """
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
     metrics = {key: read_json(path) for key, path in metrics_files.items()}
+    responses = {key: read_responses(path) for key, path in responses_files.items()}
 
     accuracy = accuracy_table(metrics, models, testsets)
-    tables = {"accuracy": accuracy, **behaviour_tables(metrics, models, testsets)}
+    comparisons = paired_comparisons(responses, models, testsets)
+    tables = {"accuracy": accuracy_cells(accuracy, testsets)}
+    csv_tables = {"accuracy": accuracy}
+    if comparisons.height:
+        tables["paired_comparisons"] = comparisons
+    tables.update(behaviour_tables(metrics, models, testsets))
+    if train_metrics_files:
+        compute = training_compute({key: read_json(path) for key, path in train_metrics_files.items()})
+        tables["training_compute"] = compute.with_columns(pl.col("tokens_seen").cast(pl.String)
+                                                          .fill_null(NOT_RECORDED))
+        csv_tables["training_compute"] = compute
     if benchmark_files:
         tables["stage_costs"] = stage_costs(benchmark_files)
-    table_files = {name: write_markdown_table(df, out_dir / f"{name}.md") for name, df in tables.items()}
+    if memory_plan:
+        write_json(memory_plan, out_dir / "memory_plan.json")
+        tables["memory_plan"] = memory_plan_table(memory_plan)
+    table_files = {name: write_markdown_table(df, out_dir / f"{name}.md", csv_tables.get(name))
+                   for name, df in tables.items()}
 
-    figures = [("Accuracy (%) per test set and model", plot_accuracy_bars(accuracy, plots_dir / "accuracy.png"))]
+    figures = [("Accuracy (%) per test set and model, Wilson 95 % intervals",
+                plot_accuracy_bars(accuracy, testsets, plots_dir / "accuracy.png"))]
     for dataset, path in scored_files.items():
-        scored = pl.read_parquet(path, columns=["prompt_id", "correct", "advantage", "kept"])
+        scored = read_parquet(path).select("prompt_id", "correct", "advantage", "kept")
         caption = f"{dataset}: advantages of the responses in kept groups"
         figures.append((caption, plot_advantage_histogram(scored, plots_dir / f"advantages_{dataset}.png",
                                                           title=caption)))
@@ -322,22 +517,25 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
         figures.append((caption, plot_correct_per_group(scored, plots_dir / f"correct_per_group_{dataset}.png",
                                                         title=caption)))
     for testset in testsets:
-        by_model = {model: pl.read_parquet(responses_files[(model, testset)], columns=["n_tokens", "correct"])
-                    for model in models if (model, testset) in responses_files}
+        by_model = {model: responses[(model, testset)] for model in models if (model, testset) in responses}
         if by_model:
             caption = f"{testset}: response tokens of correct and wrong answers"
             figures.append((caption, plot_length_distributions(by_model, plots_dir / f"lengths_{testset}.png",
                                                                title=caption)))
 
-    page = _html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir)
+    page = _html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir,
+                      {"accuracy": few_shot_notes(metrics, models, testsets)}, headlines(comparisons))
     return atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def run_report(plan: dict[str, Any], results: Path, benchmarks: Path, out_dir: Path) -> Path:
     """The run's report from the evaluate/score outputs laid out under ``results``.
 
-    ``plan`` has ``models`` (row order) and ``experiments`` (training dataset -> its test sets). A test
-    set is reported with the students trained on the first experiment that lists it.
+    ``plan`` has ``models`` (row order), ``experiments`` (training dataset -> its test sets) and, on a GPU
+    run, ``memory`` (the memory plan's rows). A test set is reported with the students trained on the first
+    experiment that lists it. The training compute table reads the ``train_metrics.json`` of each trained
+    model (``<student>-<objective>``) found under ``results/train``; the report rule does not list them as
+    inputs, but every trained model it evaluates was saved with one.
     """
     metrics_files, responses_files, testsets = {}, {}, []
     for train_set, experiment_testsets in plan["experiments"].items():
@@ -353,5 +551,9 @@ def run_report(plan: dict[str, Any], results: Path, benchmarks: Path, out_dir: P
     stage_dirs = sorted(d for d in benchmarks.iterdir() if d.is_dir()) if benchmarks.is_dir() else []
     benchmark_files = {d.name: sorted(d.rglob("*.tsv")) for d in stage_dirs if any(d.rglob("*.tsv"))}
     manifests = sorted(results.rglob("*.manifest.json"))
+    train_metrics_files = {(train_set, model): path for train_set in plan["experiments"]
+                           for model in plan["models"]
+                           if is_trained(model) and (path := results / "train" / train_set / model
+                                                     / "train_metrics.json").is_file()}
     return build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, out_dir,
-                        plan["models"], testsets)
+                        plan["models"], testsets, plan.get("memory"), train_metrics_files)

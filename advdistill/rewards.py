@@ -15,6 +15,7 @@ from typing import Any
 
 from advdistill.answers import extract_boxed
 from advdistill.config import CosineConfig
+from advdistill.errors import ConfigError
 
 RewardFunction = Callable[..., list[float]]
 
@@ -70,6 +71,6 @@ def composite_reward(components: Mapping[str, Sequence[float]], weights: Mapping
     """Weighted sum of reward components; every weighted name must have been computed."""
     missing = [name for name in weights if name not in components]
     if missing:
-        raise ValueError(f"reward weights name {missing} but only {sorted(components)} were computed")
+        raise ConfigError(f"score.reward_weights: {missing} not among the rewards {sorted(components)}")
     size = len(next(iter(components.values()))) if components else 0
     return [sum(weights[name] * components[name][i] for name in weights) for i in range(size)]

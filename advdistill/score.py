@@ -3,7 +3,10 @@
 Reads the prepared rows and the teacher's samples and writes one scored row per sample plus a
 summary. Samples that cannot be scored as text (empty, only special tokens, undecodable bytes)
 still get a reward (they are wrong and unformatted) and are counted in the summary; samples whose
-``prompt_id`` has no row are dropped and counted.
+``prompt_id`` has no row are dropped and counted. A samples file that no sample stage writes (a column
+missing or of another type, a null or negative ``sample_idx``/``n_tokens``, a repeated
+``(prompt_id, sample_idx)``) stops the stage with an error naming the file and its first bad rows: scoring
+it anyway would change group sizes, rewards and advantages without a trace.
 """
 
 from __future__ import annotations
@@ -18,12 +21,38 @@ import polars as pl
 from advdistill.advantages import group_advantages, keep_groups
 from advdistill.answers import judge_answers
 from advdistill.config import ScoreConfig
-from advdistill.io import write_json, write_parquet
+from advdistill.errors import ConfigError, InputError
+from advdistill.io import read_parquet, write_json, write_parquet
 from advdistill.rewards import REWARD_FUNCTIONS, composite_reward
 
 log = logging.getLogger(__name__)
 
 REPLACEMENT_CHARACTER = "\ufffd"
+# The columns score reads (docs/data-model.md), written out rather than imported from the dataset and sampling
+# packages: code_deps follows imports, and score must not rerun when their code changes.
+ROW_COLUMNS = {"id": pl.String, "answer": pl.String, "kind": pl.String, "choices": pl.List(pl.String)}
+SAMPLE_COLUMNS = {"prompt_id": pl.String, "sample_idx": pl.Int32, "response": pl.String, "n_tokens": pl.Int32,
+                  "truncated": pl.Boolean}
+# what makes a row of an input unusable -> the rows that have it
+ROW_PROBLEMS = {"a missing or repeated id": pl.col("id").is_null() | pl.col("id").is_duplicated()}
+SAMPLE_PROBLEMS = {
+    "a missing prompt_id": pl.col("prompt_id").is_null(),
+    "a missing or negative sample_idx": pl.col("sample_idx").is_null() | (pl.col("sample_idx") < 0),
+    "a missing or negative n_tokens": pl.col("n_tokens").is_null() | (pl.col("n_tokens") < 0),
+    "a missing truncated flag": pl.col("truncated").is_null(),
+    "a repeated (prompt_id, sample_idx)": pl.struct("prompt_id", "sample_idx").is_duplicated(),
+}
+
+
+def check_rows(frame: pl.DataFrame, path: Path, problems: dict[str, pl.Expr], shown: list[str]) -> None:
+    """Stop at the first problem any row has, naming the file, the count and the first rows (0-based)."""
+    indexed = frame.with_row_index("row")
+    for what, expr in problems.items():
+        bad = indexed.filter(expr)
+        if bad.height:
+            first = "; ".join(f"row {r.pop('row')} (" + ", ".join(f"{k} {v!r}" for k, v in r.items()) + ")"
+                              for r in bad.select("row", *shown).head(3).iter_rows(named=True))
+            raise InputError(f"{path}: {bad.height} row(s) with {what}, first: {first}")
 
 
 def sample_flags(responses: list[str]) -> dict[str, list[bool]]:
@@ -45,7 +74,7 @@ def score_samples(rows: pl.DataFrame, samples: pl.DataFrame, cfg: ScoreConfig) -
     components = {}
     for name in cfg.reward_weights:
         if name not in REWARD_FUNCTIONS:
-            raise ValueError(f"score.reward_weights: unknown reward '{name}' (known: {', '.join(REWARD_FUNCTIONS)})")
+            raise ConfigError(f"score.reward_weights: unknown reward '{name}' (known: {', '.join(REWARD_FUNCTIONS)})")
         reward_fn = REWARD_FUNCTIONS[name](getattr(cfg, name, None))
         components[name] = reward_fn(completions=responses, lengths=lengths, correct=correct)
     scored = joined.with_columns(
@@ -55,7 +84,7 @@ def score_samples(rows: pl.DataFrame, samples: pl.DataFrame, cfg: ScoreConfig) -
         pl.Series("reward", composite_reward(components, cfg.reward_weights), dtype=pl.Float64),
         *[pl.Series(k, v, dtype=pl.Boolean) for k, v in sample_flags(responses).items()],
     ).drop("answer", "kind", "choices")
-    scored = group_advantages(scored, eps=cfg.advantage_eps)
+    scored = group_advantages(scored, eps=cfg.advantage_eps, std=cfg.advantage_std)
     scored = keep_groups(scored, drop_zero_variance=cfg.drop_zero_variance, min_correct=cfg.min_correct)
     scored = scored.sort("prompt_id", "sample_idx")
     counts = {"orphan_samples": orphans.height,
@@ -87,10 +116,12 @@ def summarise(scored: pl.DataFrame, counts: dict[str, Any], bins: int = 20) -> d
 
 
 def run_score(rows_path: Path, samples_path: Path, cfg: ScoreConfig, out: Path, summary_path: Path) -> dict:
-    rows = pl.read_parquet(rows_path)
-    samples = pl.read_parquet(samples_path)
+    rows = read_parquet(rows_path, ROW_COLUMNS)
+    check_rows(rows, rows_path, ROW_PROBLEMS, ["id"])
+    samples = read_parquet(samples_path, SAMPLE_COLUMNS)
     if samples.is_empty():
-        raise ValueError(f"{samples_path}: no samples to score")
+        raise InputError(f"{samples_path}: no samples to score")
+    check_rows(samples, samples_path, SAMPLE_PROBLEMS, ["prompt_id", "sample_idx", "n_tokens"])
     scored, counts = score_samples(rows, samples, cfg)
     summary = summarise(scored, counts)
     write_parquet(scored, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,25 @@ from advdistill.io import write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "advdistill", "kernels", ".test", "containers", "config")
+
+
+def copy_workflow(workdir: Path) -> Path:
+    """A copy of the workflow, package sources and configs in ``workdir``, for a snakemake run of its own (jobs
+    run the installed package; the copy's sources feed the code-version parameters)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, workdir / name)
+    return workdir
 
 
 def pytest_collection_modifyitems(items):
-    """Run the SLURM cluster's tests last: once its controller is stopped, every snakemake start waits
-    ~10 s in the SLURM executor plugin's `scontrol show config` probe, which would slow all later
-    workflow tests."""
+    """Run the SLURM cluster's tests last: while the Slurm packages it may install are there, every snakemake
+    start without its SLURM_CONF waits ~10 s in the SLURM executor plugin's `scontrol show config` probe."""
     items.sort(key=lambda item: item.path.name == "test_slurm.py")
 
 

@@ -44,3 +44,15 @@ def test_min_correct_threshold():
     df = group_advantages(frame({"one": [(1.0, True), (0.0, False)], "two": [(1.0, True), (1.0, True)]}))
     assert set(keep_groups(df, min_correct=2).filter("kept")["prompt_id"]) == {"two"}
     assert set(keep_groups(df, min_correct=0).filter("kept")["prompt_id"]) == {"one", "two"}
+
+
+def test_sample_std_reading_hand_computed():
+    """score.advantage_std: sample divides by the ddof=1 std: sqrt(5/3) for rewards 1..4."""
+    df = group_advantages(frame({"p": [(1.0, True), (2.0, False), (3.0, False), (4.0, False)],
+                                 "single": [(7.0, True)]}), eps=1e-4, std="sample")
+    std = math.sqrt(5 / 3)
+    expected = [(r - 2.5) / (std + 1e-4) for r in (1.0, 2.0, 3.0, 4.0)]
+    assert df.filter(pl.col("prompt_id") == "p")["advantage"].to_list() == pytest.approx(expected, rel=1e-12)
+    assert df.filter(pl.col("prompt_id") == "single")["advantage"].to_list() == [0.0]
+    with pytest.raises(ValueError, match="score.advantage_std"):
+        group_advantages(frame({"p": [(1.0, True)]}), std="bessel")

@@ -1,18 +1,28 @@
 """Release-file adapters on fixtures written in each official layout, and on the real files when present."""
 
+import json
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 
 from advdistill.datasets import ADAPTERS, DatasetError, get_adapter, normalise_split
 from tests.conftest import REPO, SHARED_DATA
+from tests.test_cli import files_under, run_cli
 
 FIXTURES = REPO / "tests" / "fixtures" / "datasets"
+MMLU_GOOD = {"question_id": 1, "question": "Which colour?", "options": ["red", "green", "blue"], "answer": "B",
+             "answer_index": 1, "cot_content": "", "category": "math"}
 
 
 def prepare(name, file, split="test", options=None):
     return normalise_split(get_adapter(name, str(FIXTURES / file), options), split, name)
+
+
+def write_jsonl(path, records, encoding="utf-8"):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding=encoding)
+    return path
 
 
 def test_gsm8k_gold_answers_and_skips():
@@ -52,16 +62,28 @@ def test_open_rs_level_filter():
     assert every.height == 3
 
 
+@pytest.mark.failure_mode(
+    "dataset source file missing",
+    sees="one line naming the file, exit 2",
+    kept="nothing written")
 def test_missing_local_file_is_a_one_line_error():
     with pytest.raises(DatasetError, match=r"^dataset 'gsm8k': local file not found: .*nope\.jsonl$"):
         normalise_split(get_adapter("gsm8k", str(FIXTURES / "nope.jsonl")), "test", "gsm8k")
 
 
+@pytest.mark.failure_mode(
+    "release file without the fields its adapter needs",
+    sees="one line naming the missing fields and the file",
+    kept="nothing written")
 def test_file_with_wrong_fields_names_them():
     with pytest.raises(DatasetError, match=r"dataset 'gsm8k': .*wrong_fields.jsonl has no field\(s\) question, answer"):
         prepare("gsm8k", "wrong_fields.jsonl")
 
 
+@pytest.mark.failure_mode(
+    "hub id unreachable (offline machine)",
+    sees="one line naming the id and suggesting a local file (local_sources)",
+    kept="nothing written")
 def test_unreachable_hub_id_is_a_one_line_error():
     code = ("from advdistill.datasets import get_adapter, normalise_split\n"
             "normalise_split(get_adapter('gsm8k', 'nobody/no-such-dataset'), 'test', 'gsm8k')")
@@ -70,6 +92,105 @@ def test_unreachable_hub_id_is_a_one_line_error():
                                  "HOME": str(REPO.parent)})
     last = result.stderr.strip().splitlines()[-1]
     assert "DatasetError: dataset 'gsm8k': cannot load 'nobody/no-such-dataset'" in last
+
+
+@pytest.mark.failure_mode("release record with a value of the wrong type (integer answer, list question, "
+                          "integer or dict options, nested dict, boolean id)",
+                          sees="record skipped, counted as bad_type_<field> in the prepare report (exit 0)",
+                          kept="every other record of the split")
+def test_wrong_value_types_are_skipped_and_counted(capsys, tmp_path):
+    records = [MMLU_GOOD,
+               {**MMLU_GOOD, "question_id": 2, "answer": 1},
+               {**MMLU_GOOD, "question_id": 3, "question": ["Which", "colour?"]},
+               {**MMLU_GOOD, "question_id": 4, "options": 3},
+               {**MMLU_GOOD, "question_id": 5, "options": ["red", {"text": "green"}]},
+               {**MMLU_GOOD, "question_id": 6, "category": {"name": "math"}},
+               {**MMLU_GOOD, "question_id": True},
+               {**MMLU_GOOD, "question_id": 70, "cot_content": None, "category": None},  # null optional fields
+               {**MMLU_GOOD, "question_id": None, "question": "Which shade?"}]  # null id: its position, not "None"
+    source = write_jsonl(tmp_path / "mmlu.jsonl", records)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "prepare", "--dataset", "mmlu_pro", "--source", source, "--split", "validation",
+                        "--name", "mmlu", "--out", out / "validation.parquet")
+    assert code == 0 and "Traceback" not in err
+    report = json.loads((out / "validation.report.json").read_text())
+    assert report["skipped_by_reason"] == {"bad_type_answer": 1, "bad_type_category": 1, "bad_type_options": 2,
+                                           "bad_type_question": 1, "bad_type_question_id": 1}
+    rows = pl.read_parquet(out / "validation.parquet")
+    assert rows.select("id", "question", "choices", "solution").rows() == [
+        ("1", "Which colour?", ["red", "green", "blue"], ""), ("70", "Which colour?", ["red", "green", "blue"], ""),
+        ("8", "Which shade?", ["red", "green", "blue"], "")]
+    assert files_under(tmp_path) == {"mmlu.jsonl", "out/validation.parquet", "out/validation.report.json",
+                                     "out/validation.parquet.manifest.json"}
+
+
+@pytest.mark.failure_mode("GSM8K record with an integer answer or a null question",
+                          sees="record skipped, counted as bad_type_answer / missing_question",
+                          kept="every other record")
+def test_gsm8k_wrong_types_and_nulls(tmp_path):
+    good = {"question": "Tom has 3 and buys 2?", "answer": "3 + 2 = 5\n#### 5"}
+    source = write_jsonl(tmp_path / "gsm8k.jsonl", [good, {**good, "answer": 5}, {**good, "question": None},
+                                                   {**good, "answer": {"text": "#### 5"}}, good])
+    rows, report = normalise_split(get_adapter("gsm8k", str(source)), "test", "gsm8k")
+    assert rows["answer"].to_list() == ["5", "5"]
+    assert report.skipped == {"bad_type_answer": 2, "missing_question": 1}
+
+
+@pytest.mark.failure_mode("MMLU-Pro options given as a string (e.g. a CSV export's JSON text)",
+                          sees="record skipped, counted as bad_type_options (never split into letters, not parsed)",
+                          kept="every record whose options are a list of strings")
+def test_mmlu_pro_options_as_a_string_are_skipped_not_split(tmp_path):
+    source = write_jsonl(tmp_path / "mmlu.jsonl", [
+        MMLU_GOOD, {**MMLU_GOOD, "question_id": 2, "options": "ABCD"},
+        {**MMLU_GOOD, "question_id": 3, "options": json.dumps(["red", "green", "blue"])}])
+    rows, report = normalise_split(get_adapter("mmlu_pro", str(source)), "validation", "mmlu_pro")
+    assert rows.select("id", "choices").rows() == [("1", ["red", "green", "blue"])]
+    assert report.skipped == {"bad_type_options": 2}
+
+
+@pytest.mark.failure_mode("release file starting with a UTF-8 byte-order mark (.jsonl, .json)",
+                          sees="nothing: the mark is not part of the first record",
+                          kept="every record, the first one included")
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_byte_order_mark_is_not_part_of_the_first_record(tmp_path, suffix):
+    records = [{"question": "Tom has 3 and buys 2?", "answer": "3 + 2 = 5\n#### 5"},
+               {"question": "Below zero?", "answer": "It drops.\n#### -3"}]
+    text = "".join(json.dumps(r) + "\n" for r in records) if suffix == ".jsonl" else json.dumps(records)
+    plain, marked = tmp_path / f"plain{suffix}", tmp_path / f"marked{suffix}"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_text(text, encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    expected, _ = normalise_split(get_adapter("gsm8k", str(plain)), "test", "gsm8k")
+    rows, report = normalise_split(get_adapter("gsm8k", str(marked)), "test", "gsm8k")
+    assert rows.equals(expected) and rows.height == 2 and not report.skipped
+
+
+@pytest.mark.failure_mode("corrupt or truncated parquet release file",
+                          sees="prepare stops (exit 2): '<file>: not a readable parquet file (...)', no traceback",
+                          kept="everything; nothing is written")
+def test_parquet_release_file_and_a_corrupt_one(capsys, tmp_path):
+    source = tmp_path / "mmlu.parquet"
+    pl.DataFrame([MMLU_GOOD, {**MMLU_GOOD, "question_id": 2, "answer": "C"}]).write_parquet(source)
+    rows, _ = normalise_split(get_adapter("mmlu_pro", str(source)), "validation", "mmlu_pro")
+    assert rows.select("id", "answer", "choices").rows() == [("1", "B", ["red", "green", "blue"]),
+                                                             ("2", "C", ["red", "green", "blue"])]
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(source.read_bytes()[: len(source.read_bytes()) // 2])
+    code, err = run_cli(capsys, "prepare", "--dataset", "mmlu_pro", "--source", corrupt, "--split", "validation",
+                        "--out", tmp_path / "out" / "rows.parquet")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"advdistill prepare: error: {corrupt}: not a readable parquet file (")
+    assert files_under(tmp_path) == {"mmlu.parquet", "corrupt.parquet"}
+
+
+def test_unknown_option_stops_prepare_before_anything_is_written(capsys, tmp_path):
+    code, err = run_cli(capsys, "prepare", "--dataset", "gsm8k", "--source", FIXTURES / "gsm8k.jsonl", "--split",
+                        "test", "--name", "gsm8k_main", "--options", '{"hub_confg": "main"}',
+                        "--out", tmp_path / "rows.parquet")
+    assert code == 2 and "Traceback" not in err
+    assert err == ("advdistill prepare: error: datasets.gsm8k_main.options.hub_confg: unknown option of the 'gsm8k' "
+                   "adapter (known: hub_config, hub_splits)\n")
+    assert files_under(tmp_path) == set()
 
 
 def test_every_adapter_is_registered():

@@ -11,7 +11,9 @@ from advdistill.datasets import (
     get_adapter,
     normalise_split,
 )
+from advdistill.datasets.base import describe, matches
 from advdistill.datasets.synthetic import written_difference, written_sum
+from advdistill.errors import AdvDistillError, ConfigError
 
 
 def test_written_arithmetic_is_exact():
@@ -51,6 +53,7 @@ class ListAdapter(DatasetAdapter):
 
     name = "list"
     splits = ("test",)
+    option_types = {"records": list}
 
     def records(self, split):
         return self.options["records"]
@@ -62,6 +65,10 @@ class ListAdapter(DatasetAdapter):
                 "answer": record.get("answer", ""), "kind": "numeric"}
 
 
+@pytest.mark.failure_mode(
+    "malformed or unanswerable rows in a release file",
+    sees="rows skipped and counted by reason in the prepare report",
+    kept="every valid row")
 def test_bad_rows_are_skipped_and_counted():
     records = [
         {"question": "1 + 1?", "answer": "2"},
@@ -79,11 +86,19 @@ def test_bad_rows_are_skipped_and_counted():
         "duplicate_id": 1, "empty_answer": 1, "empty_question": 1, "missing_question": 1, "not_a_record": 1}
 
 
+@pytest.mark.failure_mode(
+    "release file without a single usable row",
+    sees="prepare stops: no usable rows, with the skip counts",
+    kept="nothing written")
 def test_no_usable_rows_is_a_clear_error():
     with pytest.raises(DatasetError, match="dataset 'toy' split 'test' .* no usable rows"):
         normalise_split(ListAdapter("mem", {"records": [{"answer": "1"}]}), "test", "toy")
 
 
+@pytest.mark.failure_mode(
+    "unknown dataset adapter name",
+    sees="error naming the known adapters",
+    kept="nothing written")
 def test_unknown_adapter_names_the_known_ones():
     with pytest.raises(DatasetError, match="unknown dataset adapter 'nope'.*synthetic"):
         get_adapter("nope", "x")
@@ -94,3 +109,63 @@ def test_rows_frame_round_trips_through_parquet(tmp_path, synthetic_rows):
 
     write_parquet(synthetic_rows[1], tmp_path / "t.parquet")
     assert pl.read_parquet(tmp_path / "t.parquet").equals(synthetic_rows[1])
+
+
+def test_type_declarations():
+    assert matches(["a", "b"], list[str]) and not matches(["a", 1], list[str]) and not matches("ab", list[str])
+    assert matches({"train": "x"}, dict[str, str]) and not matches({"train": ["x"]}, dict[str, str])
+    assert matches(None, (str, None)) and matches(3, (int, float)) and not matches(True, (int, float))
+    assert describe((list[str], None)) == "list[str] or null"
+
+
+class UndeclaredAdapter(ListAdapter):
+    """Passes ``solution`` through without declaring its type, as a careless adapter would."""
+
+    def normalise(self, record, index, split):
+        return {**super().normalise(record, index, split), "solution": record.get("solution", "")}
+
+
+@pytest.mark.failure_mode("normalised row of the wrong type (an adapter passed a field through unchecked)",
+                          sees="row skipped, counted as bad_type_<column> in the prepare report",
+                          kept="every other row; the rows table is always written")
+def test_rows_that_break_the_schema_are_skipped_and_counted():
+    records = [{"question": "1 + 1?", "answer": "2", "solution": "one and one"},
+               {"question": "2 + 2?", "answer": "4", "solution": {"steps": ["2 + 2"]}},
+               {"question": ["3 + 3?"], "answer": "6"},
+               {"question": "4 + 4?", "answer": 8}]
+    frame, report = normalise_split(UndeclaredAdapter("mem", {"records": records}), "test", "toy")
+    assert frame.select("question", "answer", "solution").rows() == [("1 + 1?", "2", "one and one")]
+    assert report.to_json()["skipped_by_reason"] == {"bad_type_answer": 1, "bad_type_question": 1,
+                                                     "bad_type_solution": 1}
+
+
+@pytest.mark.failure_mode("unknown adapter option (a typo such as test_fracton)",
+                          sees="prepare stops (exit 2): datasets.<name>.options.<key> is unknown, with the known ones",
+                          kept="everything; nothing is read or written")
+def test_unknown_option_names_the_key_and_the_known_ones():
+    with pytest.raises(ConfigError, match=r"^datasets\.mmlu\.options\.test_fracton: unknown option of the 'mmlu_pro' "
+                                          r"adapter \(known: categories, hub_config, hub_splits, split_seed, "
+                                          r"test_fraction\)$"):
+        get_adapter("mmlu_pro", "x.jsonl", {"test_fracton": 0.5}, dataset="mmlu")
+    with pytest.raises(ConfigError, match=r"^datasets\.arith\.options\.n_trian: unknown option .*n_train"):
+        get_adapter("synthetic", "synthetic", {"n_trian": 5}, dataset="arith")
+    assert get_adapter("mmlu_pro", "x.jsonl", {"test_fraction": 0.5, "categories": None}).test_fraction == 0.5
+
+
+@pytest.mark.failure_mode("adapter option of the wrong type or value (test_fraction '0.2', variant odd)",
+                          sees="prepare stops (exit 2): datasets.<name>.options.<key>: expected ..., got ...",
+                          kept="everything; nothing is read or written")
+@pytest.mark.parametrize(("adapter", "options", "message"), [
+    ("mmlu_pro", {"test_fraction": "0.2"}, "options.test_fraction: expected int or float, got '0.2'"),
+    ("mmlu_pro", {"categories": "math"}, "options.categories: expected list[str] or null, got 'math'"),
+    ("open_s1", {"test_fraction": 18}, "options.test_fraction: expected a share between 0 and 1, got 18.0"),
+    ("gsm8k", {"hub_splits": {"test": 1}}, "options.hub_splits: expected dict[str, str], got {'test': 1}"),
+    ("synthetic", {"variant": "odd"}, "options.variant: expected in_distribution or ood, got 'odd'"),
+    ("synthetic", {"n_test": -1}, "options.n_test: expected a count >= 0, got -1"),
+    ("synthetic", {"seed": True}, "options.seed: expected int, got True"),
+])
+def test_mistyped_option_is_a_config_error(adapter, options, message):
+    with pytest.raises(ConfigError) as caught:
+        get_adapter(adapter, "synthetic", options, dataset="d")
+    assert str(caught.value) == f"datasets.d.{message}"
+    assert isinstance(caught.value, AdvDistillError)

@@ -1,6 +1,7 @@
 import json
 
 import polars as pl
+import pytest
 
 from advdistill.config import EvaluationConfig, PromptConfig
 from advdistill.evaluate import judge, run_evaluate
@@ -39,5 +40,26 @@ def test_evaluate_writes_responses_and_metrics(tiny_model_dir, synthetic_rows, r
     assert responses.height == synthetic_rows[1].height == metrics["n"]
     expected_columns = {"prompt_id", "response", "n_tokens", "truncated", "predicted", "correct", "format_ok"}
     assert expected_columns <= set(responses.columns)
-    assert json.loads((tmp_path / "metrics.json").read_text())["few_shot"] == 1
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert (written["few_shot"], written["few_shot_requested"]) == (1, 1) and "few_shot_note" not in written
     assert not (tmp_path / "responses.raw.parquet").exists()
+
+
+@pytest.mark.failure_mode(
+    "few-shot turns requested but the training split has no worked solutions (MMLU-PRO)",
+    sees="a warning; base models and the teacher answer zero-shot, noted in metrics.json and the report",
+    kept="the evaluation runs")
+def test_base_models_fall_back_to_zero_shot_without_worked_solutions(tiny_model_dir, synthetic_rows, tmp_path,
+                                                                      caplog):
+    """MMLU-PRO's training rows have no solutions: few-shot turns are dropped, with a warning and a note."""
+    train, test = synthetic_rows
+    write_parquet(test, tmp_path / "test.parquet")
+    write_parquet(train.with_columns(solution=pl.when(pl.col("id") == train["id"][0]).then(pl.col("solution"))
+                                     .otherwise(pl.lit(""))), tmp_path / "train.parquet")
+    cfg = EvaluationConfig(max_new_tokens=4, max_prompts=3)
+    metrics = run_evaluate(str(tiny_model_dir), tmp_path / "test.parquet", cfg, PromptConfig(few_shot=2),
+                           tmp_path / "train.parquet", 0, tmp_path / "responses.parquet", tmp_path / "metrics.json")
+    assert metrics["n"] == pl.read_parquet(tmp_path / "responses.parquet").height == 3
+    assert (metrics["few_shot"], metrics["few_shot_requested"]) == (0, 2)
+    assert "1 rows with a worked solution" in metrics["few_shot_note"]
+    assert metrics["few_shot_note"] in caplog.text

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from advdistill_kernels import advdistill_loss_from_logits
 
 from advdistill.config import LossConfig
 from advdistill.losses import advantage_weights, group_loss, next_token_view, sft_loss
@@ -60,3 +61,24 @@ def test_next_token_view_shifts_labels():
     assert flat.squeeze(1).tolist() == [0.0, 1.0, 3.0, 4.0]
     assert targets.tolist() == [5, 6, 7, -100]
     assert rows.tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(("ce_reduction", "contrastive_scale"), [("sum", "none"), ("mean", "per_response")])
+def test_group_loss_passes_the_configured_reading_to_the_kernel(ce_reduction, contrastive_scale):
+    """The training loss of a group under a reading equals the kernel's ground truth under that reading."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 6, 8, generator=generator, dtype=torch.float64)
+    weight = torch.randn(20, 8, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 20, (3, 6), generator=generator)
+    labels[:, :2] = -100
+    labels[2, 4:] = -100
+    advantages, correct = torch.tensor([1.0, -0.5, -0.5]), torch.tensor([True, False, False])
+    cfg = LossConfig(backend="torch", ce_reduction=ce_reduction, contrastive_scale=contrastive_scale)
+    flat, targets, rows = next_token_view(hidden, labels)
+    expected = advdistill_loss_from_logits(flat @ weight.T, targets, rows, advantage_weights(advantages, cfg.tau,
+                                           torch.float64), ~correct, lam=cfg.lam, p_max=cfg.p_max,
+                                           ce_reduction=ce_reduction, contrastive_scale=contrastive_scale)
+    default = group_loss(hidden, weight, labels, advantages, correct, LossConfig(backend="torch"))
+    loss = group_loss(hidden, weight, labels, advantages, correct, cfg)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    assert loss.item() != pytest.approx(default.item(), rel=1e-3)

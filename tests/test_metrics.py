@@ -7,6 +7,7 @@ import json
 import polars as pl
 import pytest
 
+from advdistill.errors import InputError
 from advdistill.metrics import evaluation_metrics, repeated_ngram_rate
 
 
@@ -86,10 +87,10 @@ def test_all_wrong_leaves_ratio_undefined():
 
 
 def test_empty_frame_is_rejected():
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         evaluation_metrics(responses(correct=[], n_tokens=[], format_ok=[]).cast({"correct": pl.Boolean}))
 
 
 def test_missing_columns_are_named():
-    with pytest.raises(ValueError, match="format_ok"):
+    with pytest.raises(InputError, match="format_ok"):
         evaluation_metrics(responses(correct=[True], n_tokens=[1], format_ok=[True]).drop("format_ok"))

@@ -5,13 +5,18 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from advdistill.io import write_json, write_parquet
+from advdistill.errors import InputError
+from advdistill.io import read_json, write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
 from advdistill.report import (
+    accuracy_cells,
     accuracy_table,
     behaviour_tables,
     build_report,
+    comparison_pairs,
     markdown_table,
+    paired_comparison,
+    run_report,
     stage_costs,
     write_markdown_table,
 )
@@ -22,7 +27,7 @@ METRICS = {
     ("teacher", "gsm8k"): {"accuracy": 0.8858, "mean_tokens_correct": 142.66, "mean_tokens_wrong": 169.94,
                            "verbosity_ratio": 1.19123, "degeneracy_correct": 0.00049,
                            "degeneracy_wrong": 0.0231, "template_adherence": 0.9},
-    ("student", "gsm8k"): {"accuracy": 0.5, "mean_tokens_correct": 10.0, "mean_tokens_wrong": None,
+    ("student", "gsm8k"): {"n": 4, "accuracy": 0.5, "mean_tokens_correct": 10.0, "mean_tokens_wrong": None,
                            "verbosity_ratio": None, "degeneracy_correct": 0.1,
                            "degeneracy_wrong": None, "template_adherence": 1.0},
     ("student", "mmlu"): {"accuracy": 0.23571, "mean_tokens_correct": 326.0, "mean_tokens_wrong": 361.0,
@@ -32,10 +37,39 @@ METRICS = {
 
 
 def test_accuracy_table_orders_rows_and_columns_and_leaves_missing_cells_null():
+    """student on gsm8k, 2 of n = 4: Wilson centre (2 + z²/2)/(4 + z²) = 0.5, half z/(4 + z²)·sqrt(1 + z²/4)
+    = 1.95996/7.84146·1.40012 = 0.34996, so [15.00, 85.00] %. Without ``n`` there is no interval."""
     table = accuracy_table(METRICS, ["student", "teacher", "absent"], ["mmlu", "gsm8k"])
-    assert table.columns == ["model", "mmlu", "gsm8k"]
-    assert table.rows() == [("student", 23.57, 50.0), ("teacher", None, 88.58), ("absent", None, None)]
+    assert table.columns == ["model", "mmlu", "mmlu lower", "mmlu upper", "gsm8k", "gsm8k lower", "gsm8k upper"]
+    assert table.rows() == [("student", 23.57, None, None, 50.0, 15.0, 85.0),
+                            ("teacher", None, None, None, 88.58, None, None),
+                            ("absent", None, None, None, None, None, None)]
     assert table.schema["mmlu"] == pl.Float64
+    assert accuracy_cells(table, ["mmlu", "gsm8k"]).rows() == [("student", "23.57", "50.00 [15.00, 85.00]"),
+                                                               ("teacher", None, "88.58"),
+                                                               ("absent", None, None)]
+
+
+def test_comparison_pairs_per_student_objectives_then_base_then_teacher():
+    models = ["teacher", "s1-base", "s1-sft", "s1-advdistill", "big-model-base", "big-model-sft"]
+    assert comparison_pairs(models) == [
+        ("s1-advdistill", "s1-sft"), ("s1-advdistill", "s1-base"), ("s1-advdistill", "teacher"),
+        ("s1-sft", "s1-base"), ("s1-sft", "teacher"), ("big-model-sft", "big-model-base"),
+        ("big-model-sft", "teacher")]
+    assert comparison_pairs(["teacher", "s1-base"]) == []
+
+
+def test_paired_comparison_joins_on_prompt_id_and_says_when_prompt_sets_differ():
+    """Shared prompts b, c, d: first right on b only (b = 1), second right on c and d only (c = 2); a and e are
+    not shared. d = (1 − 2)/3 = −33.33 points, half = 1.96·sqrt(3 − 1/3)/3 = 106.69 points, so [−100 (clipped),
+    73.35]; p = min(1, 2·(1 + 3)/8) = 1."""
+    first = pl.DataFrame({"prompt_id": ["a", "b", "c", "d"], "correct": [True, True, False, False]})
+    second = pl.DataFrame({"prompt_id": ["d", "c", "b", "e"], "correct": [True, True, False, True]})
+    assert paired_comparison(first, second) == {
+        "n": 3, "difference_points": -33.33, "ci_lower": -100.0, "ci_upper": 73.35, "b": 1, "c": 2,
+        "mcnemar_p": 1.0, "note": "compared on the 3 prompts both answered (4 and 4 evaluated)"}
+    unshared = paired_comparison(first, second.with_columns(pl.col("prompt_id") + "x"))
+    assert unshared["n"] == 0 and unshared["difference_points"] is None and unshared["mcnemar_p"] is None
 
 
 def test_behaviour_tables_layout():
@@ -97,12 +131,18 @@ def scored_groups(n_groups: int, group_size: int) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+T, F = True, False
+
+
 @pytest.fixture
 def report_inputs(tmp_path):
-    models, testsets = ["teacher", "student"], ["arith", "logic"]
-    frames = {("teacher", "arith"): judged_responses([True, True, True, False], [10, 12, 14, 40]),
-              ("teacher", "logic"): judged_responses([True, False], [20, 30]),
-              ("student", "arith"): judged_responses([True, False, False, False], [8, 16, 24, 32])}
+    """Prompts p0-p3 for teacher and student-base, p0-p9 for the trained students (all on arith)."""
+    models, testsets = ["teacher", "student-base", "student-sft", "student-advdistill"], ["arith", "logic"]
+    frames = {("teacher", "arith"): judged_responses([T, T, T, F], [10, 12, 14, 40]),
+              ("teacher", "logic"): judged_responses([T, F], [20, 30]),
+              ("student-base", "arith"): judged_responses([T, F, F, F], [8, 16, 24, 32]),
+              ("student-sft", "arith"): judged_responses([T, T, T, T, T, T, T, F, F, F], [10] * 10),
+              ("student-advdistill", "arith"): judged_responses([T, F, F, F, F, F, F, T, F, F], [10] * 10)}
     metrics_files, responses_files = {}, {}
     for (model, testset), frame in frames.items():
         responses_files[(model, testset)] = tmp_path / "in" / model / testset / "responses.parquet"
@@ -115,24 +155,66 @@ def report_inputs(tmp_path):
     benchmark.write_text(BENCHMARK_HEADER + "12.25\t0:00:12\t512.5\tNA\tNA\tNA\tNA\tNA\tNA\t11.0\n")
     manifest = tmp_path / "in" / "manifest.json"
     write_json({"git_commit": "abc123def", "config": {"seed": 7}}, manifest)
+    train_metrics_files = {("arith", "student-sft"): tmp_path / "in" / "sft.json",
+                           ("arith", "student-advdistill"): tmp_path / "in" / "advdistill.json"}
+    write_json({"global_step": 40, "train_runtime": 12.345, "train_items": 160, "train_loss": 0.5},
+               train_metrics_files[("arith", "student-sft")])
+    write_json({"global_step": 20, "train_runtime": 30.06, "train_items": 20, "tokens_seen": 51200},
+               train_metrics_files[("arith", "student-advdistill")])
     return {"metrics_files": metrics_files, "scored_files": scored_files, "responses_files": responses_files,
             "benchmark_files": {"evaluate": [benchmark]}, "manifests": [manifest],
-            "out_dir": tmp_path / "report", "models": models, "testsets": testsets}
+            "out_dir": tmp_path / "report", "models": models, "testsets": testsets,
+            "train_metrics_files": train_metrics_files}
 
 
 def test_build_report_writes_tables_figures_and_page(report_inputs):
+    """Wilson 95 % intervals (z² = 3.8415): 3/4 -> centre (3 + 1.9207)/7.8415 = 0.6275, half
+    1.96/7.8415·sqrt(0.75 + 0.9604) = 0.3269, so [30.06, 95.44]; 1/2 -> 0.5 ± 1.96/5.8415·sqrt(0.5 + 0.9604)
+    = [9.45, 90.55]; 1/4 -> [4.56, 69.94]; 7/10 -> [39.68, 89.22]; 2/10 -> [5.67, 50.98].
+
+    Paired (difference = model − versus, Wald half-width 1.96·sqrt((b + c) − (b − c)²/n)/n, McNemar
+    p = min(1, 2·Σ_{i<=min(b,c)} C(b+c, i)/2^(b+c))):
+    advdistill vs sft on p0-p9: b = 1 (p7), c = 6 (p1-p6): −50 points, half 1.96·sqrt(7 − 2.5)/10 = 41.58,
+    p = 2·(1 + 7)/128 = 0.125. On p0-p3 (the others' prompts, noted): advdistill vs base b = c = 0 (0 ± 0,
+    p = 1); advdistill vs teacher b = 0, c = 2 (−50, half 1.96·sqrt(2 − 1)/4 = 49.0, p = 2/4 = 0.5);
+    sft vs base b = 3, c = 0 (+75, half 1.96·sqrt(0.75)/4 = 42.43, upper clipped to 100, p = 2/8 = 0.25);
+    sft vs teacher b = 1, c = 0 (+25, half 42.43, p = min(1, 2·1/2) = 1).
+    """
     index = build_report(**report_inputs)
     out_dir = report_inputs["out_dir"]
     assert index == out_dir / "index.html"
     page = index.read_text()
-    for value in ("75.0", "25.0", "50.0", "3.33", "24.0", "12.25", "512.5", "abc123def", "teacher", "student"):
+    for value in ("75.00 [30.06, 95.44]", "50.00 [9.45, 90.55]", "25.00 [4.56, 69.94]", "70.00 [39.68, 89.22]",
+                  "3.33", "24.0", "12.25", "512.5", "abc123def", "teacher", "student-sft"):
         assert value in page
-    assert "<td>–</td>" in page  # student was not evaluated on logic
-    for name in ("accuracy", "verbosity", "degeneracy", "template_adherence", "stage_costs"):
+    assert "<td>–</td>" in page  # the students were not evaluated on logic
+    for name in ("accuracy", "paired_comparisons", "verbosity", "degeneracy", "template_adherence",
+                 "training_compute", "stage_costs"):
         assert (out_dir / f"{name}.md").stat().st_size > 0
         assert (out_dir / f"{name}.csv").stat().st_size > 0
-    assert pl.read_csv(out_dir / "accuracy.csv").rows() == [("teacher", 75.0, 50.0),
-                                                                        ("student", 25.0, None)]
+    assert pl.read_csv(out_dir / "accuracy.csv").rows() == [
+        ("teacher", 75.0, 30.06, 95.44, 50.0, 9.45, 90.55), ("student-base", 25.0, 4.56, 69.94, None, None, None),
+        ("student-sft", 70.0, 39.68, 89.22, None, None, None),
+        ("student-advdistill", 20.0, 5.67, 50.98, None, None, None)]
+    assert "| student-sft | 70.00 [39.68, 89.22] | – |" in (out_dir / "accuracy.md").read_text()
+
+    comparisons = pl.read_csv(out_dir / "paired_comparisons.csv")
+    assert comparisons.columns == ["testset", "model", "versus", "n", "difference_points", "ci_lower", "ci_upper",
+                                   "b", "c", "mcnemar_p", "note"]
+    note = "compared on the 4 prompts both answered (10 and 4 evaluated)"
+    assert comparisons.rows() == [
+        ("arith", "student-advdistill", "student-sft", 10, -50.0, -91.58, -8.42, 1, 6, 0.125, None),
+        ("arith", "student-advdistill", "student-base", 4, 0.0, 0.0, 0.0, 0, 0, 1.0, note),
+        ("arith", "student-advdistill", "teacher", 4, -50.0, -99.0, -1.0, 0, 2, 0.5, note),
+        ("arith", "student-sft", "student-base", 4, 75.0, 32.57, 100.0, 3, 0, 0.25, note),
+        ("arith", "student-sft", "teacher", 4, 25.0, -17.43, 67.43, 1, 0, 1.0, note)]
+    headline = ("student-advdistill vs student-sft on arith: −50.0 points [95 % CI −91.6, −8.4], "
+                "McNemar p = 0.12, n = 10")
+    assert page.split("<h2>")[0].endswith(f'<p class="headline">{headline}</p>\n')
+
+    assert pl.read_csv(out_dir / "training_compute.csv").rows() == [
+        ("arith", "student-sft", 40, None, 160, 12.3), ("arith", "student-advdistill", 20, 51200, 20, 30.1)]
+    assert "| arith | student-sft | 40 | n/a | 160 | 12.3 |" in (out_dir / "training_compute.md").read_text()
     figures = sorted(p.name for p in (out_dir / "plots").iterdir())
     assert figures == ["accuracy.png", "advantages_arith.png", "correct_per_group_arith.png",
                        "lengths_arith.png", "lengths_logic.png"]
@@ -149,6 +231,39 @@ def test_build_report_without_benchmarks_or_manifests(report_inputs):
     assert not (report_inputs["out_dir"] / "stage_costs.md").exists()
 
 
+def test_build_report_without_trained_students(report_inputs):
+    report_inputs.update(models=["teacher", "student-base"], train_metrics_files=None)
+    page = build_report(**report_inputs).read_text()
+    assert 'class="headline"' not in page and "Paired comparisons" not in page and "Training compute" not in page
+    assert not (report_inputs["out_dir"] / "paired_comparisons.csv").exists()
+
+
+@pytest.mark.failure_mode(
+    "evaluation responses with a repeated prompt id",
+    sees="the report stops naming the file instead of double-counting",
+    kept="every evaluation")
+def test_repeated_prompt_id_stops_the_report(report_inputs):
+    path = report_inputs["responses_files"][("teacher", "logic")]
+    write_parquet(judged_responses([T, F], [1, 2]).with_columns(pl.lit("p0").alias("prompt_id")), path)
+    with pytest.raises(InputError, match="prompt_id 'p0' occurs more than once"):
+        build_report(**report_inputs)
+
+
+def test_run_report_finds_train_metrics_of_trained_students(tmp_path):
+    results = tmp_path / "results"
+    for model, correct in (("student-base", [T, F]), ("student-sft", [T, T])):
+        folder = results / "evaluate" / "arith" / model / "arith"
+        write_parquet(judged_responses(correct, [5, 6]), folder / "responses.parquet")
+        write_json(evaluation_metrics(judged_responses(correct, [5, 6])), folder / "metrics.json")
+    write_parquet(scored_groups(n_groups=2, group_size=2), results / "score" / "arith" / "scored.parquet")
+    write_json({"global_step": 3, "train_runtime": 1.0, "train_items": 6},
+               results / "train" / "arith" / "student-sft" / "train_metrics.json")
+    plan = {"models": ["student-base", "student-sft"], "experiments": {"arith": ["arith"]}}
+    run_report(plan, results, tmp_path / "no-benchmarks", tmp_path / "report")
+    assert pl.read_csv(tmp_path / "report" / "training_compute.csv").rows() == [
+        ("arith", "student-sft", 3, None, 6, 1.0)]
+
+
 def test_provenance_table_lists_each_manifest(tmp_path):
     from advdistill.provenance import stage_manifest, write_manifest
     from advdistill.report import provenance_table
@@ -160,3 +275,13 @@ def test_provenance_table_lists_each_manifest(tmp_path):
     assert table.row(0, named=True)["output"] == str(output)
     assert table.row(0, named=True)["seed"] == 7
     assert len(table.row(0, named=True)["settings_sha256"]) == 12
+
+
+def test_zero_shot_fallback_is_noted_under_the_accuracy_table(report_inputs):
+    path = report_inputs["metrics_files"][("teacher", "logic")]
+    note = "evaluated zero-shot: 3 few-shot turns requested, but the training split has 0 rows with a worked solution"
+    write_json({**read_json(path), "few_shot": 0, "few_shot_requested": 3, "few_shot_note": note}, path)
+    page = build_report(**report_inputs).read_text()
+    accuracy_section = page.split("<h3>Accuracy</h3>")[1].split("<h3>")[0]
+    assert f"<li>teacher on logic: {note}</li>" in accuracy_section
+    assert page.count("<li>") == 1

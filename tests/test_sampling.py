@@ -2,6 +2,7 @@ import polars as pl
 import pytest
 
 from advdistill.config import PromptConfig, SamplingConfig
+from advdistill.errors import ConfigError, InputError
 from advdistill.sampling import SAMPLE_SCHEMA, run_sample, sample_prompts
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
 
@@ -43,6 +44,11 @@ def run(backend, out, fingerprint="fp"):
     return sample_prompts(backend, prompts, prompts, params, cfg, 5, out, fingerprint)
 
 
+@pytest.mark.failure_mode(
+    "sampling job killed midway",
+    sees="the rerun resumes after the last complete shard and writes the bytes an uninterrupted run "
+         "writes",
+    kept="every complete shard")
 def test_killed_run_resumes_from_last_complete_shard(tmp_path):
     reference = run(CountingBackend(), tmp_path / "ref.parquet")
     out = tmp_path / "samples.parquet"
@@ -55,6 +61,10 @@ def test_killed_run_resumes_from_last_complete_shard(tmp_path):
     assert resumed.equals(reference)
 
 
+@pytest.mark.failure_mode(
+    "sampling shards left by a run with other settings",
+    sees="an INFO line; sampling starts over",
+    kept="nothing of the other run's shards (they were the stage's own)")
 def test_parts_of_a_different_configuration_are_discarded(tmp_path):
     out = tmp_path / "samples.parquet"
     with pytest.raises(KeyboardInterrupt):
@@ -65,10 +75,14 @@ def test_parts_of_a_different_configuration_are_discarded(tmp_path):
 
 
 def test_greedy_with_several_samples_is_rejected():
-    with pytest.raises(ValueError, match="greedy"):
+    with pytest.raises(ConfigError, match="greedy"):
         GenerationParams(n=2, temperature=0.0, top_p=1.0, max_new_tokens=4)
 
 
+@pytest.mark.failure_mode(
+    "teacher completion of special tokens only, or undecodable bytes",
+    sees="an empty or replacement-character response, scored like any other",
+    kept="every other sample")
 def test_special_token_only_and_undecodable_completions(tiny_model_dir):
     from advdistill.sampling.hf import HFBackend
 
@@ -88,10 +102,14 @@ def test_part_ranges_cover_whole_shards():
     ranges = [part_range(20, 6, part, 3) for part in range(3)]
     assert ranges == [(0, 6), (6, 12), (12, 20)]
     assert [part_range(5, 6, part, 2) for part in range(2)] == [(0, 0), (0, 5)]
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ConfigError, match="outside"):
         part_range(20, 6, 3, 3)
 
 
+@pytest.mark.failure_mode(
+    "sampling parts that overlap",
+    sees="merge stops naming the prompt, the sample and the parts",
+    kept="the parts")
 def test_split_sampling_merges_to_the_single_job_result(tmp_path, tiny_model_dir, rows_file):
     from advdistill.sampling import merge_samples
 
@@ -100,5 +118,28 @@ def test_split_sampling_merges_to_the_single_job_result(tmp_path, tiny_model_dir
     for i, path in enumerate(parts):
         run_sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 3, path, part=i, parts=3)
     assert merge_samples(parts, tmp_path / "merged.parquet").equals(single)
-    with pytest.raises(ValueError, match="overlap"):
+    with pytest.raises(InputError, match="overlap"):
         merge_samples([parts[0], parts[0]], tmp_path / "bad.parquet")
+
+
+def test_chatml_answers_end_at_the_turn_end_not_only_at_a_base_models_eos(synthetic_rows):
+    """Qwen2.5 base releases have EOS <|endoftext|> but close ChatML turns with <|im_end|>: sampling stops at
+    both, and training targets end with <|im_end|> (they used to end with EOS, so a real base model ran on
+    past <|im_end|> into an invented next turn)."""
+    from transformers import GenerationConfig
+
+    from advdistill.prompts import end_of_turn_id
+    from advdistill.sampling.hf import stop_token_ids
+    from advdistill.standin import standin_tokenizer
+    from advdistill.train import tokenize_pair
+
+    tokenizer = standin_tokenizer(synthetic_rows[0].to_dicts())
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.eos_token == "<|endoftext|>" and end_of_turn_id(tokenizer) == im_end
+    assert stop_token_ids(GenerationConfig(eos_token_id=tokenizer.eos_token_id), tokenizer) == {
+        tokenizer.eos_token_id, im_end}
+    assert tokenize_pair(tokenizer, "q", "a", max_length=64).input_ids[-1] == im_end
+
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert end_of_turn_id(tokenizer) is None
+    assert tokenize_pair(tokenizer, "q", "a", max_length=64).input_ids[-1] == tokenizer.eos_token_id

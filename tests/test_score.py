@@ -3,8 +3,10 @@ import json
 import polars as pl
 import pytest
 
-from advdistill.config import CosineConfig, ScoreConfig
+from advdistill.config import ConfigError, CosineConfig, ScoreConfig
+from advdistill.errors import InputError
 from advdistill.score import run_score
+from tests.test_cli import files_under, run_cli
 
 GOOD = "<think>2 + 2 = 4.</think>\n<answer>\\boxed{4}</answer>"
 WRONG = "<think>2 + 2 = 5.</think>\n<answer>\\boxed{5}</answer>"
@@ -60,6 +62,102 @@ def test_scores_rewards_advantages_and_bad_responses(tmp_path, rows_path):
 def test_unknown_reward_name_is_an_error(tmp_path, rows_path):
     samples = tmp_path / "samples.parquet"
     write_samples(samples, [("p1", 0, GOOD, 10, False)])
-    with pytest.raises(ValueError, match="unknown reward 'length'"):
+    with pytest.raises(ConfigError, match="unknown reward 'length'"):
         run_score(rows_path, samples, ScoreConfig(reward_weights={"length": 1.0}), tmp_path / "s.parquet",
                   tmp_path / "s.json")
+
+
+SAMPLES = [("p1", 0, GOOD, 10, False), ("p1", 1, WRONG, 12, False), ("p2", 0, WRONG, 8, False)]
+
+
+def score_cli(capsys, rows_path, samples_path):
+    out = samples_path.parent / "out"
+    return run_cli(capsys, "score", "--rows", rows_path, "--samples", samples_path, "--out", out / "scored.parquet",
+                   "--summary", out / "summary.json")
+
+
+@pytest.mark.failure_mode("samples parquet missing a column or with a column of another type",
+                          sees="score stops (exit 2): '<file>: no column(s) <name>' or '<file>: column <name> has "
+                               "type <dtype>, expected ...', no traceback",
+                          kept="everything; nothing is written")
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda df: df.drop("n_tokens"), "no column(s) n_tokens (found: prompt_id, sample_idx, response, truncated)"),
+    (lambda df: df.with_columns(pl.col("n_tokens").cast(pl.String)), "column 'n_tokens' has type String, "
+                                                                      "expected an integer"),
+    (lambda df: df.with_columns(pl.col("n_tokens") + 0.5), "column 'n_tokens' has type Float64, expected an integer"),
+    (lambda df: df.with_columns(pl.col("truncated").cast(pl.Int8)), "column 'truncated' has type Int8, "
+                                                                     "expected Boolean"),
+])
+def test_missing_or_mistyped_sample_column_names_file_and_column(capsys, tmp_path, rows_path, change, message):
+    samples = tmp_path / "samples.parquet"
+    write_samples(samples, SAMPLES)
+    change(pl.read_parquet(samples)).write_parquet(samples)
+    code, err = score_cli(capsys, rows_path, samples)
+    assert (code, err) == (2, f"advdistill score: error: {samples}: {message}\n")
+    assert files_under(tmp_path) == {"rows.parquet", "samples.parquet"}
+
+
+@pytest.mark.failure_mode("negative or missing n_tokens / sample_idx in the samples",
+                          sees="score stops (exit 2) naming the file, the count and the first offending rows",
+                          kept="everything; nothing is written")
+def test_negative_token_counts_stop_naming_the_rows(capsys, tmp_path, rows_path):
+    samples = tmp_path / "samples.parquet"
+    write_samples(samples, [*SAMPLES, ("p2", 1, WRONG, -4, False), ("p2", 2, WRONG, None, False)])
+    code, err = score_cli(capsys, rows_path, samples)
+    assert (code, err) == (2, f"advdistill score: error: {samples}: 2 row(s) with a missing or negative n_tokens, "
+                              "first: row 3 (prompt_id 'p2', sample_idx 1, n_tokens -4); "
+                              "row 4 (prompt_id 'p2', sample_idx 2, n_tokens None)\n")
+    write_samples(samples, [*SAMPLES, ("p2", -1, WRONG, 4, False)])
+    with pytest.raises(InputError, match=r"1 row\(s\) with a missing or negative sample_idx, first: row 3 "):
+        run_score(rows_path, samples, ScoreConfig(), tmp_path / "out" / "s.parquet", tmp_path / "out" / "s.json")
+    assert files_under(tmp_path) == {"rows.parquet", "samples.parquet"}
+
+
+@pytest.mark.failure_mode("duplicated (prompt_id, sample_idx) in the samples",
+                          sees="score stops (exit 2) naming the file and the repeated rows",
+                          kept="everything; nothing is written")
+def test_repeated_samples_stop_naming_the_rows(capsys, tmp_path, rows_path):
+    samples = tmp_path / "samples.parquet"
+    write_samples(samples, [*SAMPLES, ("p1", 1, GOOD, 10, False)])
+    code, err = score_cli(capsys, rows_path, samples)
+    assert (code, err) == (2, f"advdistill score: error: {samples}: 2 row(s) with a repeated (prompt_id, sample_idx), "
+                              "first: row 1 (prompt_id 'p1', sample_idx 1, n_tokens 12); "
+                              "row 3 (prompt_id 'p1', sample_idx 1, n_tokens 10)\n")
+    write_samples(samples, [*SAMPLES, ("p1", 2, GOOD, 10, False)])  # the same response as a new sample is fine
+    code, err = score_cli(capsys, rows_path, samples)
+    assert code == 0 and pl.read_parquet(tmp_path / "out" / "scored.parquet").height == 4
+
+
+@pytest.mark.failure_mode("corrupt or truncated samples parquet",
+                          sees="score stops (exit 2): '<file>: not a readable parquet file (...)', no traceback",
+                          kept="everything; nothing is written")
+def test_corrupt_samples_file_names_it(capsys, tmp_path, rows_path):
+    samples = tmp_path / "samples.parquet"
+    write_samples(samples, SAMPLES)
+    samples.write_bytes(samples.read_bytes()[:-30])
+    code, err = score_cli(capsys, rows_path, samples)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"advdistill score: error: {samples}: not a readable parquet file (")
+    assert files_under(tmp_path) == {"rows.parquet", "samples.parquet"}
+
+
+def test_integer_columns_of_another_width_are_accepted(tmp_path, rows_path):
+    samples = tmp_path / "samples.parquet"
+    write_samples(samples, SAMPLES)
+    pl.read_parquet(samples).with_columns(pl.col("n_tokens", "sample_idx").cast(pl.Int64)).write_parquet(samples)
+    summary = run_score(rows_path, samples, ScoreConfig(), tmp_path / "s.parquet", tmp_path / "s.json")
+    assert summary["samples"] == 3
+
+
+@pytest.mark.failure_mode("rows parquet with a missing or repeated id",
+                          sees="score stops (exit 2) naming the rows file and the repeated rows",
+                          kept="everything; nothing is written (a repeated id would multiply its samples in the join)")
+def test_repeated_row_ids_stop(capsys, tmp_path, rows_path):
+    rows = pl.read_parquet(rows_path)
+    pl.concat([rows, rows.head(1)]).write_parquet(rows_path)
+    samples = tmp_path / "samples.parquet"
+    write_samples(samples, SAMPLES)
+    code, err = score_cli(capsys, rows_path, samples)
+    assert (code, err) == (2, f"advdistill score: error: {rows_path}: 2 row(s) with a missing or repeated id, "
+                              "first: row 0 (id 'p1'); row 2 (id 'p1')\n")
+    assert files_under(tmp_path) == {"rows.parquet", "samples.parquet"}

@@ -1,16 +1,22 @@
+import json
+import shutil
+
 import polars as pl
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingConfig
 from advdistill.errors import TrainingError
 from advdistill.io import claim_resume_folder
+from advdistill.prompts import render_prompts
 from advdistill.train import (
     Group,
     best_pairs,
     build_groups,
+    build_trainer,
+    fit,
     run_train,
     split_validation,
     tokenize_pair,
@@ -75,6 +81,11 @@ def test_training_resumes_from_last_checkpoint(tiny_model_dir, synthetic_rows, o
     assert second["log_history"][-1]["step"] == 3
 
 
+@pytest.mark.failure_mode(
+    "non-finite training loss",
+    sees="train stops: non-finite loss with the step and group (or, with nonfinite_loss: skip, the group is "
+         "skipped and counted in train_metrics.json)",
+    kept="checkpoints of the run")
 def test_nonfinite_loss_stops_with_step_and_group(tiny_model_dir, synthetic_rows, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     scored = scored_table(synthetic_rows)
@@ -87,6 +98,10 @@ def test_nonfinite_loss_stops_with_step_and_group(tiny_model_dir, synthetic_rows
         train_model(model, tokenizer, "advdistill", groups, cfg, tmp_path, seed=0, save_checkpoints=False)
 
 
+@pytest.mark.failure_mode(
+    "every scored group filtered out",
+    sees="train stops: no kept groups to train on, naming the scored file",
+    kept="the scored groups")
 def test_no_kept_groups_is_a_clear_error(tiny_model_dir, synthetic_rows, rows_file, tmp_path):
     scored = tmp_path / "scored.parquet"
     scored_table(synthetic_rows, kept=False).write_parquet(scored)
@@ -95,6 +110,10 @@ def test_no_kept_groups_is_a_clear_error(tiny_model_dir, synthetic_rows, rows_fi
                      PromptConfig(), 0, tmp_path / "out", tmp_path / "ck")
 
 
+@pytest.mark.failure_mode(
+    "rerun after a config edit finds checkpoints of another run",
+    sees="the run starts from the student base (INFO line)",
+    kept="the finished model of the earlier run until the new one replaces it")
 def test_rerun_resumes_only_checkpoints_of_the_same_run(tiny_model_dir, synthetic_rows, rows_file, tmp_path):
     """A finished run leaves no checkpoint behind, so a rerun with another learning rate trains from the
     student base (it used to resume the finished run's last checkpoint and save the old model again);
@@ -131,3 +150,79 @@ def test_rerun_resumes_only_checkpoints_of_the_same_run(tiny_model_dir, syntheti
     assert train(other_lr, "third")["resumed_from"] is None
     killed_run_of(cfg)
     assert train(cfg, "fourth")["resumed_from"].endswith("checkpoint-2")
+
+
+class KillAtStep(TrainerCallback):
+    """Stops a run the way a SLURM time limit does: abruptly, between steps."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"killed at step {self.step}")
+
+
+@pytest.mark.failure_mode(
+    "checkpoint half-written when the job was killed",
+    sees="warning naming it; resumes from the newest complete checkpoint; metrics of the whole run",
+    kept="the half-written folder, renamed incomplete-checkpoint-N, until the run finishes")
+def test_resume_skips_a_half_written_checkpoint_and_reports_the_whole_run(tiny_model_dir, synthetic_rows, rows_file,
+                                                                          tmp_path):
+    """A run killed while saving checkpoint-3 resumes from checkpoint-2 (it used to pick checkpoint-3 and fail on
+    its missing trainer_state.json at every rerun); its metrics equal an uninterrupted run's."""
+    scored = tmp_path / "scored.parquet"
+    scored_table(synthetic_rows).write_parquet(scored)
+    cfg = TrainingConfig(optim=OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": 4, "save_steps": 1,
+                                              "per_device_batch_size": 1, "warmup_ratio": 0.0}),
+                         validation_fraction=0.0)
+    whole = run_train(str(tiny_model_dir), rows_file, scored, "sft", cfg, PromptConfig(), 0, tmp_path / "whole",
+                      tmp_path / "whole.checkpoints")
+
+    work = tmp_path / "killed.checkpoints"
+    claim_resume_folder(work, training_fingerprint(str(tiny_model_dir), rows_file, scored, "sft", cfg,
+                                                   PromptConfig(), 0))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = dict(zip(pl.read_parquet(rows_file)["id"], render_prompts(pl.read_parquet(rows_file).to_dicts(),
+                                                                        tokenizer, PromptConfig())))
+    groups, _ = build_groups(prompts, pl.read_parquet(scored), tokenizer, cfg.optim.max_seq_length)
+    trainer = build_trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tokenizer,
+                            "sft", best_pairs(groups), cfg, work, seed=0)
+    trainer.add_callback(KillAtStep(2))
+    with pytest.raises(KeyboardInterrupt):
+        fit(trainer, work)
+    half_written = work / "checkpoint-3"
+    half_written.mkdir()
+    shutil.copy(work / "checkpoint-2" / "model.safetensors", half_written)
+
+    resumed = run_train(str(tiny_model_dir), rows_file, scored, "sft", cfg, PromptConfig(), 0, tmp_path / "resumed",
+                        work)
+    assert resumed["resumed_from"].endswith("checkpoint-2")
+    assert resumed["incomplete_checkpoints"] == ["checkpoint-3"]
+    assert resumed["global_step"] == whole["global_step"] == 4
+    assert [e["step"] for e in resumed["log_history"] if "loss" in e] == [1, 2, 3, 4]
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+    assert resumed["train_runtime"] > resumed["segment_runtime"]
+    saved = json.loads((tmp_path / "resumed" / "train_metrics.json").read_text())
+    assert saved["train_loss"] == resumed["train_loss"] and not work.exists()
+    for name, weight in load_file(tmp_path / "whole" / "model.safetensors").items():
+        torch.testing.assert_close(load_file(tmp_path / "resumed" / "model.safetensors")[name], weight)
+
+
+def test_advdistill_logs_its_loss_terms_grad_norm_and_tokens(tiny_model_dir, synthetic_rows, tmp_path):
+    """Each logged step of a 1-micro-batch run: weighted CE + contrastive term = the logged loss."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    scored = scored_table(synthetic_rows)
+    groups, _ = build_groups({pid: f"prompt {pid}" for pid in scored["prompt_id"]}, scored, tokenizer, 128)
+    optim = OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": 3, "per_device_batch_size": 1})
+    cfg = TrainingConfig(optim=optim, loss=LossConfig(backend="torch", lam=0.5))
+    metrics = train_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, "advdistill", groups,
+                          cfg, tmp_path, seed=0, save_checkpoints=False)
+    logged = [entry for entry in metrics["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in logged] == [1, 2, 3]
+    for entry in logged:
+        assert entry["weighted_ce"] + entry["contrastive"] == pytest.approx(entry["loss"], rel=1e-4)
+        assert entry["contrastive"] > 0 and 0 < entry["wrong_p_mean"] < 1 and entry["wrong_at_clamp"] == 0
+        assert entry["grad_norm"] > 0
+    tokens = [entry["num_input_tokens_seen"] for entry in logged]
+    assert tokens == sorted(tokens) and tokens[0] > 0 and metrics["tokens_seen"] == tokens[-1]

@@ -29,6 +29,10 @@ def test_default_config_plans_the_whole_dag(tmp_path):
         assert f"{rule} " in stats and stats.split(f"\n{rule}")[1].split()[0] == str(count), (rule, stats)
 
 
+@pytest.mark.failure_mode(
+    "experiment naming a test set that is not a configured dataset",
+    sees="the run stops before any job, naming experiments.<name>.testsets",
+    kept="everything")
 def test_dangling_dataset_reference_names_the_key(tmp_path):
     config = (REPO / "config.yaml").read_text().replace("testsets: [arith, arith_ood]", "testsets: [arith, gsm9k]")
     (tmp_path / "bad.yaml").write_text(config)
@@ -60,6 +64,10 @@ def test_sampling_jobs_plan_one_job_per_prompt_range(tmp_path):
     assert stats.split("\nsample")[1].split()[0] == "3"
 
 
+@pytest.mark.failure_mode(
+    "--sdm apptainer with the image file missing",
+    sees="the run stops before any job, with the apptainer build command",
+    kept="everything")
 def test_missing_container_image_stops_before_any_job(tmp_path):
     result = run_snakemake("--dry-run", "--sdm", "apptainer", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     output = result.stdout + result.stderr
@@ -68,6 +76,10 @@ def test_missing_container_image_stops_before_any_job(tmp_path):
     assert "apptainer build containers/advdistill-cpu_0.1.0.sif containers/advdistill-cpu.def" in output
 
 
+@pytest.mark.failure_mode(
+    "profile set-resources naming a rule that does not exist",
+    sees="the run stops before any job, naming the rule and the known ones",
+    kept="everything")
 def test_unknown_rule_in_profile_resources_is_named(tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(REPO / "config.yaml"), "--set-resources",
                            "trian:mem_mb=1000", cwd=tmp_path)
@@ -81,3 +93,48 @@ def test_slurm_profile_names_only_existing_rules(tmp_path):
              "evaluate", "report"}
     assert set(profile["set-resources"]) <= rules
     assert profile["executor"] == "slurm" and profile["software-deployment-method"] == "apptainer"
+
+
+def local_sources_config(tmp_path, **changes):
+    """``local_sources`` for config/paper/gsm8k.yaml: empty model folders and the dataset fixtures, then ``changes``."""
+    fixtures = REPO / "tests" / "fixtures" / "datasets"
+    sources = {"openai/gsm8k": {"train": str(fixtures / "gsm8k.jsonl"), "test": str(fixtures / "gsm8k.jsonl")},
+               "qtli/GSM-Plus": str(fixtures / "gsm_plus.jsonl")}
+    for hub_id in ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-3B"):
+        sources[hub_id] = str(tmp_path / hub_id.split("/")[1])
+        (tmp_path / hub_id.split("/")[1]).mkdir()
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump({"local_sources": {**sources, **changes}}))
+    return path
+
+
+def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path):
+    local = local_sources_config(tmp_path)
+    result = run_snakemake("--dry-run", "--configfile", str(REPO / "config/paper/gsm8k.yaml"), str(local),
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Qwen/" not in result.stdout and "openai/gsm8k" not in result.stdout
+    assert f"--model {tmp_path / 'Qwen2.5-7B'} " in result.stdout
+    assert f"--source {REPO / 'tests/fixtures/datasets/gsm_plus.jsonl'} " in result.stdout
+    # a mapped model folder is an input of the jobs that load it
+    assert f"input: results/prepare/gsm8k/train.parquet, {tmp_path / 'Qwen2.5-7B'}\n" in result.stdout
+
+
+@pytest.mark.failure_mode(
+    "local_sources entry pointing at a missing file or folder",
+    sees="the run stops before any job, naming local_sources.<id>",
+    kept="everything")
+@pytest.mark.parametrize("change, message", [
+    ({"Qwen/Qwen2.5-3B": "/nonexistent/qwen3b"},
+     "config local_sources.Qwen/Qwen2.5-3B: '/nonexistent/qwen3b' is not a model folder (model 'qwen2.5-3b')"),
+    ({"openai/gsm8k": {"train": "/nonexistent/train.jsonl", "test": "/nonexistent/test.jsonl"}},
+     "config local_sources.openai/gsm8k.train: file /nonexistent/train.jsonl not found (datasets.gsm8k, split "),
+    ({"qtli/GSM-Plus": {"train": str(REPO / "tests/fixtures/datasets/gsm_plus.jsonl")}},
+     "config local_sources.qtli/GSM-Plus: no entry for split 'test' (datasets.gsm_plus prepares it)"),
+], ids=["model-folder", "dataset-file", "dataset-split"])
+def test_missing_local_source_stops_before_any_job_naming_the_key(tmp_path, change, message):
+    local = local_sources_config(tmp_path, **change)
+    result = run_snakemake("--dry-run", "--configfile", str(REPO / "config/paper/gsm8k.yaml"), str(local),
+                           cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr

@@ -3,18 +3,25 @@
 An adapter turns one raw record of a dataset's own layout into a normalised row
 ``{id, split, question, answer, kind, choices, solution}``. A record that cannot be normalised raises
 :class:`BadRow`; :func:`normalise_split` skips it and counts the reason, so one broken line never
-costs a whole dataset.
+costs a whole dataset. Value types are checked in one place, :func:`normalise_split`: each adapter declares
+the types of the record fields it reads (``field_types``), a value of another type skips the record as
+``bad_type_<field>``, and a normalised row must match the row schema, so no row can break the rows table.
+Adapter options are declared the same way (``option_types``); an unknown or mistyped option is a
+:class:`ConfigError` when the adapter is built.
 """
 
 from __future__ import annotations
 
 import abc
+import typing
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
+from advdistill.errors import ConfigError, DatasetError
 
 KINDS = ("numeric", "math", "multiple_choice")
 
@@ -27,14 +34,35 @@ ROW_SCHEMA = {
     "choices": pl.List(pl.String),
     "solution": pl.String,
 }
+ROW_TYPES = {"id": str, "question": str, "answer": str, "kind": str, "choices": list[str], "solution": str}
 
 
 class BadRow(ValueError):
     """A raw record that cannot be normalised; the message is the reason that gets counted."""
 
 
-class DatasetError(RuntimeError):
-    """A dataset as a whole cannot be loaded (missing file, wrong fields, no usable rows)."""
+def matches(value: Any, expected: Any) -> bool:
+    """Whether ``value`` is of type ``expected``: a type, ``None`` (null), a tuple of these, or ``list[T]`` /
+    ``dict[K, V]`` (checked item by item). A ``bool`` is not taken for a number."""
+    if isinstance(expected, tuple):
+        return any(matches(value, e) for e in expected)
+    if expected is None:
+        return value is None
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is list:
+        return isinstance(value, list) and all(matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(matches(k, args[0]) and matches(v, args[1]) for k, v in value.items())
+    return isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+
+
+def describe(expected: Any) -> str:
+    """``expected`` of :func:`matches` in words, e.g. ``list[str] or null``."""
+    if isinstance(expected, tuple):
+        return " or ".join(describe(e) for e in expected)
+    if expected is None:
+        return "null"
+    return str(expected) if typing.get_origin(expected) else expected.__name__
 
 
 @dataclass
@@ -65,10 +93,23 @@ class DatasetAdapter(abc.ABC):
 
     name: str
     splits: tuple[str, ...]
+    option_types: dict[str, Any] = {}  # option -> accepted type (see matches); any other option is an error
+    field_types: dict[str, Any] = {}  # record field read -> accepted type; another type skips as bad_type_<field>
 
-    def __init__(self, source: str, options: dict[str, Any] | None = None):
+    def __init__(self, source: str, options: dict[str, Any] | None = None, dataset: str | None = None):
+        """``dataset`` is the config key of the dataset, for error messages (default: the adapter name)."""
         self.source = source
+        self.dataset = dataset or self.name
         self.options = dict(options or {})
+        for key, value in self.options.items():
+            if key not in self.option_types:
+                raise self.option_error(key, f"unknown option of the '{self.name}' adapter (known: "
+                                             f"{', '.join(sorted(self.option_types)) or 'none'})")
+            if not matches(value, self.option_types[key]):
+                raise self.option_error(key, f"expected {describe(self.option_types[key])}, got {value!r}")
+
+    def option_error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"datasets.{self.dataset}.options.{key}: {problem}")
 
     @abc.abstractmethod
     def records(self, split: str) -> Iterable[dict[str, Any]]:
@@ -85,15 +126,27 @@ class DatasetAdapter(abc.ABC):
             )
 
 
+def _checked_types(adapter: DatasetAdapter, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` if every declared field is absent, null or of its declared type."""
+    for name, expected in adapter.field_types.items():
+        value = record.get(name)
+        if value is not None and not matches(value, expected):
+            raise BadRow(f"bad_type_{name}")
+    return record
+
+
 def _validated(row: dict[str, Any]) -> dict[str, Any]:
-    if not str(row.get("question") or "").strip():
-        raise BadRow("empty_question")
-    if not str(row.get("answer") or "").strip():
-        raise BadRow("empty_answer")
-    if row["kind"] not in KINDS:
-        raise BadRow(f"unknown_kind:{row['kind']}")
+    for column in ("question", "answer"):
+        value = row.get(column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise BadRow(f"empty_{column}")
     row.setdefault("choices", [])
     row.setdefault("solution", "")
+    for column, expected in ROW_TYPES.items():
+        if not matches(row.get(column), expected):
+            raise BadRow(f"bad_type_{column}")
+    if row["kind"] not in KINDS:
+        raise BadRow(f"unknown_kind:{row['kind']}")
     if row["kind"] == "multiple_choice" and len(row["choices"]) < 2:
         raise BadRow("too_few_choices")
     return row
@@ -114,7 +167,7 @@ def normalise_split(
                 raise BadRow(record.reason)
             if not isinstance(record, dict):
                 raise BadRow("not_a_record")
-            row = _validated(adapter.normalise(record, index, split))
+            row = _validated(adapter.normalise(_checked_types(adapter, record), index, split))
             if row["id"] in seen_ids:
                 raise BadRow("duplicate_id")
         except BadRow as err:

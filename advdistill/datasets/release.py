@@ -19,16 +19,18 @@ class ReleaseAdapter(DatasetAdapter):
 
     Options common to every release adapter: ``hub_config`` and ``hub_splits`` (our split -> the hub's
     split name) override the class defaults. Subclasses may derive a split from another one (see
-    :class:`HeldOutSplit`).
+    :class:`HeldOutSplit`). ``field_types`` holds the types of the official release (a field of another
+    type is skipped as ``bad_type_<field>``).
     """
 
     hub_id: str
     hub_config: str | None = None
     hub_splits: dict[str, str] = {}
     required: tuple[str, ...] = ()
+    option_types = {"hub_config": (str, None), "hub_splits": dict[str, str]}
 
-    def __init__(self, source: str, options: dict[str, Any] | None = None):
-        super().__init__(source, options)
+    def __init__(self, source: str, options: dict[str, Any] | None = None, dataset: str | None = None):
+        super().__init__(source, options, dataset)
         self.hub_splits = {**self.hub_splits, **self.options.get("hub_splits", {})}
         self.hub_config = self.options.get("hub_config", self.hub_config)
 
@@ -44,6 +46,12 @@ class ReleaseAdapter(DatasetAdapter):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise BadRow(f"missing_{name}")
         return value
+
+    @staticmethod
+    def record_id(record: dict[str, Any], name: str, fallback: str) -> str:
+        """The record's own id (field ``name``), else ``fallback`` (its position): a null id is not ``"None"``."""
+        value = record.get(name)
+        return fallback if value is None or not str(value).strip() else str(value)
 
 
 def final_answer_after_hashes(text: str) -> tuple[str, str]:
@@ -79,6 +87,7 @@ class GSM8K(ReleaseAdapter):
     hub_config = "main"
     hub_splits = {"train": "train", "test": "test"}
     required = ("question", "answer")
+    field_types = {"question": str, "answer": str}
 
     def normalise(self, record, index, split):
         reasoning, answer = final_answer_after_hashes(self.field(record, "answer"))
@@ -97,6 +106,8 @@ class GSMPlus(ReleaseAdapter):
     hub_id = "qtli/GSM-Plus"
     hub_splits = {"test": "testmini"}
     required = ("question", "answer")
+    option_types = {**ReleaseAdapter.option_types, "perturbation_types": (list[str], None)}
+    field_types = {"question": str, "answer": (str, int, float), "solution": str, "perturbation_type": str}
 
     def normalise(self, record, index, split):
         wanted = self.options.get("perturbation_types")
@@ -117,11 +128,14 @@ class HeldOutSplit(ReleaseAdapter):
     """
 
     default_test_fraction: float = 0.2
+    option_types = {**ReleaseAdapter.option_types, "test_fraction": (int, float), "split_seed": int}
 
-    def __init__(self, source, options=None):
-        super().__init__(source, options)
+    def __init__(self, source, options=None, dataset=None):
+        super().__init__(source, options, dataset)
         self.test_fraction = float(self.options.get("test_fraction", self.default_test_fraction))
-        self.split_seed = int(self.options.get("split_seed", 0))
+        if not 0 <= self.test_fraction <= 1:
+            raise self.option_error("test_fraction", f"expected a share between 0 and 1, got {self.test_fraction}")
+        self.split_seed = self.options.get("split_seed", 0)
 
     def check_held_out(self, key: str, split: str) -> None:
         if split in ("train", "test") and in_held_out(key, self.split_seed, self.test_fraction) != (split == "test"):
@@ -133,22 +147,27 @@ class MMLUPro(HeldOutSplit):
     row's options (A..J; 3-10 options) else ``answer_letter_out_of_range``. Where letter and
     ``answer_index`` disagree (question 3983) the letter is trusted. ``train``/``test`` are carved
     from the hub's test split (paper: 2,284 test questions, ~19 %); ``validation`` is the hub's 70-row
-    split. Option ``categories`` keeps only those categories (skip reason ``other_category``)."""
+    split. Option ``categories`` keeps only those categories (skip reason ``other_category``). ``options``
+    must be a list of strings as in the release; a string (e.g. a CSV export's JSON text) is not split or
+    parsed but skipped as ``bad_type_options``."""
 
     name = "mmlu_pro"
     hub_id = "TIGER-AI-Lab/MMLU-Pro"
     hub_splits = {"train": "test", "test": "test", "validation": "validation"}
     required = ("question", "options", "answer")
     default_test_fraction = 0.19
+    option_types = {**HeldOutSplit.option_types, "categories": (list[str], None)}
+    field_types = {"question_id": (int, str), "question": str, "options": list[str], "answer": str,
+                   "category": str, "cot_content": str}
 
     def normalise(self, record, index, split):
-        key = str(record.get("question_id", index))
+        key = self.record_id(record, "question_id", str(index))
         self.check_held_out(key, split)
         wanted = self.options.get("categories")
         if wanted and record.get("category") not in wanted:
             raise BadRow("other_category")
-        options = [str(o) for o in self.field(record, "options")]
-        letter = str(self.field(record, "answer")).strip().upper()
+        options = self.field(record, "options")
+        letter = self.field(record, "answer").strip().upper()
         if len(letter) != 1 or not "A" <= letter < chr(ord("A") + len(options)):
             raise BadRow("answer_letter_out_of_range")
         return {"id": key, "question": self.field(record, "question"), "answer": letter,
@@ -165,11 +184,12 @@ class OpenS1(HeldOutSplit):
     hub_splits = {"train": "train", "test": "train"}
     required = ("problem", "answer")
     default_test_fraction = 0.18
+    field_types = {"problem": str, "answer": str, "solution": str}
 
     def normalise(self, record, index, split):
         problem = self.field(record, "problem")
         self.check_held_out(problem, split)
-        return {"id": f"{index:05d}", "question": problem, "answer": str(self.field(record, "answer")).strip(),
+        return {"id": f"{index:05d}", "question": problem, "answer": self.field(record, "answer").strip(),
                 "kind": "math", "choices": [], "solution": record.get("solution") or ""}
 
 
@@ -183,17 +203,23 @@ class OpenRS(ReleaseAdapter):
     hub_id = "knoveleng/open-rs"
     hub_splits = {"test": "train"}
     required = ("problem", "answer")
+    option_types = {**ReleaseAdapter.option_types, "level": (str, None), "level_field": str}
+
+    def __init__(self, source, options=None, dataset=None):
+        super().__init__(source, options, dataset)
+        self.level_field = self.options.get("level_field", "level")
+        self.field_types = {"problem": str, "answer": str, "solution": str, self.level_field: (str, int)}
 
     def normalise(self, record, index, split):
         level = self.options.get("level", "hard")
         if level is not None:
-            value = record.get(self.options.get("level_field", "level"))
+            value = record.get(self.level_field)
             if value is None:
                 raise BadRow("missing_level")
-            if str(value).strip().lower() != str(level).lower():
+            if str(value).strip().lower() != level.lower():
                 raise BadRow("other_level")
         return {"id": f"{index:05d}", "question": self.field(record, "problem"),
-                "answer": str(self.field(record, "answer")).strip(), "kind": "math", "choices": [],
+                "answer": self.field(record, "answer").strip(), "kind": "math", "choices": [],
                 "solution": record.get("solution") or ""}
 
 
@@ -204,10 +230,11 @@ class MATH500(ReleaseAdapter):
     hub_id = "HuggingFaceH4/MATH-500"
     hub_splits = {"test": "test"}
     required = ("problem", "answer")
+    field_types = {"unique_id": str, "problem": str, "answer": str, "solution": str}
 
     def normalise(self, record, index, split):
-        return {"id": str(record.get("unique_id") or f"{index:05d}"), "question": self.field(record, "problem"),
-                "answer": str(self.field(record, "answer")).strip(), "kind": "math", "choices": [],
+        return {"id": self.record_id(record, "unique_id", f"{index:05d}"), "question": self.field(record, "problem"),
+                "answer": self.field(record, "answer").strip(), "kind": "math", "choices": [],
                 "solution": record.get("solution") or ""}
 
 
@@ -217,13 +244,14 @@ class CompetitionNumeric(ReleaseAdapter):
 
     hub_splits = {"test": "test"}
     required = ("problem", "answer")
+    field_types = {"id": (int, str), "problem": str, "answer": (str, int, float), "solution": str}
 
     def normalise(self, record, index, split):
         answer = str(self.field(record, "answer")).strip()
         if not NUMBER.match(answer):
             raise BadRow("unanswerable")
-        return {"id": str(record.get("id", index)), "question": self.field(record, "problem"), "answer": answer,
-                "kind": "numeric", "choices": [], "solution": record.get("solution") or ""}
+        return {"id": self.record_id(record, "id", str(index)), "question": self.field(record, "problem"),
+                "answer": answer, "kind": "numeric", "choices": [], "solution": record.get("solution") or ""}
 
 
 class AIME24(CompetitionNumeric):

@@ -3,7 +3,8 @@
 ``source`` is a local path (``.jsonl``, ``.json`` or ``.parquet``, in the release's own field layout)
 or a hub id loaded with :func:`datasets.load_dataset`. Anything that looks like a path is never sent
 to the hub. A line of a JSONL file that is not valid UTF-8 or not valid JSON becomes a
-:class:`MalformedRecord`, which :func:`~advdistill.datasets.base.normalise_split` skips and counts.
+:class:`MalformedRecord`, which :func:`~advdistill.datasets.base.normalise_split` skips and counts. Text
+files are read as ``utf-8-sig``: a byte-order mark (as Windows editors write) is not part of the first record.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
-from advdistill.datasets.base import DatasetError
+from advdistill.errors import DatasetError
+from advdistill.io import read_parquet
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 FIELD_CHECK_RECORDS = 20
@@ -39,10 +39,10 @@ def read_local(dataset: str, path: Path) -> Iterator[dict[str, Any] | MalformedR
     if not path.is_file():
         raise DatasetError(f"dataset '{dataset}': local file not found: {path}")
     if path.suffix == ".parquet":
-        yield from pl.read_parquet(path).to_dicts()
+        yield from read_parquet(path).to_dicts()
     elif path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DatasetError(f"dataset '{dataset}': {path} is not valid JSON ({err})") from err
         records = data.get("data") if isinstance(data, dict) else data
@@ -55,7 +55,7 @@ def read_local(dataset: str, path: Path) -> Iterator[dict[str, Any] | MalformedR
                 if not raw.strip():
                     continue
                 try:
-                    yield json.loads(raw.decode("utf-8"))
+                    yield json.loads(raw.decode("utf-8-sig"))
                 except UnicodeDecodeError:
                     yield MalformedRecord("invalid_utf8", number)
                 except json.JSONDecodeError:

@@ -90,16 +90,19 @@ class SyntheticArithmetic(DatasetAdapter):
     """Options: ``variant`` (``in_distribution`` | ``ood``), ``seed``, ``n_train``, ``n_test``."""
 
     name = "synthetic"
+    option_types = {"variant": str, "seed": int, "n_train": int, "n_test": int}
 
-    def __init__(self, source: str, options: dict[str, Any] | None = None):
-        super().__init__(source, options)
+    def __init__(self, source: str, options: dict[str, Any] | None = None, dataset: str | None = None):
+        super().__init__(source, options, dataset)
         self.variant = self.options.get("variant", "in_distribution")
         if self.variant not in ("in_distribution", "ood"):
-            raise ValueError(f"synthetic dataset: unknown variant '{self.variant}'")
+            raise self.option_error("variant", f"expected in_distribution or ood, got '{self.variant}'")
         self.splits = ("train", "test") if self.variant == "in_distribution" else ("test",)
-        self.seed = int(self.options.get("seed", 0))
-        self.sizes = {"train": int(self.options.get("n_train", 0)),
-                      "test": int(self.options.get("n_test", 100))}
+        self.seed = self.options.get("seed", 0)
+        self.sizes = {"train": self.options.get("n_train", 0), "test": self.options.get("n_test", 100)}
+        for split, size in self.sizes.items():
+            if size < 0:
+                raise self.option_error(f"n_{split}", f"expected a count >= 0, got {size}")
 
     def _problems(self, rng: random.Random) -> Iterator[dict[str, str]]:
         while True:

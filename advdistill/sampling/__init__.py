@@ -21,7 +21,8 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from advdistill.config import EngineConfig, PromptConfig, SamplingConfig
-from advdistill.io import claim_resume_folder, write_parquet
+from advdistill.errors import ConfigError, InputError
+from advdistill.io import claim_resume_folder, read_parquet, write_parquet
 from advdistill.prompts import render_prompts
 from advdistill.provenance import fingerprint, path_identity, source_digest
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
@@ -48,7 +49,7 @@ def get_backend(cfg: EngineConfig, model_path: str) -> SamplingBackend:
 
         return VLLMBackend(model_path, cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
                            gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len)
-    raise ValueError(f"sampling.backend: unknown backend '{cfg.backend}' (known: hf, vllm)")
+    raise ConfigError(f"sampling.backend: unknown backend '{cfg.backend}' (known: hf, vllm)")
 
 
 def run_fingerprint(model_path: str, prompt_ids: Sequence[str], prompts: Sequence[str],
@@ -77,7 +78,7 @@ def part_range(n_prompts: int, shard_size: int, part: int, parts: int) -> tuple[
     the number of jobs, and the merged samples equal a single job's.
     """
     if not 0 <= part < parts:
-        raise ValueError(f"sampling part {part} is outside 0..{parts - 1}")
+        raise ConfigError(f"--part: sampling part {part} is outside 0..{parts - 1}")
     n_shards = -(-n_prompts // shard_size)
     first, last = part * n_shards // parts, (part + 1) * n_shards // parts
     return min(first * shard_size, n_prompts), min(last * shard_size, n_prompts)
@@ -145,7 +146,7 @@ def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg
     """Sample the prompts of job ``part`` of ``parts`` (see :func:`part_range`) into ``out``."""
     from transformers import AutoTokenizer
 
-    rows = pl.read_parquet(rows_path).to_dicts()[:cfg.max_prompts]
+    rows = read_parquet(rows_path).to_dicts()[:cfg.max_prompts]
     start, end = part_range(len(rows), cfg.shard_size, part, parts)
     rows = rows[start:end]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -162,11 +163,11 @@ def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg
 
 def merge_samples(parts: list[Path], out: Path) -> pl.DataFrame:
     """Concatenate the parts of a sharded sampling run, in part order; a repeated sample is an error."""
-    merged = pl.concat([pl.read_parquet(p) for p in parts]) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
+    merged = pl.concat([read_parquet(p, SAMPLE_SCHEMA) for p in parts]) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
     duplicated = merged.select("prompt_id", "sample_idx").is_duplicated()
     if duplicated.any():
         first = merged.filter(duplicated).row(0, named=True)
-        raise ValueError(f"sample parts overlap: prompt {first['prompt_id']} sample {first['sample_idx']} "
+        raise InputError(f"sample parts overlap: prompt {first['prompt_id']} sample {first['sample_idx']} "
                          f"appears in more than one of {', '.join(map(str, parts))}")
     write_parquet(merged, out)
     return merged

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from advdistill.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -22,7 +24,7 @@ class GenerationParams:
 
     def __post_init__(self):
         if self.temperature == 0 and self.n != 1:
-            raise ValueError("greedy decoding (temperature 0) gives identical samples: use n=1")
+            raise ConfigError("sampling: greedy decoding (temperature 0) gives identical samples: use n_samples 1")
 
 
 class SamplingBackend(abc.ABC):

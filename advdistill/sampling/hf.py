@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from advdistill.prompts import end_of_turn_id
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
 
 
@@ -26,10 +27,14 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto") -> tuple[Any,
 
 
 def stop_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
-    """The tokens that end a response: the generation config's EOS ids and the tokenizer's."""
+    """The tokens that end a response: the generation config's EOS ids, the tokenizer's, and the chat
+    template's end of turn (a base model's EOS is not what closes a ChatML answer)."""
     configured = generation_config.eos_token_id if generation_config is not None else None
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     ids.add(tokenizer.eos_token_id)
+    turn_end = end_of_turn_id(tokenizer)
+    if turn_end is not None:
+        ids.add(turn_end)
     return ids
 
 

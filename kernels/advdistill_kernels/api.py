@@ -120,10 +120,40 @@ def _autocast_inputs(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.
     return hidden, weight
 
 
+CE_REDUCTIONS = ("mean", "sum")
+CONTRASTIVE_SCALES = ("none", "per_response")
+
+
+def check_readings(ce_reduction: str, contrastive_scale: str) -> None:
+    if ce_reduction not in CE_REDUCTIONS:
+        raise ValueError(f"ce_reduction: expected one of {CE_REDUCTIONS}, got {ce_reduction!r}")
+    if contrastive_scale not in CONTRASTIVE_SCALES:
+        raise ValueError(f"contrastive_scale: expected one of {CONTRASTIVE_SCALES}, got {contrastive_scale!r}")
+
+
+def reading_parameters(targets: torch.Tensor, response_index: torch.Tensor, response_weights: torch.Tensor,
+                       lam: float, ignore_index: int, ce_reduction: str,
+                       contrastive_scale: str) -> tuple[torch.Tensor, float]:
+    """``(w', lam')`` that turn the token-mean loss every backend computes into the chosen reading, exactly.
+
+    ``sum_i w_i sum_t ce_t = sum_i (w_i T_i) CE_i``, so the token-sum reading weighs response ``i`` by its
+    unmasked tokens ``T_i``; the ``1/n`` reading divides ``lam`` by the group's ``n`` responses.
+    """
+    if ce_reduction == "sum":
+        valid = targets != ignore_index
+        counts = torch.zeros_like(response_weights).index_add(
+            0, torch.where(valid, response_index, 0), valid.to(response_weights.dtype))
+        response_weights = response_weights * counts
+    if contrastive_scale == "per_response":
+        lam = lam / response_weights.shape[0]
+    return response_weights, lam
+
+
 def advdistill_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                     response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor, *,
                     lam: float = 0.5, p_max: float = 0.999, ignore_index: int = -100, backend: str = "auto",
-                    chunk_size: int | None = None) -> torch.Tensor:
+                    chunk_size: int | None = None, ce_reduction: str = "mean",
+                    contrastive_scale: str = "none") -> torch.Tensor:
     """AdvDistill loss of one group, differentiable wrt ``hidden`` and ``weight``.
 
     ``hidden`` ``[N, d]`` and ``weight`` ``[V, d]`` share a float dtype; ``targets`` ``[N]`` (int64,
@@ -132,11 +162,16 @@ def advdistill_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     float32 scalar (float64 for float64 inputs). Under ``torch.autocast`` both ``hidden`` and
     ``weight`` are first cast to the autocast dtype. ``chunk_size`` tunes memory vs speed: tokens
     per chunk for ``torch`` and for pass 2 of ``triton``, vocabulary columns per tile for ``cpp``.
+    ``ce_reduction`` (``mean``: ``CE_i`` is a token mean; ``sum``: a token sum) and ``contrastive_scale``
+    (``none``; ``per_response``: ``lam / n``) select a reading of the paper's eqs. 5-6.
     """
     hidden, weight = _autocast_inputs(hidden, weight)
     validate_inputs(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index)
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size}")
+    check_readings(ce_reduction, contrastive_scale)
+    response_weights, lam = reading_parameters(targets, response_index, response_weights, lam, ignore_index,
+                                               ce_reduction, contrastive_scale)
     name = resolve_backend(backend, hidden.device)
     kept = _valid_tokens(targets, ignore_index)
     if kept is not None:
@@ -168,20 +203,25 @@ class AdvDistillLoss(nn.Module):
     """:func:`advdistill_loss` with its options stored on the module."""
 
     def __init__(self, lam: float = 0.5, p_max: float = 0.999, ignore_index: int = -100, backend: str = "auto",
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, ce_reduction: str = "mean", contrastive_scale: str = "none"):
         super().__init__()
+        check_readings(ce_reduction, contrastive_scale)
         self.lam = lam
         self.p_max = p_max
         self.ignore_index = ignore_index
         self.backend = backend
         self.chunk_size = chunk_size
+        self.ce_reduction = ce_reduction
+        self.contrastive_scale = contrastive_scale
 
     def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
         return advdistill_loss(hidden, weight, targets, response_index, response_weights, wrong, lam=self.lam,
                                p_max=self.p_max, ignore_index=self.ignore_index, backend=self.backend,
-                               chunk_size=self.chunk_size)
+                               chunk_size=self.chunk_size, ce_reduction=self.ce_reduction,
+                               contrastive_scale=self.contrastive_scale)
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, p_max={self.p_max}, ignore_index={self.ignore_index}, "
-                f"backend={self.backend!r}, chunk_size={self.chunk_size}")
+                f"backend={self.backend!r}, chunk_size={self.chunk_size}, ce_reduction={self.ce_reduction!r}, "
+                f"contrastive_scale={self.contrastive_scale!r}")

@@ -120,12 +120,12 @@ def run_loss(case: LossInputs, backend: str, scale: float = 1.0, **options):
     return loss.detach(), hidden.grad, weight.grad
 
 
-def naive_loss(case: LossInputs, dtype: torch.dtype, scale: float = 1.0):
+def naive_loss(case: LossInputs, dtype: torch.dtype, scale: float = 1.0, **readings):
     """(loss, grad_hidden, grad_weight) of the materialised-logits loss with the matmul in ``dtype``."""
     hidden = case.hidden.detach().to(dtype).clone().requires_grad_()
     weight = case.weight.detach().to(dtype).clone().requires_grad_()
     loss = advdistill_loss_from_logits(hidden @ weight.T, case.targets, case.response_index, case.response_weights,
-                                       case.wrong, lam=case.lam, p_max=case.p_max)
+                                       case.wrong, lam=case.lam, p_max=case.p_max, **readings)
     (scale * loss).backward()
     return loss.detach(), hidden.grad, weight.grad
 
@@ -154,6 +154,18 @@ def test_float32_matches_float64_ground_truth(backend_device, shape):
     assert_close_fp32(run_loss(case, backend), naive_loss(case, torch.float64))
 
 
+READINGS = [dict(ce_reduction="sum"), dict(contrastive_scale="per_response"),
+            dict(ce_reduction="sum", contrastive_scale="per_response")]
+
+
+@with_backends
+@pytest.mark.parametrize("readings", READINGS, ids=["sum", "per-response", "sum-per-response"])
+def test_every_reading_matches_float64_ground_truth(backend_device, readings):
+    backend, device = backend_device
+    case = random_case(**ODD_CASE).to(device)
+    assert_close_fp32(run_loss(case, backend, **readings), naive_loss(case, torch.float64, **readings))
+
+
 @with_backends
 @pytest.mark.parametrize("shape", [dict(), ODD_CASE], ids=["N48-d32-V300", "N37-d24-V257"])
 def test_bfloat16_no_worse_than_naive_bfloat16(backend_device, shape):
@@ -169,10 +181,10 @@ def test_bfloat16_no_worse_than_naive_bfloat16(backend_device, shape):
         assert error <= bound, f"{name}: error {error} > naive-bf16 error {naive_error} + slack"
 
 
-def test_hand_computed_two_responses():
+def two_response_case() -> LossInputs:
     """V=3, d=2, W = [e1, e2, 0]: token probabilities 1/2, 1/3 (response 0) and 3/5 (response 1, wrong)."""
     ln2, ln3 = math.log(2.0), math.log(3.0)
-    case = LossInputs(
+    return LossInputs(
         hidden=torch.tensor([[ln2, 0.0], [0.0, 0.0], [0.0, ln3], [5.0, -5.0]], dtype=torch.float64),
         weight=torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64),
         targets=torch.tensor([0, 2, 1, -100]),
@@ -181,6 +193,12 @@ def test_hand_computed_two_responses():
         wrong=torch.tensor([False, True]),
         lam=0.5,
     )
+
+
+def test_hand_computed_two_responses():
+    """The group of :func:`two_response_case`, by hand."""
+    ln2, ln3 = math.log(2.0), math.log(3.0)
+    case = two_response_case()
     # CE_0 = (ln 2 + ln 3) / 2, CE_1 = ln(5/3), contrastive = -ln(1 - 3/5) = ln(5/2)
     expected_loss = 0.4 * (ln2 + ln3) / 2 + 0.6 * math.log(5 / 3) + 0.5 * math.log(5 / 2)
     # token 2: c = -0.6/1 + 0.5 * (3/5) / (1 * (1 - 3/5)) = 0.15; dz = c (onehot(1) - [1/5, 3/5, 1/5])
@@ -193,6 +211,38 @@ def test_hand_computed_two_responses():
         assert torch.equal(grad_hidden[3], torch.zeros(2, dtype=torch.float64))
     assert advdistill_loss_from_logits(case.hidden @ case.weight.T, case.targets, case.response_index,
                                        case.response_weights, case.wrong).item() == pytest.approx(expected_loss)
+
+
+@pytest.mark.parametrize("ce_reduction", ["mean", "sum"])
+@pytest.mark.parametrize("contrastive_scale", ["none", "per_response"])
+def test_hand_computed_readings_of_eqs_5_and_6(ce_reduction, contrastive_scale):
+    """The group of :func:`two_response_case` under each reading: token sums weigh response 0 (two
+    tokens) twice, ``per_response`` halves lam (n = 2 responses). Token 2's coefficient, per reading:
+    c = -0.6 * (T_1 = 1) + (lam' * (3/5) / (1 - 3/5) = 1.5 lam'), and dz_2 = c * [-1/5, 2/5] on its two
+    hidden coordinates."""
+    ln2, ln3 = math.log(2.0), math.log(3.0)
+    case = two_response_case()
+    ce_0 = (ln2 + ln3) if ce_reduction == "sum" else (ln2 + ln3) / 2
+    lam = 0.25 if contrastive_scale == "per_response" else 0.5
+    expected_loss = 0.4 * ce_0 + 0.6 * math.log(5 / 3) + lam * math.log(5 / 2)
+    coefficient = -0.6 + 1.5 * lam
+    expected_grad_token2 = coefficient * torch.tensor([-0.2, 0.4], dtype=torch.float64)
+    readings = dict(ce_reduction=ce_reduction, contrastive_scale=contrastive_scale)
+    naive = naive_loss(case, torch.float64, **readings)
+    assert naive[0].item() == pytest.approx(expected_loss, rel=1e-12)
+    torch.testing.assert_close(naive[1][2], expected_grad_token2, rtol=1e-12, atol=1e-14)
+    for backend in ["torch"] + (["cpp"] if _cpp_skip_reason() is None else []):
+        loss, grad_hidden, _ = run_loss(case, backend, **readings)
+        assert loss.item() == pytest.approx(expected_loss, rel=1e-12), backend
+        torch.testing.assert_close(grad_hidden[2], expected_grad_token2, rtol=1e-12, atol=1e-14)
+
+
+def test_unknown_reading_is_rejected_naming_it():
+    case = random_case()
+    with pytest.raises(ValueError, match="ce_reduction: expected one of"):
+        run_loss(case, "torch", ce_reduction="token")
+    with pytest.raises(ValueError, match="contrastive_scale: expected one of"):
+        AdvDistillLoss(contrastive_scale="1/n")
 
 
 # ----------------------------------------------------------------------------------- edge cases
@@ -386,6 +436,10 @@ def test_available_backends_and_auto():
     assert_close_fp32(auto, naive_loss(case, torch.float64))
 
 
+@pytest.mark.failure_mode(
+    "loss backend requested where it cannot run (triton without CUDA)",
+    sees="an error naming the backend and why",
+    kept="nothing computed")
 @pytest.mark.skipif(INTERPRETED, reason="the interpreter makes triton usable on CPU")
 def test_unavailable_backend_raises_naming_it():
     case = random_case()
@@ -397,6 +451,10 @@ def test_unavailable_backend_raises_naming_it():
                         case.wrong, backend="cuda_magic")
 
 
+@pytest.mark.failure_mode(
+    "fused loss called with malformed tensors",
+    sees="TypeError/ValueError naming the argument, what was expected and what was passed",
+    kept="nothing computed")
 @pytest.mark.parametrize("change, error, message", [
     (dict(hidden=torch.randn(48, 31)), ValueError, r"weight: expected shape \[V, 31\]"),
     (dict(weight=torch.randn(300, 32, dtype=torch.float64)), TypeError, "same dtype"),

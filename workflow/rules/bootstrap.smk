@@ -11,8 +11,8 @@ rule bootstrap_tokenizer:
     benchmark:
         "benchmarks/bootstrap/tokenizer.tsv"
     params:
-        settings=as_json({k: v for k, v in config.get("tokenizer", {}).items() if k != "dataset"}),
-        code=code_version("advdistill/bootstrap.py", "advdistill/prompts.py"),
+        settings=as_json(without_dataset(config.get("tokenizer", {}))),
+        code=stage_code("bootstrap-tokenizer"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -20,8 +20,8 @@ rule bootstrap_tokenizer:
     container:
         container_for("cpu")
     shell:
-        "advdistill bootstrap-tokenizer --rows {input.rows} --settings {params.settings:q}"
-        " --out {output} > {log} 2>&1"
+        "advdistill bootstrap-tokenizer --rows {input.rows:q} --settings {params.settings:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule bootstrap_model:
@@ -35,10 +35,10 @@ rule bootstrap_model:
     benchmark:
         "benchmarks/bootstrap/{model}.tsv"
     params:
-        settings=lambda wc: as_json({k: v for k, v in models()[wc.model]["bootstrap"].items() if k != "dataset"}),
+        settings=lambda wc: as_json(without_dataset(models()[wc.model]["bootstrap"])),
         prompt=as_json(config.get("prompt", {})),
         seed=config["seed"],
-        code=code_version("advdistill/bootstrap.py", "advdistill/prompts.py", "advdistill/train.py"),
+        code=stage_code("bootstrap-model"),
     threads: 2
     resources:
         mem_mb=4000,
@@ -46,6 +46,6 @@ rule bootstrap_model:
     container:
         container_for("cpu")
     shell:
-        "advdistill bootstrap-model --rows {input.rows} --tokenizer {input.tokenizer}"
-        " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        "advdistill bootstrap-model --rows {input.rows:q} --tokenizer {input.tokenizer:q}"
+        " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed:q}"
+        " --out {output:q} > {log:q} 2>&1"

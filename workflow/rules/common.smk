@@ -1,55 +1,89 @@
-import hashlib
 import json
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import validate
+
+from advdistill.code_deps import stage_code_version
+from advdistill.errors import ConfigError
+from advdistill.memory_plan import check_plan, format_plan, plan_memory, plan_rows, stage_gpus
+from advdistill.planning import check_config, labelled_models, stop_on_config_error, without_dataset
+from advdistill.schema import load_schema
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# Config files read strictly, the schema (advdistill/config.schema.yaml; fills in defaults), every stage's
+# section as its CLI parses it, unique model names. A config error anywhere in planning stops the run before any
+# job with one message naming the key (stop_on_config_error), not a traceback.
+check_config(config, workflow.configfiles)
 
 REPO = Path(workflow.basedir)
 
 
+NAME = load_schema()["$defs"]["name"]["pattern"].strip("^$")  # one path component, as the schema allows names
+
+
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9_.-]+",
-    split=r"[A-Za-z0-9_.-]+",
-    model=r"[A-Za-z0-9_.-]+",
+    dataset=NAME,
+    testset=NAME,
+    split=NAME,
+    model=NAME,
+    student=NAME,
     part=r"\d+",
 
 
+@stop_on_config_error
 def check_config_references():
     """Names that refer to other sections must exist; fail before any job with the key's path."""
     for train_set, experiment in config["experiments"].items():
         if train_set not in config["datasets"] or "train" not in config["datasets"][train_set]["splits"]:
-            raise ValueError(f"config experiments.{train_set}: not a dataset with a 'train' split")
+            raise ConfigError(f"config experiments.{train_set}: not a dataset with a 'train' split")
         for testset in experiment["testsets"]:
             if testset not in config["datasets"] or "test" not in config["datasets"][testset]["splits"]:
-                raise ValueError(f"config experiments.{train_set}.testsets: '{testset}' is not a dataset with a 'test' split")
-    names = [m["name"] for m in [config["teacher"], *config.get("students", [])]]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"config teacher/students: model names must be unique, repeated: {duplicates}")
-    labelled = [("teacher", config["teacher"])] + [(f"students[{i}]", s) for i, s in enumerate(config.get("students", []))]
-    for key, model in labelled:
+                raise ConfigError(f"config experiments.{train_set}.testsets: '{testset}' is not a dataset with a 'test' split")
+    for key, model in labelled_models(config):
         if model["source"] == "bootstrap":
             if "bootstrap" not in model:
-                raise ValueError(f"config {key}.bootstrap is required when {key}.source is 'bootstrap'")
+                raise ConfigError(f"config {key}.bootstrap is required when {key}.source is 'bootstrap'")
             if model["bootstrap"]["dataset"] not in config["datasets"]:
-                raise ValueError(f"config {key}.bootstrap.dataset: unknown dataset '{model['bootstrap']['dataset']}'")
+                raise ConfigError(f"config {key}.bootstrap.dataset: unknown dataset '{model['bootstrap']['dataset']}'")
+            tokenizer_set = config.get("tokenizer", {}).get("dataset")
+            if tokenizer_set not in config["datasets"] or "train" not in config["datasets"][tokenizer_set]["splits"]:
+                raise ConfigError(f"config tokenizer.dataset: {tokenizer_set!r} is not a dataset with a 'train' split "
+                                  f"({key}.source is 'bootstrap', so the pipeline trains a tokenizer)")
 
 
 check_config_references()
 
 
+def local_sources():
+    """``local_sources``: hub id -> local copy (a model folder, a dataset file or a mapping split -> file)."""
+    return config.get("local_sources") or {}
+
+
 def dataset_source(dataset, split):
-    """The source of one split: the dataset's source, or its entry for ``split`` in a mapping."""
+    """The source of one split: the dataset's source, or its entry for ``split`` in a mapping; a hub id that
+    ``local_sources`` maps is replaced by its local file (the ``split`` entry of a mapping)."""
     source = config["datasets"][dataset]["source"]
     if isinstance(source, dict):
         if split not in source:
-            raise ValueError(f"config datasets.{dataset}.source: no entry for split '{split}'")
-        return source[split]
-    return source
+            raise ConfigError(f"config datasets.{dataset}.source: no entry for split '{split}'")
+        source = source[split]
+    if source not in local_sources():
+        return source
+    local, key = local_sources()[source], f"local_sources.{source}"
+    if isinstance(local, dict):
+        if split not in local:
+            raise ConfigError(f"config {key}: no entry for split '{split}' (datasets.{dataset} prepares it)")
+        local, key = local[split], f"{key}.{split}"
+    if not Path(local).expanduser().is_file():
+        raise ConfigError(f"config {key}: file {local} not found (datasets.{dataset}, split '{split}')")
+    return str(Path(local).expanduser())
+
+
+def dataset_source_input(dataset, split):
+    """A split's local source file as a dependency (an edit after prepare reruns it); nothing for a hub id."""
+    source = dataset_source(dataset, split)
+    return [source] if Path(source).expanduser().is_file() else []
 
 
 def as_json(section):
@@ -57,18 +91,10 @@ def as_json(section):
     return json.dumps(section, sort_keys=True, separators=(",", ":"))
 
 
-def code_version(*sources):
-    """Hash of source files and folders (relative to the repository), so that a code change reruns
-    the rules that use them. The built-in code trigger only sees the shell command of a rule, not the
-    package that command calls.
-    """
-    digest = hashlib.sha256()
-    for source in sources:
-        root = REPO / source
-        for path in sorted(root.rglob("*.py")) + sorted(root.rglob("*.cpp")) if root.is_dir() else [root]:
-            digest.update(path.relative_to(REPO).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def stage_code(stage):
+    """Digest of the sources ``advdistill <stage>`` runs (advdistill/code_deps.py), so that a code change reruns
+    the rules it can affect and no other. The built-in code trigger sees only a rule's shell command."""
+    return stage_code_version(stage, REPO)
 
 
 def models():
@@ -90,13 +116,36 @@ def is_bootstrapped(name):
 
 
 def model_path(name):
-    """Where a model is loaded from: the pipeline's own folder, a local folder or a hub id."""
-    return f"results/models/{name}" if is_bootstrapped(name) else models()[name]["source"]
+    """Where a model is loaded from: the pipeline's own folder, the local folder that ``local_sources`` maps
+    its hub id to, or its ``source`` (a local folder or a hub id)."""
+    if is_bootstrapped(name):
+        return f"results/models/{name}"
+    source = models()[name]["source"]
+    if source not in local_sources():
+        return source
+    local = local_sources()[source]
+    if not isinstance(local, str) or not Path(local).expanduser().is_dir():
+        raise ConfigError(f"config local_sources.{source}: {local!r} is not a model folder (model '{name}')")
+    return str(Path(local).expanduser())
 
 
 def model_input(name):
-    """The model as a file dependency when the pipeline builds it, else nothing to wait for."""
-    return [model_path(name)] if is_bootstrapped(name) else []
+    """The model as a file dependency when the pipeline builds it or ``local_sources`` maps it to a folder (its
+    modification time then counts like any input's), else nothing to wait for."""
+    return [model_path(name)] if is_bootstrapped(name) or models()[name]["source"] in local_sources() else []
+
+
+@stop_on_config_error
+def check_local_sources():
+    """Resolve every model and dataset split once, so that a missing local copy stops the run before any job."""
+    for name in models():
+        model_path(name)
+    for dataset, spec in config["datasets"].items():
+        for split in spec["splits"]:
+            dataset_source(dataset, split)
+
+
+check_local_sources()
 
 
 def evaluated_model_path(train_set, name):
@@ -110,6 +159,7 @@ def evaluated_model_input(train_set, name):
     return model_input(base) if base in models() else [evaluated_model_path(train_set, name)]
 
 
+@stop_on_config_error
 def container_for(kind="cpu"):
     """The Apptainer image of a rule; with --sdm apptainer a missing local image stops the run early."""
     image = config["containers"][kind]
@@ -118,19 +168,46 @@ def container_for(kind="cpu"):
     uses_apptainer = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
     if uses_apptainer and not (REPO / image).exists():
         definition = Path(image).name.rsplit("_", 1)[0] + ".def"
-        raise ValueError(f"config containers.{kind}: image {image} not found; build it with "
+        raise ConfigError(f"config containers.{kind}: image {image} not found; build it with "
                          f"'apptainer build {image} containers/{definition}' (see containers/README.md)")
     return str(REPO / image)
 
 
-def gpu_resources():
-    return {"gpu": 1} if config.get("resources", {}).get("gpu_rules", False) else {}
+def gpu_resources(stage):
+    """On a GPU run, the GPUs of one job of ``stage`` (sample, evaluate, train): vLLM's tensor_parallel_size,
+    training.processes; none on a CPU run."""
+    return {"gpu": stage_gpus(config, stage)} if config.get("resources", {}).get("gpu_rules", False) else {}
+
+
+def memory_plan():
+    """Per-GPU memory estimates of a GPU run's stages (advdistill/memory_plan.py); none on a CPU run."""
+    if not config.get("resources", {}).get("gpu_rules", False):
+        return []
+    return plan_memory(config, {name: model_path(name) for name in models()})
+
+
+MEMORY_PLAN = memory_plan()
+if MEMORY_PLAN and workflow.is_main_process:
+    logger.info(f"Memory plan (advdistill/memory_plan.py):\n{format_plan(MEMORY_PLAN)}\n")
+    if config["resources"].get("gpu_mem_gb") is not None:
+        stop_on_config_error(check_plan)(MEMORY_PLAN, config["resources"]["gpu_mem_gb"])
+
+
+def training_launcher():
+    """The train command as a list of words (quoted one by one): the CLI, or one process per GPU through
+    accelerate when training.processes > 1 (port 0: a free port, so several multi-process jobs can share a node)."""
+    processes = config["training"].get("processes", 1)
+    if processes == 1:
+        return ["advdistill"]
+    return ["accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(int(processes)),
+            "--main_process_port", "0", "-m", "advdistill.cli"]
 
 
 def evaluation_prompt(model):
-    """Base models answer with few-shot turns from the training split (the paper's ICL baselines)."""
+    """Base models, the teacher included, answer with few-shot turns from the training split (the paper's ICL
+    baselines: every BASE row of its results table)."""
     prompt = dict(config.get("prompt", {}))
-    if model.endswith("-base"):
+    if model.endswith("-base") or model == config["teacher"]["name"]:
         prompt["few_shot"] = config["evaluation"]["base_few_shot"]
     return as_json(prompt)
 
@@ -148,6 +225,7 @@ def final_outputs():
     return ["results/report/index.html"]
 
 
+@stop_on_config_error
 def check_profile_resources():
     """Per-rule resources or threads (profile set-resources/set-threads) must name existing rules."""
     known = {rule.name for rule in workflow.rules}
@@ -155,5 +233,5 @@ def check_profile_resources():
     named = set(settings.overwrite_resources) | set(settings.overwrite_threads)
     unknown = sorted(named - known)
     if unknown:
-        raise ValueError(f"profile set-resources/set-threads name unknown rule(s) {', '.join(unknown)}; "
+        raise ConfigError(f"profile set-resources/set-threads name unknown rule(s) {', '.join(unknown)}; "
                          f"rules are: {', '.join(sorted(known))}")

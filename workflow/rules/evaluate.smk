@@ -15,15 +15,15 @@ rule evaluate:
         settings=as_json(config["evaluation"]),
         prompt=lambda wc: evaluation_prompt(wc.model),
         seed=config["seed"],
-        code=code_version("advdistill/evaluate.py", "advdistill/metrics.py", "advdistill/answers.py", "advdistill/rewards.py", "advdistill/sampling", "advdistill/prompts.py"),
+        code=stage_code("evaluate"),
     threads: 2
     resources:
         mem_mb=8000,
         runtime=600,
-        **gpu_resources(),
+        **gpu_resources("evaluate"),
     container:
-        container_for("gpu" if gpu_resources() else "cpu")
+        container_for("gpu" if gpu_resources("evaluate") else "cpu")
     shell:
-        "advdistill evaluate --model {params.model:q} --rows {input.rows} --few-shot-rows {input.few_shot_rows}"
-        " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed}"
-        " --out {output.responses} --metrics {output.metrics} > {log} 2>&1"
+        "advdistill evaluate --model {params.model:q} --rows {input.rows:q} --few-shot-rows {input.few_shot_rows:q}"
+        " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed:q}"
+        " --out {output.responses:q} --metrics {output.metrics:q} > {log:q} 2>&1"

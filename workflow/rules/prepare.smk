@@ -1,4 +1,6 @@
 rule prepare:
+    input:
+        source=lambda wc: dataset_source_input(wc.dataset, wc.split),
     output:
         rows="results/prepare/{dataset}/{split}.parquet",
         report="results/prepare/{dataset}/{split}.report.json",
@@ -10,7 +12,7 @@ rule prepare:
         adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
         source=lambda wc: dataset_source(wc.dataset, wc.split),
         options=lambda wc: as_json(config["datasets"][wc.dataset].get("options", {})),
-        code=code_version("advdistill/datasets"),
+        code=stage_code("prepare"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -18,6 +20,6 @@ rule prepare:
     container:
         container_for("cpu")
     shell:
-        "advdistill prepare --dataset {params.adapter} --source {params.source:q}"
-        " --split {wildcards.split} --options {params.options:q} --name {wildcards.dataset}"
-        " --out {output.rows} --report {output.report} > {log} 2>&1"
+        "advdistill prepare --dataset {params.adapter:q} --source {params.source:q}"
+        " --split {wildcards.split:q} --options {params.options:q} --name {wildcards.dataset:q}"
+        " --out {output.rows:q} --report {output.report:q} > {log:q} 2>&1"

@@ -4,6 +4,8 @@ rule report:
         responses=evaluation_outputs("responses.parquet"),
         scored=expand("results/score/{dataset}/scored.parquet", dataset=config["experiments"]),
         summaries=expand("results/score/{dataset}/summary.json", dataset=config["experiments"]),
+        trained=[f"results/train/{dataset}/{student['name']}-{objective}" for dataset in config["experiments"]
+                 for student in config.get("students", []) for objective in student["objectives"]],
     output:
         index=report("results/report/index.html", caption="../report/index.rst", category="Report"),
         accuracy=report("results/report/accuracy.csv", caption="../report/accuracy.rst", category="Tables"),
@@ -21,8 +23,9 @@ rule report:
         plan=as_json({
             "models": evaluated_models(),
             "experiments": {name: e["testsets"] for name, e in config["experiments"].items()},
+            "memory": plan_rows(MEMORY_PLAN),
         }),
-        code=code_version("advdistill/report.py", "advdistill/metrics.py"),
+        code=stage_code("report"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -31,4 +34,4 @@ rule report:
         container_for("cpu")
     shell:
         "advdistill report --plan {params.plan:q} --results results --benchmarks benchmarks"
-        " --out-dir results/report > {log} 2>&1"
+        " --out-dir results/report > {log:q} 2>&1"

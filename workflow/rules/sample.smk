@@ -14,18 +14,18 @@ rule sample:
         prompt=as_json(config.get("prompt", {})),
         part=lambda wc: f"{wc.part}/{config['sampling']['jobs']}",
         seed=config["seed"],
-        code=code_version("advdistill/sampling", "advdistill/prompts.py"),
+        code=stage_code("sample"),
     threads: 2
     resources:
         mem_mb=8000,
         runtime=600,
-        **gpu_resources(),
+        **gpu_resources("sample"),
     container:
-        container_for("gpu" if gpu_resources() else "cpu")
+        container_for("gpu" if gpu_resources("sample") else "cpu")
     shell:
-        "advdistill sample --model {params.model:q} --rows {input.rows}"
-        " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed}"
-        " --part {params.part} --out {output} > {log} 2>&1"
+        "advdistill sample --model {params.model:q} --rows {input.rows:q}"
+        " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed:q}"
+        " --part {params.part:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule merge_samples:
@@ -38,7 +38,7 @@ rule merge_samples:
     benchmark:
         "benchmarks/sample/{dataset}/merge.tsv"
     params:
-        code=code_version("advdistill/sampling"),
+        code=stage_code("merge-samples"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -46,4 +46,4 @@ rule merge_samples:
     container:
         container_for("cpu")
     shell:
-        "advdistill merge-samples {input} --out {output} > {log} 2>&1"
+        "advdistill merge-samples {input:q} --out {output:q} > {log:q} 2>&1"

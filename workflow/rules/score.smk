@@ -11,7 +11,7 @@ rule score:
         "benchmarks/score/{dataset}.tsv"
     params:
         settings=as_json(config["score"]),
-        code=code_version("advdistill/score.py", "advdistill/rewards.py", "advdistill/advantages.py", "advdistill/answers.py"),
+        code=stage_code("score"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -19,5 +19,5 @@ rule score:
     container:
         container_for("cpu")
     shell:
-        "advdistill score --rows {input.rows} --samples {input.samples}"
-        " --settings {params.settings:q} --out {output.scored} --summary {output.summary} > {log} 2>&1"
+        "advdistill score --rows {input.rows:q} --samples {input.samples:q}"
+        " --settings {params.settings:q} --out {output.scored:q} --summary {output.summary:q} > {log:q} 2>&1"

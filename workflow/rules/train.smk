@@ -16,16 +16,17 @@ rule train:
         settings=as_json(config["training"]),
         prompt=as_json(config.get("prompt", {})),
         seed=config["seed"],
+        launcher=training_launcher(),
         checkpoints=lambda wc: f"results/train/{wc.dataset}/.checkpoints/{wc.student}-{wc.objective}",
-        code=code_version("advdistill/train.py", "advdistill/losses.py", "advdistill/prompts.py", "kernels/advdistill_kernels"),
+        code=stage_code("train"),
     threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,
-        **gpu_resources(),
+        **gpu_resources("train"),
     container:
-        container_for("gpu" if gpu_resources() else "cpu")
+        container_for("gpu" if gpu_resources("train") else "cpu")
     shell:
-        "advdistill train --model {params.model:q} --rows {input.rows} --scored {input.scored}"
-        " --objective {wildcards.objective} --settings {params.settings:q} --prompt {params.prompt:q}"
-        " --seed {params.seed} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        "{params.launcher:q} train --model {params.model:q} --rows {input.rows:q} --scored {input.scored:q}"
+        " --objective {wildcards.objective:q} --settings {params.settings:q} --prompt {params.prompt:q}"
+        " --seed {params.seed:q} --checkpoints {params.checkpoints:q} --out {output:q} > {log:q} 2>&1"

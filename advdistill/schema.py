@@ -1,0 +1,135 @@
+"""The config schema and strict config files.
+
+``advdistill/config.schema.yaml`` (linked from ``workflow/schemas/``) describes every config key. Snakemake
+planning validates the whole config against it and fills in its defaults; every CLI stage validates the section
+it receives against that section's part of it (:func:`advdistill.config.from_dict`), so that a stage called by
+hand rejects what planning rejects, with the same message naming the key. The schema ships inside the package,
+so that an installed package (a container image) finds it without the repository.
+
+Config files are read with a strict loader: a key given twice in one mapping is an error (YAML and JSON loaders,
+Snakemake's included, silently keep the last one), and a syntax error names the file, line and column.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from advdistill.errors import ConfigError
+
+SCHEMA_URI = "urn:advdistill:config-schema"
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(resources.files("advdistill").joinpath("config.schema.yaml").read_text())
+
+
+def validate(instance: Any, pointer: str = "", section: str = "", set_defaults: bool = False) -> None:
+    """Validate ``instance`` against the schema part at JSON pointer ``pointer`` (``""``: the whole config).
+
+    ``section`` is the key path of ``instance`` in the config, for the messages. With ``set_defaults``, absent
+    keys get their schema default (as Snakemake's ``validate`` does), so the rules see every key. Raises a
+    :class:`ConfigError` with one line per error, each naming the key.
+    """
+    from jsonschema import Draft202012Validator, validators
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT202012
+
+    # without "$schema", so that following a "$ref" into it keeps the validator class (and its default filling)
+    schema = {key: value for key, value in load_schema().items() if key != "$schema"}
+    registry = Registry().with_resource(SCHEMA_URI, DRAFT202012.create_resource(schema))
+    validator_class = Draft202012Validator
+    if set_defaults:
+        check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+        def fill_defaults(validator, properties, instance, schema):
+            for key, subschema in properties.items():
+                if "default" in subschema and isinstance(instance, dict):
+                    instance.setdefault(key, subschema["default"])
+            yield from check_properties(validator, properties, instance, schema)
+
+        validator_class = validators.extend(Draft202012Validator, {"properties": fill_defaults})
+    validator = validator_class({"$ref": f"{SCHEMA_URI}#{pointer}"}, registry=registry)
+    lines = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
+        lines.extend(line for line in _messages(error, section) if line not in lines)
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
+def _key_path(section: str, path: Iterable[Any]) -> str:
+    text = section
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _messages(error, section: str) -> list[str]:
+    """One line per problem: ``config <key path>: <what is wrong>``."""
+    where = _key_path(section, error.absolute_path)
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        return [f"config {_key_path(where, [key])}: unknown key (known: {', '.join(known)})" for key in unknown]
+    message = error.message
+    if error.validator == "pattern" and "description" in error.schema:
+        message = f"{error.instance!r} is not {error.schema['description']}"
+    if "propertyNames" in error.relative_schema_path:
+        message = f"key {message}"
+    return [f"config {where or '(top level)'}: {message}"]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (merge keys ``<<`` may still override)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            mark = key_node.start_mark
+            if isinstance(key, (str, int, float, bool)) and key in first_lines:
+                raise ConfigError(f"config file {mark.name}, line {mark.line + 1}, column {mark.column + 1}: key "
+                                  f"'{key}' is given twice in this mapping (first on line {first_lines[key]}); "
+                                  f"YAML keeps only the last value, so remove one")
+            first_lines[key] = mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_pairs(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ConfigError(f"config file {path}: key(s) {', '.join(map(repr, repeated))} given twice in one object; "
+                          f"JSON loaders keep only the last value, so remove one")
+    return dict(pairs)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file as Snakemake reads it (JSON, else YAML), but strict: a repeated key or a syntax error is a
+    :class:`ConfigError` naming the file, line and column."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text, object_pairs_hook=functools.partial(_unique_json_pairs, path))
+    except json.JSONDecodeError:
+        pass
+    try:
+        with path.open(encoding="utf-8") as stream:  # the marks of errors carry the stream's name
+            data = yaml.load(stream, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        context = f"{err.context}; " if err.context else ""
+        raise ConfigError(f"config file {path}, line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: "
+                          f"{context}{err.problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data

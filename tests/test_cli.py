@@ -1,0 +1,99 @@
+"""The CLI's error contract: the project's errors in one line (exit 2), bugs with their traceback (exit 1)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advdistill import cli
+from advdistill.errors import ConfigError, DatasetError, InputError, OutputError, TrainingError
+from tests.conftest import REPO
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    """``advdistill *argv`` in this process: exit status and stderr."""
+    code = cli.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def run_cli_process(*argv: str, cwd: Path, prefix: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    """``advdistill *argv`` as its own process (``prefix`` e.g. drops privileges), from ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([*prefix, sys.executable, "-m", "advdistill.cli", *map(str, argv)], cwd=cwd, text=True,
+                          capture_output=True, timeout=300, env=env, **kwargs)
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_every_project_error_has_the_common_base_and_keeps_its_old_one():
+    assert issubclass(ConfigError, ValueError) and issubclass(DatasetError, RuntimeError)
+    assert issubclass(TrainingError, RuntimeError)
+    from advdistill.config import ConfigError as FromConfig
+    from advdistill.datasets import DatasetError as FromDatasets
+
+    assert FromConfig is ConfigError and FromDatasets is DatasetError
+
+
+@pytest.mark.failure_mode("missing input file given on the command line (--rows, --samples, ...)",
+                          sees="one line naming the option and the path, exit 2, no traceback",
+                          kept="everything; nothing is written")
+def test_missing_input_is_a_one_line_error(capsys, tmp_path):
+    code, err = run_cli(capsys, "score", "--rows", tmp_path / "rows.parquet", "--samples", tmp_path / "s.parquet",
+                        "--out", tmp_path / "scored.parquet", "--summary", tmp_path / "summary.json")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == f"advdistill score: error: --rows: no such file or folder: {tmp_path / 'rows.parquet'}"
+    assert files_under(tmp_path) == set()
+
+
+@pytest.mark.failure_mode("a bug: an exception that is not the project's own (even a ValueError)",
+                          sees="its traceback and 'internal error (a bug)', exit 1",
+                          kept="whatever the stage had written atomically before")
+@pytest.mark.parametrize("bug", [KeyError("prompt_id"), ValueError("math domain error")])
+def test_a_bug_keeps_its_traceback(capsys, monkeypatch, tmp_path, bug):
+    def broken(args):
+        raise bug
+
+    monkeypatch.setattr(cli, "run", broken)
+    code, err = run_cli(capsys, "prepare", "--dataset", "synthetic", "--source", "synthetic", "--split", "test",
+                        "--out", tmp_path / "rows.parquet")
+    assert code == 1
+    assert "Traceback (most recent call last)" in err and f"{type(bug).__name__}: " in err
+    assert err.strip().endswith("advdistill prepare: internal error (a bug): the traceback above says where")
+
+
+@pytest.mark.parametrize("error", [ConfigError("training.lr: bad"), DatasetError("dataset 'x': bad"),
+                                   InputError("x.parquet: bad"), OutputError("cannot write x: full"),
+                                   TrainingError("non-finite loss")])
+def test_project_errors_are_one_line_and_debug_adds_the_traceback(capsys, monkeypatch, tmp_path, error):
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(cli, "run", failing)
+    argv = ("prepare", "--dataset", "synthetic", "--source", "synthetic", "--split", "test",
+            "--out", tmp_path / "rows.parquet")
+    code, err = run_cli(capsys, *argv)
+    assert (code, err) == (2, f"advdistill prepare: error: {error}\n")
+    code, err = run_cli(capsys, "--debug", *argv)
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert err.endswith(f"advdistill prepare: error: {error}\n")
+
+
+@pytest.mark.failure_mode("malformed sample --part (not I/J with 0 <= I < J)",
+                          sees="usage and 'argument --part: ...', exit 2", kept="everything; nothing is written")
+@pytest.mark.parametrize(("part", "message"), [("a/b", "expected I/J, e.g. 0/4, got 'a/b'"),
+                                               ("4/4", "part 4 is outside 0..3")])
+def test_malformed_part_is_a_usage_error(capsys, tmp_path, part, message):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["sample", "--model", "m", "--rows", str(tmp_path / "r.parquet"), "--part", part,
+                  "--out", str(tmp_path / "s.parquet")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --part: {message}" in err and "Traceback" not in err
+    parsed = cli.build_parser().parse_args(["sample", "--model", "m", "--rows", "r", "--part", "3/4", "--out", "o"])
+    assert parsed.part == "3/4"

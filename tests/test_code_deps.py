@@ -1,0 +1,83 @@
+"""What reruns when code or a local source changes: each rule's code digest covers the sources its stage runs
+(read from the imports, advdistill/code_deps.py), and a local dataset file is an input of its prepare job."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from advdistill.code_deps import stage_code_version, stage_sources
+from tests.conftest import REPO, copy_workflow
+
+
+def names(stage: str) -> set[str]:
+    return {path.relative_to(REPO).as_posix() for path in stage_sources(stage)}
+
+
+def test_each_stage_runs_what_it_imports_and_not_the_other_stages():
+    train, score, report = names("train"), names("score"), names("report")
+    for shared in ("advdistill/cli.py", "advdistill/config.py", "advdistill/io.py", "advdistill/__init__.py"):
+        assert shared in train and shared in score and shared in report, shared
+    assert {"advdistill/train.py", "advdistill/losses.py", "advdistill/prompts.py", "advdistill/provenance.py",
+            "kernels/advdistill_kernels/api.py", "kernels/advdistill_kernels/cpp/fused_loss.cpp"} <= train
+    assert {"advdistill/score.py", "advdistill/rewards.py", "advdistill/advantages.py"} <= score
+    assert {"advdistill/rewards.py", "advdistill/metrics.py", "advdistill/sampling/hf.py"} <= names("evaluate")
+    assert not {"advdistill/report.py", "advdistill/score.py", "advdistill/evaluate.py"} & train
+    assert not {"advdistill/train.py", "advdistill/sampling/__init__.py"} & score
+    assert "advdistill/rewards.py" not in names("sample")
+    with pytest.raises(ValueError, match="no stage 'trian'"):
+        stage_sources("trian")
+
+
+def test_a_module_edit_changes_the_digest_of_exactly_the_stages_that_run_it(tmp_path):
+    repo = copy_workflow(tmp_path / "repo")
+    stages = ["prepare", "sample", "score", "train", "evaluate", "report"]
+    before = {stage: stage_code_version(stage, repo) for stage in stages}
+
+    def edited(module: str) -> set[str]:
+        path = repo / module
+        path.write_text(path.read_text() + "\n# edited\n")
+        stage_sources.cache_clear()
+        after = {stage: stage_code_version(stage, repo) for stage in stages}
+        changed = {stage for stage in stages if after[stage] != before[stage]}
+        before.update(after)
+        return changed
+
+    assert edited("advdistill/config.py") == set(stages)
+    assert edited("advdistill/rewards.py") == {"score", "evaluate"}
+    assert edited("advdistill/losses.py") == {"train"}
+    kernel_edit = edited("kernels/advdistill_kernels/cpp/fused_loss.cpp")
+    assert "train" in kernel_edit and not {"prepare", "score", "report"} & kernel_edit
+    assert edited("advdistill/report.py") == {"report"}
+
+
+@pytest.mark.slow
+@pytest.mark.failure_mode(
+    "local dataset file edited after prepare",
+    sees="the next run prepares that split again (and reruns what depends on it)",
+    kept="the other splits and stages")
+def test_an_edited_local_dataset_file_reruns_its_prepare(tmp_path):
+    workdir = copy_workflow(tmp_path / "run")
+    data = workdir / "data"
+    data.mkdir()
+    shutil.copy(REPO / "tests" / "fixtures" / "datasets" / "gsm8k.jsonl", data / "gsm8k_test.jsonl")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["datasets"]["gsm8k"] = {"adapter": "gsm8k", "source": {"test": "data/gsm8k_test.jsonl"},
+                                   "splits": ["test"]}
+    (workdir / "local.yaml").write_text(yaml.safe_dump(config))
+
+    def snakemake(*args: str) -> str:
+        done = subprocess.run(["snakemake", "results/prepare/gsm8k/test.parquet", "--cores", "1", *args,
+                               "--configfile", "local.yaml"], cwd=workdir, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout + done.stderr
+
+    snakemake()
+    assert "Nothing to be done" in snakemake("--dry-run")
+    with open(data / "gsm8k_test.jsonl", "ab") as edit:
+        edit.write(b"\n")
+    assert "prepare" in snakemake("--dry-run").split("Job stats:")[1]

@@ -1,0 +1,236 @@
+"""The config checks without Snakemake: the schema, strict config files, the sections the CLI stages take, and the
+model names planning derives (tests/test_planning.py checks the same through `snakemake --dry-run`)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import yaml
+
+from advdistill import cli
+from advdistill.config import SCHEMA_PARTS, SamplingConfig, ScoreConfig, TrainingConfig, from_dict, from_json
+from advdistill.errors import ConfigError
+from advdistill.planning import check_config, check_model_names
+from advdistill.rewards import REWARD_FUNCTIONS
+from advdistill.schema import load_schema, read_config_file, validate
+from tests.conftest import REPO
+
+BASIC = yaml.safe_load((REPO / ".test" / "config_basic.yaml").read_text())
+
+
+def schema_part(pointer: str) -> dict:
+    part = load_schema()
+    for key in pointer.strip("/").split("/"):
+        part = part[key]
+    return part
+
+
+def test_workflow_schema_path_is_the_packaged_schema():
+    """workflow/schemas/config.schema.yaml links to the file the package ships, so the two cannot drift."""
+    assert (REPO / "workflow/schemas/config.schema.yaml").samefile(REPO / "advdistill/config.schema.yaml")
+
+
+def test_every_section_dataclass_has_the_keys_of_its_schema_part():
+    for cls, pointer in SCHEMA_PARTS.items():
+        fields = {field.name for field in cls.__dataclass_fields__.values()}
+        keys = set(schema_part(pointer)["properties"]) - {"dataset"}  # the rule's input, not a setting
+        assert fields == keys, cls.__name__
+
+
+def test_reward_names_in_the_schema_are_the_registered_rewards():
+    names = schema_part("/properties/score/properties/reward_weights")["propertyNames"]["enum"]
+    assert sorted(names) == sorted(REWARD_FUNCTIONS)
+
+
+def test_every_offered_lr_scheduler_builds_as_training_calls_it():
+    """The schema offers only transformers schedulers that need no extra arguments and step without a metric."""
+    import torch
+    from transformers import SchedulerType, get_scheduler
+
+    offered = schema_part("/$defs/optim/properties/lr_scheduler")["enum"]
+    assert set(offered) <= {kind.value for kind in SchedulerType}
+    for name in offered:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=4)
+        optimizer.step()
+        scheduler.step()
+
+
+def test_repeated_key_in_a_config_file_names_file_line_and_key(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("seed: 1\nsampling:\n  temperature: 0.9\n  top_p: 1.0\n  temperature: 0.7\n")
+    with pytest.raises(ConfigError, match=rf"config file {path}, line 5, column 3: key 'temperature' is given twice "
+                                          r"in this mapping \(first on line 3\)"):
+        read_config_file(path)
+    path.write_text('{"seed": 1, "sampling": {"top_p": 1.0, "top_p": 0.5}}')
+    with pytest.raises(ConfigError, match=rf"config file {path}: key\(s\) 'top_p' given twice"):
+        read_config_file(path)
+    # the same key in different mappings, and a YAML merge key overriding a key it merges, are fine
+    path.write_text("base: &base {top_p: 1.0}\nsampling:\n  <<: *base\n  top_p: 0.5\nevaluation: {top_p: 1.0}\n")
+    assert read_config_file(path)["sampling"] == {"top_p": 0.5}
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("seed: 7\ndatasets:\n  arith: {adapter: synthetic\n  other: 1\n")
+    with pytest.raises(ConfigError, match=rf"config file {path}, line 4, column 8: YAML syntax error: "
+                                          r"while parsing a flow mapping; expected ',' or '}', but got ':'"):
+        read_config_file(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping of config keys, got list"):
+        read_config_file(path)
+
+
+def test_schema_errors_name_every_bad_key_in_one_message():
+    config = copy.deepcopy(BASIC)
+    config["seed"] = 2**32
+    config["training"]["optim"]["lr_scheduler"] = "cosine_with_min_lr"
+    config["training"]["optim"]["learning_rte"] = 0.1
+    with pytest.raises(ConfigError) as raised:
+        validate(config)
+    assert str(raised.value).splitlines() == [
+        "config seed: 4294967296 is greater than the maximum of 4294967295",
+        "config training.optim.learning_rte: unknown key (known: epochs, eval_steps, gradient_accumulation_steps, "
+        "learning_rate, logging_steps, lr_scheduler, max_grad_norm, max_seq_length, max_steps, "
+        "per_device_batch_size, save_steps, warmup_ratio, weight_decay)",
+        "config training.optim.lr_scheduler: 'cosine_with_min_lr' is not one of ['linear', 'cosine', "
+        "'cosine_with_restarts', 'polynomial', 'constant', 'constant_with_warmup', 'inverse_sqrt']",
+    ]
+
+
+def test_defaults_are_filled_in_as_snakemake_fills_them():
+    config = copy.deepcopy(BASIC)
+    validate(config, set_defaults=True)
+    assert config["sampling"]["jobs"] == 1 and config["local_sources"] == {}
+    assert config["training"]["optim"]["lr_scheduler"] == "cosine"
+
+
+@pytest.mark.parametrize("name, valid", [
+    ("qwen2.5-1.5b", True), ("student_2", True), ("a..b", True), ("..", False), (".", False), (".hidden", False),
+    ("-x", False), ("a/b", False), ("a b", False), ("$(touch pwned)", False), ("", False),
+])
+def test_names_are_single_safe_path_components(name, valid):
+    for config in (BASIC, yaml.safe_load((REPO / "config/paper/gsm8k.yaml").read_text())):
+        config = copy.deepcopy(config)
+        config["teacher"]["name"] = name
+        train_set = next(iter(config["experiments"]))
+        config["experiments"][train_set]["testsets"].append(name)
+        config["datasets"][name] = config["datasets"][train_set]
+        if valid:
+            validate(config)
+        else:
+            with pytest.raises(ConfigError) as raised:
+                validate(config)
+            message = str(raised.value)
+            assert f"config teacher.name: {name!r} is not a name used as one path component" in message
+            assert f"config datasets: key {name!r} is not a name used as one path component" in message
+            assert f"config experiments.{train_set}.testsets[2]: {name!r} is not a name" in message
+
+
+def test_colliding_derived_model_names_name_both_keys():
+    config = copy.deepcopy(BASIC)
+    config["students"].append({**config["students"][0], "name": "student-sft"})
+    with pytest.raises(ConfigError, match=r"config students\[0\].objectives \('sft', trained as 'student-sft'\) and "
+                                          r"students\[1\].name both give the model name 'student-sft'"):
+        check_model_names(config)
+    config = copy.deepcopy(BASIC)
+    config["teacher"]["name"] = "student-base"
+    with pytest.raises(ConfigError, match=r"config teacher.name and students\[0\].name \(its base model "
+                                          r"'student-base'\) both give the model name 'student-base'"):
+        check_model_names(config)
+    config = copy.deepcopy(BASIC)
+    config["students"].append({**config["students"][0], "name": "student"})
+    with pytest.raises(ConfigError, match=r"students\[0\].name and students\[1\].name both give the model name"):
+        check_model_names(config)
+    # names that only share a prefix are fine
+    config = copy.deepcopy(BASIC)
+    config["students"].append({**config["students"][0], "name": "student2"})
+    config["teacher"]["name"] = "student-teacher"
+    check_model_names(config)
+
+
+@pytest.mark.parametrize("section, cls, settings, message", [
+    ("sampling", SamplingConfig, {"temperature": 0, "n_samples": 4},
+     "config sampling.n_samples: 4 responses per prompt at sampling.temperature 0 (greedy decoding)"),
+    ("sampling", SamplingConfig, {"temperature": 0}, "config sampling.n_samples: 8 responses per prompt"),
+    ("score", ScoreConfig, {"reward_weights": {"cosine": 0.0, "format": 0}},
+     "config score.reward_weights: no reward has a non-zero weight"),
+    ("score", ScoreConfig, {"reward_weights": {}}, "config score.reward_weights: no reward has a non-zero weight"),
+    ("score", ScoreConfig, {"reward_weights": {"cosine": 1, "lenght": 1}},
+     "config score.reward_weights: key 'lenght' is not one of ['cosine', 'format', 'correctness']"),
+    ("training", TrainingConfig, {"optim": {"lr_scheduler": "cosine_warmup"}},
+     "config training.optim.lr_scheduler: 'cosine_warmup' is not one of"),
+    ("training", TrainingConfig, {"optim": {"learning_rate": 0}},
+     "config training.optim.learning_rate: 0 is less than or equal to the minimum of 0"),
+], ids=["temperature-0-n-4", "temperature-0-default-n", "zero-weights", "no-weights", "unknown-reward",
+        "unknown-scheduler", "zero-lr"])
+def test_sections_are_checked_as_the_cli_takes_them(section, cls, settings, message):
+    with pytest.raises(ConfigError) as raised:
+        from_dict(cls, settings, section)
+    assert message in str(raised.value)
+
+
+def test_valid_edge_values_are_accepted():
+    assert from_dict(SamplingConfig, {"temperature": 0, "n_samples": 1}, "sampling").n_samples == 1
+    assert from_dict(ScoreConfig, {"reward_weights": {"cosine": 0, "correctness": 1}}, "score").reward_weights
+    assert from_dict(TrainingConfig, {"optim": {"lr_scheduler": "inverse_sqrt"}}, "training").optim.lr_scheduler
+    validate(0, "/properties/seed", "seed")
+    validate(2**32 - 1, "/properties/seed", "seed")
+
+
+def test_planning_checks_parse_every_stage_section(tmp_path):
+    path = tmp_path / "config.yaml"
+    config = copy.deepcopy(BASIC)
+    config["students"][0]["bootstrap"]["shape"]["hidden_size"] = 4
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        check_config(config, [path])
+    config["students"][0]["bootstrap"]["shape"]["hidden_size"] = 32
+    check_config(config, [path])
+    assert config["sampling"]["jobs"] == 1
+
+
+@pytest.mark.failure_mode(
+    "out-of-range or unknown setting passed to a CLI stage by hand (--settings, --seed)",
+    sees="the stage stops before reading its inputs: one line naming the key and the allowed range, exit status 2, "
+         "no traceback",
+    kept="everything; nothing written")
+def test_cli_stage_validates_its_settings_against_the_schema(tmp_path):
+    rows = tmp_path / "rows.parquet"
+    rows.touch()
+    out = tmp_path / "samples.parquet"
+    arguments = ["sample", "--model", str(tmp_path / "model"), "--rows", str(rows), "--out", str(out)]
+    done = subprocess.run([sys.executable, "-m", "advdistill.cli", *arguments, "--settings",
+                           '{"temperature": -0.5, "top_p": 2}'], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["advdistill sample: error: config sampling.temperature: -0.5 is less than "
+                                        "the minimum of 0",
+                                        "config sampling.top_p: 2 is greater than the maximum of 1"]
+    done = subprocess.run([sys.executable, "-m", "advdistill.cli", *arguments, "--seed", str(2**32)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "argument --seed: config seed: 4294967296 is greater than the maximum of 4294967295" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+    # in range: parsed into the stage's settings
+    assert cli.build_parser().parse_args([*arguments, "--seed", str(2**32 - 1)]).seed == 2**32 - 1
+    assert from_json(SamplingConfig, '{"temperature": 0.5, "top_p": 1}', "sampling").temperature == 0.5
+
+
+def test_schema_ships_with_the_package(tmp_path):
+    """A wheel built from what the container images copy (containers/*.def) carries the schema in the package."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "advdistill", source / "advdistill", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheel = next(tmp_path.glob("advdistill-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert yaml.safe_load(archive.read("advdistill/config.schema.yaml")) == load_schema()

@@ -1,0 +1,284 @@
+"""Planning through `snakemake --dry-run`: config values never reach a shell command unquoted, and a bad config
+stops the run before any job with one message naming the key (no Python traceback)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, copy_workflow
+
+CONFIGS = [REPO / ".test" / "config_basic.yaml", REPO / "config" / "paper" / "gsm8k.yaml"]
+# every hostile feature in one value: command substitution, backticks, separators, both quotes, spaces, a newline
+HOSTILE = "$(touch pwned) `touch pwned` ; touch pwned; rm -rf ./results & it's \"quoted\" | touch pwned\nline two"
+STUBS = "advdistill() { printf '%s\\0' \"$@\" > \"$ARGV\"; }; accelerate() { advdistill \"$@\"; }\n"
+
+
+def snakemake(workdir: Path, *args: str, snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
+    return subprocess.run(["snakemake", "-s", str(snakefile), "--dry-run", "--printshellcmds", *args], cwd=workdir,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_clean_stop(result: subprocess.CompletedProcess) -> str:
+    """Planning stopped before any job, with the message alone: no traceback, no job planned."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and 'File "' not in output and "Exception" not in output, output[-3000:]
+    assert "Job stats" not in output
+    return output
+
+
+def string_leaves(node, path=()):
+    """Every string value of a config with its key path (keys themselves are names, checked elsewhere)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from string_leaves(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from string_leaves(value, (*path, index))
+    elif isinstance(node, str):
+        yield path
+
+
+def set_at(config, path, value):
+    for key in path[:-1]:
+        config = config[key]
+    config[path[-1]] = value
+
+
+def value_at(config, path):
+    for key in path:
+        config = config[key]
+    return config
+
+
+def key_text(path) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+
+
+def shell_commands(output: str) -> list[str]:
+    """The commands `--printshellcmds` shows, each up to the line where its quoting closes."""
+    commands = []
+    for chunk in output.split("Shell command: ")[1:]:
+        lines = chunk.split("\n")
+        for end in range(1, len(lines) + 1):
+            text = "\n".join(lines[:end])
+            try:
+                shlex.split(text)
+            except ValueError:
+                continue
+            break
+        else:
+            raise AssertionError(f"a printed command whose quotes never close: {chunk[:1000]}")
+        if text != "None":
+            commands.append(text)
+    return commands
+
+
+def json_strings(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from json_strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from json_strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def arguments_as_bash_sees_them(command: str, scratch: Path) -> list[str]:
+    """Run the command in bash with `advdistill` and `accelerate` as stubs that write out their arguments."""
+    words = shlex.split(command)
+    log = words[words.index(">") + 1]
+    (scratch / log).parent.mkdir(parents=True, exist_ok=True)
+    argv = scratch / "argv"
+    done = subprocess.run(["bash", "-c", STUBS + command], cwd=scratch, capture_output=True, text=True, timeout=30,
+                          env={"ARGV": str(argv), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return argv.read_text().split("\0")[:-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file", CONFIGS, ids=lambda path: path.stem)
+@pytest.mark.failure_mode(
+    "config value with shell metacharacters ($(...), backticks, ;, quotes, spaces, newlines)",
+    sees="the value reaches its command as one quoted argument (or inside one quoted JSON argument); a value that "
+         "must be a name is rejected while planning, naming the key",
+    kept="everything; nothing of the value is executed")
+def test_hostile_config_values_stay_single_arguments(config_file, tmp_path):
+    """Every string value of the config holds a hostile string at once (tagged with its index); every printed
+    command, run by bash with stub programs, receives each one intact inside one argument, and no `pwned` file
+    appears."""
+    workflow = copy_workflow(tmp_path / "repo")
+    base = yaml.safe_load(config_file.read_text())
+    base["prompt"]["system_prompt"] = "a system prompt"
+    leaves = list(string_leaves(base))
+    config, injected = copy.deepcopy(base), {}
+    for index, path in enumerate(leaves):
+        injected[path] = f"h{index}x {HOSTILE}"
+        set_at(config, path, injected[path])
+    for _ in range(3):  # values that must be names (or enum members) are rejected, named, and put back
+        (workflow / "hostile.yaml").write_text(yaml.safe_dump(config))
+        result = snakemake(workflow, "--configfile", "hostile.yaml", snakefile=workflow / "Snakefile")
+        assert not list(tmp_path.rglob("pwned"))
+        if result.returncode == 0:
+            break
+        output = assert_clean_stop(result)
+        rejected = [path for path in injected
+                    if re.search(rf"^config {re.escape(key_text(path))}: ", output, re.MULTILINE)]
+        assert rejected, output[-3000:]
+        for path in rejected:
+            set_at(config, path, value_at(base, path))
+            del injected[path]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    commands = shell_commands(result.stdout)
+    assert len(commands) >= 15
+    reached = set()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for command in commands:
+        argv = arguments_as_bash_sees_them(command, scratch)
+        words = shlex.split(command)
+        assert argv == words[1:words.index(">")], command  # bash and shlex agree on every word
+        atoms = argv + [text for arg in argv if arg.startswith("{") for text in json_strings(json.loads(arg))]
+        for path, value in injected.items():
+            if value.split()[0] in command:
+                assert any(value in atom for atom in atoms), (key_text(path), command)
+                reached.add(key_text(path))
+        assert not list(tmp_path.rglob("pwned")), command
+    # the free-text values do reach commands: adapters, sources, adapter options, the system prompt
+    assert {"prompt.system_prompt", "teacher.source"} <= reached
+    assert any(key.endswith(".adapter") for key in reached) and any(key.endswith(".source") for key in reached)
+
+
+def test_every_shell_placeholder_is_quoted():
+    """Each `{...}` of every rule's shell command is shell-quoted (`:q`), wildcards and paths included."""
+    for rules in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for shell in re.findall(r"^    shell:\n((?:        .*\n)+)", rules.read_text(), flags=re.MULTILINE):
+            placeholders = re.findall(r"\{([^}]*)\}", shell)
+            assert placeholders and all(p.endswith(":q") for p in placeholders), (rules.name, shell)
+
+
+def write_config(tmp_path: Path, change) -> Path:
+    config = yaml.safe_load(CONFIGS[0].read_text())
+    change(config)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def add_student(name):
+    return lambda config: config["students"].append({**config["students"][0], "name": name})
+
+
+def set_key(path, value):
+    return lambda config: set_at(config, path, value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (set_key(("score", "reward_weights"), {"cosine": 2.0, "lenght": 1.0}),
+     "config score.reward_weights: key 'lenght' is not one of ['cosine', 'format', 'correctness']"),
+    (set_key(("score", "reward_weights"), {"cosine": 0, "format": 0.0}),
+     "config score.reward_weights: no reward has a non-zero weight"),
+    (set_key(("sampling", "temperature"), 0),
+     "config sampling.n_samples: 3 responses per prompt at sampling.temperature 0 (greedy decoding) would all be "
+     "the same; set n_samples to 1 or a temperature above 0"),
+    (set_key(("training", "optim", "lr_scheduler"), "cosine_with_min_lr"),
+     "config training.optim.lr_scheduler: 'cosine_with_min_lr' is not one of ['linear', 'cosine'"),
+    (set_key(("seed",), 2**32), "config seed: 4294967296 is greater than the maximum of 4294967295"),
+    (set_key(("seed",), -1), "config seed: -1 is less than the minimum of 0"),
+    (set_key(("teacher", "name"), ".."), "config teacher.name: '..' is not a name used as one path component"),
+    (set_key(("datasets", "arith", "splits"), ["train", "../test"]),
+     "config datasets.arith.splits[1]: '../test' is not a name used as one path component"),
+    (set_key(("students", 0, "name"), "-student"), "config students[0].name: '-student' is not a name"),
+    (add_student("student-sft"), "config students[0].objectives ('sft', trained as 'student-sft') and "
+                                 "students[1].name both give the model name 'student-sft'"),
+    (set_key(("teacher", "name"), "student-base"), "config teacher.name and students[0].name (its base model "
+                                                   "'student-base') both give the model name 'student-base'"),
+], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
+        "split-path", "dash-name", "student-sft-collision", "teacher-base-collision"])
+@pytest.mark.failure_mode(
+    "unknown reward name, or no non-zero weight, in score.reward_weights",
+    sees="planning stops naming score.reward_weights and the known rewards", kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "sampling.temperature 0 with sampling.n_samples > 1",
+    sees="planning stops naming both keys (greedy decoding gives identical samples)",
+    kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "unknown training.optim.lr_scheduler (or one needing arguments the trainer does not pass)",
+    sees="planning stops naming the key and the schedulers offered", kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "seed outside 0 .. 2**32 - 1", sees="planning stops naming seed and the range", kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "model, dataset, split or experiment name that is not one safe path component ('..', '.x', '-x', 'a/b')",
+    sees="planning stops naming the key and what a name may contain", kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "derived model names collide (students 'x' and 'x-sft', or a teacher named '<student>-base')",
+    sees="planning stops naming both config keys and the shared name", kept="everything; no job starts")
+def test_bad_config_stops_planning_with_one_message_naming_the_key(tmp_path, change, message):
+    result = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, change)))
+    output = assert_clean_stop(result)
+    assert message in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_edge_values_plan(tmp_path):
+    """The valid side of each check above, all in one config."""
+    def change(config):
+        config["seed"] = 2**32 - 1
+        config["sampling"].update(temperature=0, n_samples=1)
+        config["score"]["reward_weights"] = {"cosine": 0, "correctness": 1.5}
+        config["training"]["optim"]["lr_scheduler"] = "constant_with_warmup"
+        config["teacher"]["name"] = "teacher.v1_0"
+        config["students"].append({**config["students"][0], "name": "student-sft.v2", "objectives": ["sft"]})
+    result = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, change)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "results/evaluate/arith/student-sft.v2-sft/arith/metrics.json" in result.stdout
+    assert "--seed 4294967295" in result.stdout
+
+
+@pytest.mark.failure_mode(
+    "a key given twice in a --configfile",
+    sees="planning stops: the file, line and column of the second one, the key, and the line of the first",
+    kept="everything; no job starts")
+def test_repeated_key_in_a_configfile_stops_planning(tmp_path):
+    text = CONFIGS[0].read_text()
+    (tmp_path / "twice.yaml").write_text(text + "seed: 8\n")
+    output = assert_clean_stop(snakemake(tmp_path, "--configfile", "twice.yaml"))
+    line = text.count("\n") + 1
+    assert f"twice.yaml, line {line}, column 1: key 'seed' is given twice in this mapping (first on line " in output
+    assert "YAML keeps only the last value" in output
+
+
+@pytest.mark.failure_mode(
+    "YAML syntax error in config.yaml",
+    sees="planning stops: the file, line and column of the error and what the parser expected (a file given with "
+         "--configfile is read by Snakemake before the workflow: its own message, without the line)",
+    kept="everything; no job starts")
+def test_yaml_error_in_config_yaml_stops_planning_with_line_and_column(tmp_path):
+    (tmp_path / "config.yaml").write_text(CONFIGS[0].read_text().replace("splits: [train, test]", "splits: [train"))
+    output = assert_clean_stop(snakemake(tmp_path))
+    assert re.search(r"config file config.yaml, line \d+, column \d+: YAML syntax error: while parsing a flow "
+                     r"sequence", output), output
+
+
+@pytest.mark.failure_mode(
+    "--configfile given where config.yaml exists (e.g. a paper config run from the repository)",
+    sees="the run is the config file's alone: config.yaml's datasets and experiments are not merged into it",
+    kept="config.yaml, unused")
+def test_configfile_replaces_config_yaml(tmp_path):
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    result = snakemake(tmp_path, "--configfile", str(REPO / "config/paper/gsm8k.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "results/prepare/arith" not in result.stdout and "results/prepare/gsm8k/train.parquet" in result.stdout
+    # without --configfile, config.yaml is the config
+    result = snakemake(tmp_path)
+    assert result.returncode == 0 and "results/prepare/arith/train.parquet" in result.stdout
