@@ -316,6 +316,36 @@ def plot_correct_per_group(scored: pl.DataFrame, path: Path, title: str | None =
     return _save_figure(figure, path)
 
 
+LOSS_TERMS = (("loss", "loss"), ("weighted_ce", "weighted cross-entropy"), ("contrastive", "lam x contrastive"))
+
+
+def plot_loss_terms(log_history: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Training loss and, for AdvDistill, its two terms per logged step on one axis; the mean p of wrong
+    responses on a second axis (what drives the contrastive term)."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    for key, label in LOSS_TERMS:
+        points = [(entry["step"], entry[key]) for entry in log_history if entry.get(key) is not None]
+        if points:
+            axes.plot(*zip(*points), marker=".", label=label)
+    wrong_p = [(entry["step"], entry["wrong_p_mean"]) for entry in log_history
+               if entry.get("wrong_p_mean") is not None]
+    if wrong_p:
+        right = axes.twinx()
+        right.plot(*zip(*wrong_p), color="tab:gray", linestyle="--", label="mean p of wrong responses")
+        right.set_ylabel("mean p of wrong responses")
+        right.set_ylim(0, 1)
+        right.legend(loc="upper right", fontsize="small")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss")
+    if axes.lines:
+        axes.legend(loc="upper left", fontsize="small")
+    else:
+        axes.text(0.5, 0.5, "no training loss logged", ha="center", va="center", transform=axes.transAxes)
+    axes.set_title(title)
+    return _save_figure(figure, path)
+
+
 def plot_accuracy_bars(accuracy: pl.DataFrame, testsets: list[str], path: Path) -> Path:
     """Grouped bars of an :func:`accuracy_table`: one group per test set, one bar per model, Wilson 95 %
     intervals as error bars."""
@@ -493,8 +523,9 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     if comparisons.height:
         tables["paired_comparisons"] = comparisons
     tables.update(behaviour_tables(metrics, models, testsets))
-    if train_metrics_files:
-        compute = training_compute({key: read_json(path) for key, path in train_metrics_files.items()})
+    train_metrics = {key: read_json(path) for key, path in (train_metrics_files or {}).items()}
+    if train_metrics:
+        compute = training_compute(train_metrics)
         tables["training_compute"] = compute.with_columns(pl.col("tokens_seen").cast(pl.String)
                                                           .fill_null(NOT_RECORDED))
         csv_tables["training_compute"] = compute
@@ -516,6 +547,10 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
         caption = f"{dataset}: correct teacher responses per group"
         figures.append((caption, plot_correct_per_group(scored, plots_dir / f"correct_per_group_{dataset}.png",
                                                         title=caption)))
+    for (train_set, model), trained in train_metrics.items():
+        caption = f"{model} on {train_set}: training loss and its terms per logged step"
+        figures.append((caption, plot_loss_terms(trained.get("log_history", []),
+                                                 plots_dir / f"loss_terms_{train_set}_{model}.png", caption)))
     for testset in testsets:
         by_model = {model: responses[(model, testset)] for model in models if (model, testset) in responses}
         if by_model:

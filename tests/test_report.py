@@ -217,7 +217,8 @@ def test_build_report_writes_tables_figures_and_page(report_inputs):
     assert "| arith | student-sft | 40 | n/a | 160 | 12.3 |" in (out_dir / "training_compute.md").read_text()
     figures = sorted(p.name for p in (out_dir / "plots").iterdir())
     assert figures == ["accuracy.png", "advantages_arith.png", "correct_per_group_arith.png",
-                       "lengths_arith.png", "lengths_logic.png"]
+                       "lengths_arith.png", "lengths_logic.png", "loss_terms_arith_student-advdistill.png",
+                       "loss_terms_arith_student-sft.png"]
     for name in figures:
         assert (out_dir / "plots" / name).read_bytes().startswith(b"\x89PNG")
         assert f'src="plots/{name}"' in page
@@ -256,12 +257,17 @@ def test_run_report_finds_train_metrics_of_trained_students(tmp_path):
         write_parquet(judged_responses(correct, [5, 6]), folder / "responses.parquet")
         write_json(evaluation_metrics(judged_responses(correct, [5, 6])), folder / "metrics.json")
     write_parquet(scored_groups(n_groups=2, group_size=2), results / "score" / "arith" / "scored.parquet")
-    write_json({"global_step": 3, "train_runtime": 1.0, "train_items": 6},
+    history = [{"step": step, "loss": 2.0 / step, "weighted_ce": 1.5 / step, "contrastive": 0.5 / step,
+                "wrong_p_mean": 0.8} for step in (1, 2, 3)]
+    write_json({"global_step": 3, "train_runtime": 1.0, "train_items": 6, "log_history": history},
                results / "train" / "arith" / "student-sft" / "train_metrics.json")
     plan = {"models": ["student-base", "student-sft"], "experiments": {"arith": ["arith"]}}
     run_report(plan, results, tmp_path / "no-benchmarks", tmp_path / "report")
     assert pl.read_csv(tmp_path / "report" / "training_compute.csv").rows() == [
         ("arith", "student-sft", 3, None, 6, 1.0)]
+    figure = tmp_path / "report" / "plots" / "loss_terms_arith_student-sft.png"
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    assert "student-sft on arith: training loss and its terms" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_provenance_table_lists_each_manifest(tmp_path):
