@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import time
@@ -353,6 +354,15 @@ def check_launch(processes: int) -> None:
                             "(the train rule does) or set training.processes to match")
 
 
+def advdistill_steps(groups: int, cfg: TrainingConfig) -> int:
+    """Optimizer steps of an AdvDistill run on ``groups`` groups (one per micro-batch), counted as the Trainer
+    counts them: per process ``ceil(groups / processes)`` micro-batches, ``ceil(.. / accumulation)`` steps per
+    epoch (at least one), ``ceil(epochs * that)`` in all."""
+    micro_batches = math.ceil(groups / cfg.processes)
+    per_epoch = max(math.ceil(micro_batches / cfg.optim.gradient_accumulation_steps), 1)
+    return math.ceil(cfg.optim.epochs * per_epoch)
+
+
 def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_items: Sequence[Any],
                   cfg: TrainingConfig, checkpoint_dir: Path, seed: int, eval_items: Sequence[Any] = (),
                   save_checkpoints: bool = True) -> FusedLossTrainer:
@@ -360,6 +370,10 @@ def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_
     if not train_items:
         raise TrainingError("no training examples")
     check_launch(cfg.processes)
+    if objective == "sft" and cfg.match_steps and cfg.optim.max_steps <= 0:
+        steps = advdistill_steps(len(train_items), cfg)
+        log.info("training.match_steps: SFT takes the %d optimizer steps AdvDistill takes on these groups", steps)
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=steps))
     if objective == "advdistill" and cfg.optim.per_device_batch_size != 1:
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, per_device_batch_size=1))
     if cfg.gradient_checkpointing:

@@ -13,6 +13,7 @@ from advdistill.io import claim_resume_folder
 from advdistill.prompts import render_prompts
 from advdistill.train import (
     Group,
+    advdistill_steps,
     best_pairs,
     build_groups,
     build_trainer,
@@ -226,3 +227,26 @@ def test_advdistill_logs_its_loss_terms_grad_norm_and_tokens(tiny_model_dir, syn
         assert entry["grad_norm"] > 0
     tokens = [entry["num_input_tokens_seen"] for entry in logged]
     assert tokens == sorted(tokens) and tokens[0] > 0 and metrics["tokens_seen"] == tokens[-1]
+
+
+def test_match_steps_gives_sft_the_optimizer_steps_of_advdistill(tiny_model_dir, synthetic_rows, tmp_path):
+    """7 groups, 2 micro-batches per step, 2 epochs: AdvDistill takes 2 * ceil(7 / 2) = 8 steps; SFT with 4
+    responses per micro-batch would take 2 * ceil(2 / 2) = 2 and takes 8 with training.match_steps."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    train = synthetic_rows[0].head(7)
+    rows = [{"prompt_id": pid, "sample_idx": idx, "kept": True, "correct": idx == 0,
+             "advantage": 1.0 if idx == 0 else -0.5, "response": f"<answer>\\boxed{{{answer}}}</answer>"}
+            for pid, answer in zip(train["id"], train["answer"]) for idx in range(2)]
+    groups, _ = build_groups({pid: f"prompt {pid}" for pid in train["id"]}, pl.DataFrame(rows), tokenizer, 128)
+    optim = OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": -1, "epochs": 2, "per_device_batch_size": 4,
+                           "gradient_accumulation_steps": 2, "logging_steps": 100})
+
+    def steps(objective: str, match: bool) -> int:
+        items = best_pairs(groups) if objective == "sft" else groups
+        cfg = TrainingConfig(optim=optim, match_steps=match, loss=LossConfig(backend="torch"))
+        return train_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, objective, items, cfg,
+                           tmp_path / f"{objective}-{match}", seed=0, save_checkpoints=False)["global_step"]
+
+    assert steps("advdistill", False) == 8 == advdistill_steps(7, TrainingConfig(optim=optim))
+    assert steps("sft", False) == 2
+    assert steps("sft", True) == 8
