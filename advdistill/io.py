@@ -120,12 +120,17 @@ ARTEFACT_MARKER = ".advdistill-artefact"
 """A file inside every folder this package writes: only a folder that holds it may be replaced."""
 
 
+def _may_delete(path: Path, marker: str) -> bool:
+    """Nothing is there, an empty folder, or a real folder (not a link) holding this package's ``marker``."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    return path.is_dir() and not path.is_symlink() and ((path / marker).is_file() or not any(path.iterdir()))
+
+
 def check_replaceable(path: Path) -> None:
     """An existing ``path`` may be replaced only if this package wrote it (its marker is inside) or it is an
     empty folder: a stage never deletes what it cannot prove it wrote."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_dir() and not path.is_symlink() and ((path / ARTEFACT_MARKER).is_file() or not any(path.iterdir())):
+    if _may_delete(path, ARTEFACT_MARKER):
         return
     raise OutputError(f"{path} exists and was not written by advdistill (no {ARTEFACT_MARKER} inside): refusing to "
                       "replace it; move it away or choose another output path")
@@ -165,9 +170,7 @@ RESUME_MARKER = "fingerprint.json"
 
 def check_resume_folder(path: Path) -> None:
     """``path`` may serve as a resume folder: absent, empty, or stamped with a run's fingerprint."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_dir() and not path.is_symlink() and ((path / RESUME_MARKER).is_file() or not any(path.iterdir())):
+    if _may_delete(path, RESUME_MARKER):
         return
     raise OutputError(f"{path} exists and is not a resume folder of advdistill (no {RESUME_MARKER} inside): "
                       "refusing to delete it; move it away or choose another folder")
