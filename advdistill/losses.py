@@ -13,7 +13,7 @@ materialise the ``[tokens, vocabulary]`` logits:
 from __future__ import annotations
 
 import torch
-from advdistill_kernels import advdistill_loss, response_stats
+from advdistill_kernels import advdistill_loss, reading_parameters, response_stats
 
 from advdistill.config import LossConfig
 
@@ -68,12 +68,12 @@ def group_loss_terms(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     flat_hidden, targets, rows = next_token_view(hidden.detach(), labels)
     stats = response_stats(flat_hidden, weight.detach(), targets, rows, advantages.shape[0],
                            ignore_index=IGNORE_INDEX, backend=cfg.backend, chunk_size=cfg.chunk_size)
-    weights = advantage_weights(advantages, cfg.tau, torch.float64).to(stats.ce.device)
-    ce = stats.ce.double() * (stats.num_tokens.double() if cfg.ce_reduction == "sum" else 1.0)
-    lam = cfg.lam / advantages.shape[0] if cfg.contrastive_scale == "per_response" else cfg.lam
+    weights, lam = reading_parameters(targets, rows, advantage_weights(advantages, cfg.tau, torch.float64)
+                                      .to(stats.ce.device), cfg.lam, IGNORE_INDEX, cfg.ce_reduction,
+                                      cfg.contrastive_scale)
     wrong = ~correct.bool().to(stats.ce.device)
     p_wrong = stats.p_mean.double()[wrong]
     contrastive = -torch.log1p(-p_wrong.clamp(max=cfg.p_max)).sum()
-    return {"weighted_ce": float((weights * ce).sum()), "contrastive": float(lam * contrastive),
+    return {"weighted_ce": float((weights * stats.ce.double()).sum()), "contrastive": float(lam * contrastive),
             "wrong_p_mean": float(p_wrong.mean()) if p_wrong.numel() else None,
             "wrong_at_clamp": float((p_wrong >= cfg.p_max).double().mean()) if p_wrong.numel() else None}

@@ -113,3 +113,9 @@ def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> 
     validate(config, set_defaults=True)
     check_stage_sections(config)
     check_model_names(config)
+
+
+def accelerate_launch_args(processes: int) -> list[str]:
+    """Arguments of ``accelerate launch`` for a train job of ``processes`` processes on one node, up to the
+    module to run (port 0: a free port, so several multi-process jobs can share a node)."""
+    return ["--multi_gpu", "--num_machines", "1", "--num_processes", str(int(processes)), "--main_process_port", "0"]

@@ -463,9 +463,8 @@ def fit(trainer: FusedLossTrainer, checkpoint_dir: Path, save_checkpoints: bool 
             incomplete = set_aside_incomplete_checkpoints(checkpoint_dir)
         trainer.accelerator.wait_for_everyone()
         checkpoint = get_last_checkpoint(str(checkpoint_dir))
-    prior = read_json(Path(checkpoint) / CLOCK_FILE)["seconds"] if checkpoint and \
-        (Path(checkpoint) / CLOCK_FILE).exists() else 0.0
-    clock = RunClock(prior)
+    clock_file = Path(checkpoint) / CLOCK_FILE if checkpoint else None
+    clock = RunClock(read_json(clock_file)["seconds"] if clock_file and clock_file.exists() else 0.0)
     trainer.add_callback(clock)
     if checkpoint:
         log.info("resuming from %s", checkpoint)

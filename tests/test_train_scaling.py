@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.config import ConfigError, LossConfig, OptimConfig, PromptConfig, TrainingConfig
+from advdistill.planning import accelerate_launch_args
 from advdistill.train import (
     GroupCollator,
     PairCollator,
@@ -147,9 +148,7 @@ def train_command(processes: int, model: Path, rows: Path, scored: Path, objecti
                   out: Path) -> list[str]:
     """The train rule's command (workflow/rules/common.smk, training_launcher) for ``processes``."""
     launcher = [sys.executable, "-m", "advdistill.cli"] if processes == 1 else [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-        "--num_processes", str(processes),
-        "--main_process_port", "0", "-m", "advdistill.cli"]
+        sys.executable, "-m", "accelerate.commands.launch", *accelerate_launch_args(processes), "-m", "advdistill.cli"]
     return [*launcher, "train", "--model", str(model), "--rows", str(rows), "--scored", str(scored),
             "--objective", objective, "--settings", json.dumps(cfg), "--seed", "3", "--out", str(out)]
 

@@ -17,6 +17,7 @@ from advdistill_kernels.api import (
     AdvDistillLoss,
     advdistill_loss,
     available_backends,
+    reading_parameters,
     resolve_backend,
     response_stats,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "advdistill_loss",
     "advdistill_loss_from_logits",
     "available_backends",
+    "reading_parameters",
     "resolve_backend",
     "response_stats",
 ]

@@ -7,7 +7,13 @@ from snakemake.settings.types import DeploymentMethod
 from advdistill.code_deps import stage_code_version
 from advdistill.errors import ConfigError
 from advdistill.memory_plan import check_plan, format_plan, plan_memory, plan_rows, stage_gpus
-from advdistill.planning import check_config, labelled_models, stop_on_config_error, without_dataset
+from advdistill.planning import (
+    accelerate_launch_args,
+    check_config,
+    labelled_models,
+    stop_on_config_error,
+    without_dataset,
+)
 from advdistill.schema import load_schema
 
 
@@ -195,12 +201,11 @@ if MEMORY_PLAN and workflow.is_main_process:
 
 def training_launcher():
     """The train command as a list of words (quoted one by one): the CLI, or one process per GPU through
-    accelerate when training.processes > 1 (port 0: a free port, so several multi-process jobs can share a node)."""
+    accelerate when training.processes > 1."""
     processes = config["training"].get("processes", 1)
     if processes == 1:
         return ["advdistill"]
-    return ["accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(int(processes)),
-            "--main_process_port", "0", "-m", "advdistill.cli"]
+    return ["accelerate", "launch", *accelerate_launch_args(processes), "-m", "advdistill.cli"]
 
 
 def evaluation_prompt(model):
