@@ -6,7 +6,7 @@
 #      the interpreter cases run too);
 #   3. runs the paper-size benchmark (N=8x2048, d=1536, V=151936, bfloat16).
 # Results go to $OUT, else ./gpu_results: nvidia-smi.txt, versions.txt, pytest.log, junit.xml,
-# bench_paper.txt, bench_paper.json. Exits non-zero if the tests fail.
+# bench_paper.txt, bench_paper.csv. Exits non-zero if the tests fail.
 set -uo pipefail
 
 KERNELS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,7 +49,8 @@ cd "$REPO_DIR"
 tests_status=$?
 tail -n 3 "$RESULTS_DIR/pytest.log"
 
-"$PYTHON" "$KERNELS_DIR/benchmarks/bench_fused_loss.py" --size paper --json "$RESULTS_DIR/bench_paper.json" \
+"$PYTHON" "$KERNELS_DIR/benchmarks/bench_fused_loss.py" --sizes paper --device cuda --dtypes bfloat16 \
+    --providers naive naive_compiled torch triton cce liger --csv "$RESULTS_DIR/bench_paper.csv" \
     > "$RESULTS_DIR/bench_paper.txt" 2>&1
 bench_status=$?
 cat "$RESULTS_DIR/bench_paper.txt"

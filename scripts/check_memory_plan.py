@@ -55,7 +55,7 @@ def settings(objective: str, checkpointing: bool) -> TrainingConfig:
 def measure(objective: str, checkpointing: bool) -> dict:
     """Peak RSS growth (GiB) of two optimizer steps, each of two micro-batches."""
     import torch
-    from advdistill_kernels import cpp_backend
+    from advdistill_kernels.backends import cpp as cpp_backend
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from advdistill.losses import IGNORE_INDEX, group_loss, sft_loss

@@ -6,8 +6,9 @@ unmasked tokens of response ``i``, ``CE_i = -mean logp_t`` and ``p_mean_i = mean
 
     loss = sum_i w_i CE_i + lam * sum_{i wrong} -log(1 - min(p_mean_i, p_max))
 
-The fused backends never materialise the ``[N, V]`` logits: ``torch`` (chunked reference),
-``cpp`` (C++/OpenMP extension for CPU, compiled on first use) and ``triton`` (CUDA kernels).
+The fused backends (:mod:`advdistill_kernels.backends`) never materialise the ``[N, V]`` logits:
+``torch`` (chunked reference), ``cpp`` (single-pass C++/OpenMP extension for CPU, compiled on
+first use) and ``triton`` (CUDA kernels).
 """
 
 from advdistill_kernels._aggregation import ResponseStats

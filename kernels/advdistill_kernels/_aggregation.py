@@ -1,7 +1,8 @@
 """From per-token log-probabilities to per-response statistics, the loss and dLoss/dlogp.
 
 Shared by the naive, torch and triton backends (the C++ backend has its own copy of these
-formulas). With ``T_i`` unmasked tokens in response ``i``::
+formulas), with :func:`compute_dtype`, the accumulation dtype of every backend. With ``T_i``
+unmasked tokens in response ``i``::
 
     CE_i   = -mean_t logp_t            p_mean_i = mean_t exp(logp_t)
     loss   = sum_i w_i CE_i + lam * sum_{i wrong} -log(1 - min(p_mean_i, p_max))
@@ -16,6 +17,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is accumulated in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class ResponseStats(NamedTuple):

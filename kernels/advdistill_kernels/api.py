@@ -7,59 +7,21 @@ gradient are exact zeros.
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-from advdistill_kernels import cpp_backend, reference
-from advdistill_kernels._aggregation import ResponseStats
+from advdistill_kernels import backends
+from advdistill_kernels._aggregation import ResponseStats, compute_dtype
 from advdistill_kernels._errors import BackendUnavailableError
 from advdistill_kernels._validation import validate_inputs
-from advdistill_kernels.naive import compute_dtype
 
-BACKENDS = ("torch", "cpp", "triton")
-
-
-@functools.cache
-def _triton_import_error() -> str | None:
-    """None when triton imports, else why not."""
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # triton can fail with more than ImportError on unsupported platforms
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _triton_unavailable_reason(device: torch.device) -> str | None:
-    reason = _triton_import_error()
-    if reason is not None:
-        return f"triton cannot be imported ({reason})"
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"it needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter), got {device}"
-    return None
-
-
-def _unavailable_reason(name: str, device: torch.device) -> str | None:
-    if name == "torch":
-        return None
-    if name == "cpp":
-        if device.type != "cpu":
-            return f"it runs on CPU tensors only, got {device}"
-        try:
-            cpp_backend.load_extension()
-        except BackendUnavailableError as exc:
-            return str(exc)
-        return None
-    return _triton_unavailable_reason(device)
+BACKENDS = backends.BACKENDS
 
 
 def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
     """Backends that can run on tensors of ``device`` here (may compile the C++ extension)."""
     device = torch.device(device)
-    return tuple(name for name in BACKENDS if _unavailable_reason(name, device) is None)
+    return tuple(name for name in BACKENDS if backends.unavailable_reason(name, device) is None)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -71,36 +33,16 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """
     if backend == "auto":
         if device.type == "cuda":
-            return "triton" if _triton_import_error() is None else "torch"
-        if device.type == "cpu" and cpp_backend.is_available():
+            return "triton" if backends.triton_importable() else "torch"
+        if device.type == "cpu" and backends.unavailable_reason("cpp", device) is None:
             return "cpp"
         return "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
-    reason = _unavailable_reason(backend, device)
+    reason = backends.unavailable_reason(backend, device)
     if reason is not None:
         raise BackendUnavailableError(f"backend {backend!r} is unavailable: {reason}")
     return backend
-
-
-def _loss_function(name: str) -> Callable[..., torch.Tensor]:
-    if name == "torch":
-        return reference.advdistill_loss_torch
-    if name == "cpp":
-        return cpp_backend.advdistill_loss_cpp
-    from advdistill_kernels import triton_fused_loss
-
-    return triton_fused_loss.advdistill_loss_triton
-
-
-def _stats_function(name: str) -> Callable[..., ResponseStats]:
-    if name == "torch":
-        return reference.response_stats_torch
-    if name == "cpp":
-        return cpp_backend.response_stats_cpp
-    from advdistill_kernels import triton_fused_loss
-
-    return triton_fused_loss.response_stats_triton
 
 
 def _valid_tokens(targets: torch.Tensor, ignore_index: int) -> torch.Tensor | None:
@@ -118,6 +60,11 @@ def _autocast_inputs(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.
         dtype = torch.get_autocast_dtype(device_type)
         return hidden.to(dtype), weight.to(dtype)
     return hidden, weight
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk_size: expected a positive number of tokens or None, got {chunk_size}")
 
 
 CE_REDUCTIONS = ("mean", "sum")
@@ -160,15 +107,14 @@ def advdistill_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     ``ignore_index`` = masked), ``response_index`` ``[N]`` (int64 in ``[0, R)`` for unmasked
     tokens), ``response_weights`` ``[R]`` (float) and ``wrong`` ``[R]`` (bool). The loss is a
     float32 scalar (float64 for float64 inputs). Under ``torch.autocast`` both ``hidden`` and
-    ``weight`` are first cast to the autocast dtype. ``chunk_size`` tunes memory vs speed: tokens
-    per chunk for ``torch`` and for pass 2 of ``triton``, vocabulary columns per tile for ``cpp``.
+    ``weight`` are first cast to the autocast dtype. ``chunk_size`` tunes memory vs speed: the
+    number of tokens whose full-vocabulary logits a backend holds at once (``None``: its default).
     ``ce_reduction`` (``mean``: ``CE_i`` is a token mean; ``sum``: a token sum) and ``contrastive_scale``
     (``none``; ``per_response``: ``lam / n``) select a reading of the paper's eqs. 5-6.
     """
     hidden, weight = _autocast_inputs(hidden, weight)
     validate_inputs(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index)
-    if chunk_size is not None and chunk_size <= 0:
-        raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size}")
+    _check_chunk_size(chunk_size)
     check_readings(ce_reduction, contrastive_scale)
     response_weights, lam = reading_parameters(targets, response_index, response_weights, lam, ignore_index,
                                                ce_reduction, contrastive_scale)
@@ -181,7 +127,7 @@ def advdistill_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         targets = targets[kept]
         response_index = response_index[kept]
     with torch.autocast(hidden.device.type, enabled=False):
-        return _loss_function(name)(hidden, weight, targets, response_index, response_weights, wrong, lam=lam,
+        return backends.load(name).fused_loss(hidden, weight, targets, response_index, response_weights, wrong, lam=lam,
                                     p_max=p_max, ignore_index=ignore_index, chunk_size=chunk_size)
 
 
@@ -193,10 +139,11 @@ def response_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     placeholder_weights = torch.zeros(num_responses, device=hidden.device)
     no_wrong = torch.zeros(num_responses, dtype=torch.bool, device=hidden.device)
     validate_inputs(hidden, weight, targets, response_index, placeholder_weights, no_wrong, 0.0, 0.5, ignore_index)
+    _check_chunk_size(chunk_size)
     name = resolve_backend(backend, hidden.device)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        return _stats_function(name)(hidden.detach(), weight.detach(), targets, response_index, num_responses,
-                                     ignore_index=ignore_index, chunk_size=chunk_size)
+        return backends.load(name).response_stats(hidden.detach(), weight.detach(), targets, response_index,
+                                                  num_responses, ignore_index=ignore_index, chunk_size=chunk_size)
 
 
 class AdvDistillLoss(nn.Module):

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from advdistill_kernels._aggregation import combine_loss, response_means
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else is accumulated in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from advdistill_kernels._aggregation import combine_loss, compute_dtype, response_means
 
 
 def advdistill_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,

@@ -1,63 +1,81 @@
-"""Benchmark the AdvDistill loss providers: forward + backward time and peak memory.
+"""Benchmark the AdvDistill loss providers: forward, backward and full time, peak memory, a CSV.
 
-Providers (each has a ``setup_<provider>`` factory returning a zero-argument step that runs
-forward + backward once):
+Providers (``setup_<provider>`` returns a function that runs the forward pass and returns the loss):
 
-* ``naive``            full ``[N, V]`` logits, then :func:`advdistill_loss_from_logits` (autograd)
-* ``naive_compiled``   ``torch.compile`` of the same function
-* ``torch_reference``  ``advdistill_loss(backend="torch")``, the chunked reference
-* ``cpp``              ``advdistill_loss(backend="cpp")`` (CPU only)
-* ``triton``           ``advdistill_loss(backend="triton")`` (CUDA only)
-* ``liger``, ``cce``   Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` and cut-cross-entropy's
-  ``linear_cross_entropy`` (CUDA only, when installed). They only compute the plain
-  cross-entropy, which is the AdvDistill special case ``lam = 0`` with uniform weights and
-  equal-length responses (the benchmark's responses all have the same length).
+* ``limit``           not a loss: the 6 N d V FLOPs of logits, grad_hidden and grad_weight as large
+  GEMMs (1,024 tokens at a time) on the fastest GEMM here (the cpp backend's provider)
+* ``limit_torch_mm``  the same GEMMs through ``torch.mm``
+* ``naive``           full ``[N, V]`` logits, then :func:`advdistill_loss_from_logits` (autograd)
+* ``naive_compiled``  ``torch.compile`` of the same function
+* ``torch``, ``cpp``, ``triton``  ``advdistill_loss(backend=...)``
+* ``cpp_plain_ce``    ``cpp`` on the plain cross-entropy problem, to compare with the next two
+* ``cce``, ``liger``  cut-cross-entropy's ``linear_cross_entropy`` (its ``torch_compile`` impl on
+  CPU, the Triton kernels on CUDA) and Liger-Kernel's fused linear CE (CUDA only). They compute
+  plain token-mean cross-entropy: AdvDistill with ``lam = 0``, uniform weights and equal-length
+  responses (the benchmark's responses all have the same length).
 
-Every provider runs in a fresh worker subprocess on identical seeded inputs.
+Time: all providers live in one process and are run in alternating rounds (the order rotates each
+round), after one discarded warm-up run each (which also compiles), so a change in machine load
+hits every provider alike. Each run times the forward call and ``loss.backward()`` separately;
+``full`` is their sum. Reported: median over ``--rounds`` and the spread (min-max). Fused
+backends compute their gradients in the forward call, so their ``backward`` is near zero.
 
-Time: median wall-clock of ``--iters`` steps after ``--warmup`` discarded steps, with
-``torch.cuda.synchronize()`` around each step on CUDA.
+Peak memory: each provider in a fresh subprocess, one full step after a warm-up, gradients cleared
+beforehand (the inputs are the baseline, the new ``.grad`` tensors count). CUDA:
+``max_memory_allocated`` minus ``memory_allocated`` before. CPU: the kernel's peak-RSS counter is
+reset (``5`` to ``/proc/self/clear_refs``) after ``malloc_trim(0)`` has handed the memory freed by
+the warm-up back to the system, and ``VmHWM`` after the step minus ``VmRSS`` before is reported.
+The allocator keeps its default settings; the figure counts everything the step touches (tensors,
+GEMM workspaces) at page granularity.
 
-Peak memory, measured on one extra step after the timed ones, gradients cleared beforehand, so
-the inputs are the baseline and the new ``.grad`` tensors count:
+Competing load: ``--load K`` starts ``K`` processes that run single-threaded float32 GEMMs for the
+whole run, as another job on a shared node would.
 
-* CUDA: ``torch.cuda.max_memory_allocated()`` during the step minus ``memory_allocated()`` before.
-* CPU: the worker is started with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every
-  allocation of 64 KiB or more with ``mmap`` and returns it on free; the resident set then follows
-  live tensor memory. The worker resets the kernel's peak-RSS counter (writes ``5`` to
-  ``/proc/self/clear_refs``) and reports ``VmHWM`` after the step minus ``VmRSS`` before it.
-  This counts everything the step touches (tensors, BLAS workspaces, freshly paged code) at page
-  granularity; where ``clear_refs`` cannot be written the peak column reads ``n/a``.
-
-TFLOP/s uses the nominal ``8 N d V`` FLOPs of a fused forward + backward (logits, their
-recomputation, and the two gradient matmuls) for every provider.
+FLOPs: ``6 N d V`` for every provider (logits, and the two gradient GEMMs); TFLOP/s uses it.
+Each row is appended to ``--csv`` (default ``kernels/benchmarks/data/fused_loss.csv``, kept under
+version control) with the machine it came from: CPU model, cores, torch version, GEMM provider,
+the competing load started and the 1-minute load average (other users of the machine).
 
 Usage::
 
-    python kernels/benchmarks/bench_fused_loss.py --size cpu --json cpu.json
-    python kernels/benchmarks/bench_fused_loss.py --size paper --json paper.json   # needs a GPU
+    python kernels/benchmarks/bench_fused_loss.py --sizes small medium --dtypes float32 bfloat16
+    python kernels/benchmarks/bench_fused_loss.py --sizes large --rounds 3 --load 1
+    python kernels/benchmarks/bench_fused_loss.py --sizes paper --device cuda      # needs a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import ctypes
+import datetime
+import importlib.util
 import json
+import multiprocessing
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from advdistill_kernels import LossInputs
+from advdistill_kernels import LossInputs, advdistill_loss, advdistill_loss_from_logits
+from advdistill_kernels.backends import cpp as cpp_backend
 
-PROVIDERS = ("naive", "naive_compiled", "torch_reference", "cpp", "triton", "liger", "cce")
-CUDA_ONLY = {"triton", "liger", "cce"}
-CPU_ONLY = {"cpp"}
-PLAIN_CE = {"liger", "cce"}
+PROVIDERS = ("limit", "limit_torch_mm", "naive", "naive_compiled", "torch", "cpp", "cpp_plain_ce", "cce", "liger",
+             "triton")
+DEFAULT_PROVIDERS = ("limit", "limit_torch_mm", "naive", "naive_compiled", "cpp", "cpp_plain_ce", "cce", "triton",
+                     "liger")
+PLAIN_CE = {"cpp_plain_ce", "cce", "liger"}
+CUDA_ONLY = {"triton", "liger"}
+CPU_ONLY = {"cpp", "cpp_plain_ce", "limit", "limit_torch_mm"}
+NO_MEMORY = {"limit", "limit_torch_mm"}
+MODES = ("forward", "backward", "full")
+DEFAULT_CSV = Path(__file__).parent / "data" / "fused_loss.csv"
 
 
 @dataclass(frozen=True)
@@ -66,28 +84,28 @@ class Size:
     tokens_per_response: int
     hidden_dim: int
     vocab_size: int
-    dtype: str
-    device: str
-    warmup: int
-    iters: int
 
     @property
     def num_tokens(self) -> int:
         return self.responses * self.tokens_per_response
 
+    @property
+    def flops(self) -> int:
+        return 6 * self.num_tokens * self.hidden_dim * self.vocab_size
+
 
 SIZES = {
-    "cpu": Size(responses=8, tokens_per_response=256, hidden_dim=256, vocab_size=32000, dtype="float32",
-                device="cpu", warmup=1, iters=5),
-    "paper": Size(responses=8, tokens_per_response=2048, hidden_dim=1536, vocab_size=151936, dtype="bfloat16",
-                  device="cuda", warmup=3, iters=10),
+    "tiny": Size(responses=4, tokens_per_response=64, hidden_dim=64, vocab_size=4096),
+    "small": Size(responses=8, tokens_per_response=256, hidden_dim=256, vocab_size=32000),
+    "medium": Size(responses=8, tokens_per_response=512, hidden_dim=512, vocab_size=65536),
+    "large": Size(responses=8, tokens_per_response=1024, hidden_dim=896, vocab_size=151936),
+    "paper": Size(responses=8, tokens_per_response=2048, hidden_dim=1536, vocab_size=151936),
 }
 
 
-def make_inputs(size: Size, plain_ce: bool) -> LossInputs:
+def make_inputs(size: Size, dtype: torch.dtype, device: str, plain_ce: bool) -> LossInputs:
     """Seeded inputs; ``plain_ce`` gives uniform weights and ``lam = 0`` (plain token-mean CE)."""
     generator = torch.Generator().manual_seed(0)
-    dtype = getattr(torch, size.dtype)
     hidden = torch.randn(size.num_tokens, size.hidden_dim, generator=generator)
     weight = torch.randn(size.vocab_size, size.hidden_dim, generator=generator) / size.hidden_dim ** 0.5
     targets = torch.randint(0, size.vocab_size, (size.num_tokens,), generator=generator)
@@ -100,79 +118,158 @@ def make_inputs(size: Size, plain_ce: bool) -> LossInputs:
         wrong = torch.arange(size.responses) % 2 == 1
     inputs = LossInputs(hidden=hidden, weight=weight, targets=targets, response_index=response_index,
                         response_weights=response_weights, wrong=wrong, lam=0.0 if plain_ce else 0.5)
-    inputs = inputs.to(size.device, dtype)
+    inputs = inputs.to(device, dtype)
     inputs.hidden.requires_grad_()
     inputs.weight.requires_grad_()
     return inputs
 
 
-Step = Callable[[], torch.Tensor]
+Forward = Callable[[], torch.Tensor]
 
 
 def _naive_loss(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max):
-    from advdistill_kernels import advdistill_loss_from_logits
-
     return advdistill_loss_from_logits(hidden @ weight.T, targets, response_index, response_weights, wrong,
                                        lam=lam, p_max=p_max)
 
 
-def _backward_step(loss_fn: Callable[[], torch.Tensor]) -> Step:
-    def step() -> torch.Tensor:
-        loss = loss_fn()
-        loss.backward()
-        return loss.detach()
-
-    return step
+def setup_naive(x: LossInputs) -> Forward:
+    return lambda: _naive_loss(x.hidden, x.weight, x.targets, x.response_index, x.response_weights, x.wrong,
+                               x.lam, x.p_max)
 
 
-def setup_naive(x: LossInputs) -> Step:
-    return _backward_step(lambda: _naive_loss(x.hidden, x.weight, x.targets, x.response_index, x.response_weights,
-                                              x.wrong, x.lam, x.p_max))
-
-
-def setup_naive_compiled(x: LossInputs) -> Step:
+def setup_naive_compiled(x: LossInputs) -> Forward:
     compiled = torch.compile(_naive_loss)
-    return _backward_step(lambda: compiled(x.hidden, x.weight, x.targets, x.response_index, x.response_weights,
-                                           x.wrong, x.lam, x.p_max))
+    return lambda: compiled(x.hidden, x.weight, x.targets, x.response_index, x.response_weights, x.wrong, x.lam,
+                            x.p_max)
 
 
-def _fused(x: LossInputs, backend: str) -> Step:
-    from advdistill_kernels import advdistill_loss
-
-    return _backward_step(lambda: advdistill_loss(x.hidden, x.weight, x.targets, x.response_index,
-                                                  x.response_weights, x.wrong, lam=x.lam, p_max=x.p_max,
-                                                  backend=backend))
+FUSED_BACKENDS = {"torch": "torch", "cpp": "cpp", "cpp_plain_ce": "cpp", "triton": "triton"}
+"""Providers that are a backend of ``advdistill_loss``; ``--chunk-size`` applies to them."""
 
 
-def setup_torch_reference(x: LossInputs) -> Step:
-    return _fused(x, "torch")
+def setup_fused(x: LossInputs, backend: str, chunk_size: int | None) -> Forward:
+    return lambda: advdistill_loss(x.hidden, x.weight, x.targets, x.response_index, x.response_weights, x.wrong,
+                                   lam=x.lam, p_max=x.p_max, backend=backend, chunk_size=chunk_size)
 
 
-def setup_cpp(x: LossInputs) -> Step:
-    return _fused(x, "cpp")
+LIMIT_TILE_TOKENS = 1024
 
 
-def setup_triton(x: LossInputs) -> Step:
-    return _fused(x, "triton")
+def _limit(x: LossInputs, use_onednn: bool) -> Forward:
+    """The three GEMMs of the loss (6 N d V FLOPs) in large tiles, nothing else; returns a dummy loss."""
+    hidden, weight = x.hidden.detach(), x.weight.detach()
+    if hidden.dtype == torch.float16:
+        hidden, weight = hidden.float(), weight.float()
+    tile = min(LIMIT_TILE_TOKENS, hidden.shape[0])
+    logits = torch.empty(tile, weight.shape[0], dtype=hidden.dtype)
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.zeros_like(weight)
+    cpp_backend.load_extension()
+    gemm = torch.ops.advdistill_kernels.gemm
+
+    def run() -> torch.Tensor:
+        for start in range(0, hidden.shape[0], tile):
+            rows = hidden[start:start + tile]
+            tile_logits = logits[:rows.shape[0]]
+            if use_onednn:
+                gemm(rows, weight.T, tile_logits, False, True)
+                gemm(tile_logits, weight, grad_hidden[start:start + tile], False, True)
+                gemm(tile_logits.T, rows, grad_weight, True, True)
+            else:
+                torch.mm(rows, weight.T, out=tile_logits)
+                torch.mm(tile_logits, weight, out=grad_hidden[start:start + tile])
+                grad_weight.addmm_(tile_logits.T, rows)
+        return grad_hidden.new_zeros(())
+
+    return run
 
 
-def setup_liger(x: LossInputs) -> Step:
+def _cce(x: LossInputs) -> Forward:
+    from cut_cross_entropy import linear_cross_entropy
+
+    impl = "cce" if x.hidden.is_cuda else "torch_compile"
+    return lambda: linear_cross_entropy(x.hidden, x.weight, x.targets, impl=impl)
+
+
+def _liger(x: LossInputs) -> Forward:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     loss_module = LigerFusedLinearCrossEntropyLoss()
-    return _backward_step(lambda: loss_module(x.weight, x.hidden, x.targets))
+    return lambda: loss_module(x.weight, x.hidden, x.targets)
 
 
-def setup_cce(x: LossInputs) -> Step:
-    from cut_cross_entropy import linear_cross_entropy
-
-    return _backward_step(lambda: linear_cross_entropy(x.hidden, x.weight, x.targets))
-
-
-SETUPS: dict[str, Callable[[LossInputs], Step]] = {
-    "naive": setup_naive, "naive_compiled": setup_naive_compiled, "torch_reference": setup_torch_reference,
-    "cpp": setup_cpp, "triton": setup_triton, "liger": setup_liger, "cce": setup_cce,
+SETUPS: dict[str, Callable[[LossInputs], Forward]] = {
+    "limit": lambda x: _limit(x, use_onednn=cpp_backend.gemm_provider(x.hidden.dtype) == "onednn"),
+    "limit_torch_mm": lambda x: _limit(x, use_onednn=False),
+    "naive": setup_naive,
+    "naive_compiled": setup_naive_compiled,
+    "cce": _cce,
+    "liger": _liger,
 }
+
+
+def make_forward(provider: str, x: LossInputs, chunk_size: int | None) -> Forward:
+    if provider in FUSED_BACKENDS:
+        return setup_fused(x, FUSED_BACKENDS[provider], chunk_size)
+    return SETUPS[provider](x)
+
+
+def skip_reason(provider: str, device: str) -> str | None:
+    if device == "cuda" and not torch.cuda.is_available():
+        return "needs CUDA"
+    if provider in CUDA_ONLY and device != "cuda":
+        return "CUDA only"
+    if provider in CPU_ONLY and device != "cpu":
+        return "CPU only"
+    module = {"triton": "triton", "liger": "liger_kernel", "cce": "cut_cross_entropy"}.get(provider)
+    if module is not None and importlib.util.find_spec(module) is None:
+        return f"{module} not installed (pip install {module.replace('_', '-')})"
+    if provider in CPU_ONLY and cpp_backend.load_error() is not None:
+        return f"cpp extension unavailable: {cpp_backend.load_error()}"
+    return None
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _clear_grads(x: LossInputs) -> None:
+    x.hidden.grad = None
+    x.weight.grad = None
+
+
+def timed_run(forward: Forward, x: LossInputs, device: str) -> tuple[float, float]:
+    """(forward ms, backward ms) of one step."""
+    _clear_grads(x)
+    _synchronize(device)
+    start = time.perf_counter()
+    loss = forward()
+    _synchronize(device)
+    middle = time.perf_counter()
+    if loss.requires_grad:
+        loss.backward()
+    _synchronize(device)
+    return (middle - start) * 1e3, (time.perf_counter() - middle) * 1e3
+
+
+def time_providers(providers: list[str], size: Size, dtype: torch.dtype, device: str, rounds: int,
+                   chunk_size: int | None) -> dict[str, dict[str, list[float]]]:
+    """Per provider and mode, the times (ms) of ``rounds`` alternating rounds after a warm-up each."""
+    inputs = {plain: make_inputs(size, dtype, device, plain) for plain in (False, True)}
+    forwards = {p: make_forward(p, inputs[p in PLAIN_CE], chunk_size) for p in providers}
+    for provider in providers:
+        timed_run(forwards[provider], inputs[provider in PLAIN_CE], device)
+    times = {p: {mode: [] for mode in MODES} for p in providers}
+    for round_index in range(rounds):
+        shift = round_index % len(providers)
+        for provider in providers[shift:] + providers[:shift]:
+            forward_ms, backward_ms = timed_run(forwards[provider], inputs[provider in PLAIN_CE], device)
+            times[provider]["forward"].append(forward_ms)
+            times[provider]["backward"].append(backward_ms)
+            times[provider]["full"].append(forward_ms + backward_ms)
+        print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
+    return times
 
 
 def _proc_status_kib(field: str) -> int:
@@ -182,134 +279,186 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _clear_grads(x: LossInputs) -> None:
-    x.hidden.grad = None
-    x.weight.grad = None
-
-
-def _peak_memory_mb(step: Step, x: LossInputs, device: torch.device) -> float | None:
+def peak_memory_mb(provider: str, size: Size, dtype: torch.dtype, device: str,
+                   chunk_size: int | None) -> float | None:
+    """Peak memory of one full step (method in the module docstring); run in a fresh process."""
+    x = make_inputs(size, dtype, device, provider in PLAIN_CE)
+    forward = make_forward(provider, x, chunk_size)
+    timed_run(forward, x, device)
     _clear_grads(x)
-    if device.type == "cuda":
+    if device == "cuda":
         torch.cuda.synchronize()
         baseline = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
+        timed_run(forward, x, device)
         return (torch.cuda.max_memory_allocated() - baseline) / 2**20
+    ctypes.CDLL(None).malloc_trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return None
     baseline_kib = _proc_status_kib("VmRSS")
-    step()
+    timed_run(forward, x, device)
     return (_proc_status_kib("VmHWM") - baseline_kib) / 1024
 
 
-def run_worker(provider: str, size_name: str) -> dict:
-    """Measure one provider in this process; returns the result row."""
-    size = SIZES[size_name]
-    device = torch.device(size.device)
-    x = make_inputs(size, plain_ce=provider in PLAIN_CE)
-    step = SETUPS[provider](x)
-
-    def timed_step() -> tuple[float, torch.Tensor]:
-        _clear_grads(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1e3, loss
-
-    for _ in range(size.warmup):
-        timed_step()
-    times = []
-    for _ in range(size.iters):
-        elapsed, loss = timed_step()
-        times.append(elapsed)
-    peak_mb = _peak_memory_mb(step, x, device)
-    return {"provider": provider, "ms": statistics.median(times), "ms_all": times, "peak_mb": peak_mb,
-            "loss": float(loss), "plain_ce": provider in PLAIN_CE}
-
-
-def _skip_reason(provider: str, size: Size) -> str | None:
-    cuda = size.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        return "size needs CUDA"
-    if provider in CUDA_ONLY and not cuda:
-        return "CUDA only"
-    if provider in CPU_ONLY and cuda:
-        return "CPU only"
-    module = {"triton": "triton", "liger": "liger_kernel", "cce": "cut_cross_entropy"}.get(provider)
-    if module is not None:
-        import importlib.util
-
-        if importlib.util.find_spec(module) is None:
-            return f"{module} not installed"
-    return None
-
-
-def _run_in_subprocess(provider: str, size_name: str) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    command = [sys.executable, __file__, "--size", size_name, "--worker", provider]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True)
+def _memory_in_subprocess(provider: str, size_name: str, dtype: str, device: str,
+                          chunk_size: int | None) -> float | None:
+    command = [sys.executable, __file__, "--memory-worker", provider, "--sizes", size_name, "--dtypes", dtype,
+               "--device", device] + (["--chunk-size", str(chunk_size)] if chunk_size else [])
+    completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-        return {"provider": provider, "error": " | ".join(tail)}
+        print(f"  memory of {provider} failed: {completed.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def _format_table(rows: list[dict], size: Size) -> str:
-    naive = next((r for r in rows if r["provider"] == "naive" and "ms" in r), None)
-    flops = 8 * size.num_tokens * size.hidden_dim * size.vocab_size
-    header = (f"{'provider':<24}{'ms':>10}{'peak MB':>10}{'time/naive':>12}{'mem/naive':>11}"
-              f"{'TFLOP/s':>9}{'loss':>12}")
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        name = row["provider"] + (" (plain CE)" if row.get("plain_ce") else "")
-        if "ms" not in row:
-            lines.append(f"{name:<24}  {row.get('skipped') or 'error: ' + row.get('error', '')}")
+def _gemm_loop(stop_event) -> None:
+    """Competing load: single-threaded float32 GEMMs until told to stop."""
+    torch.set_num_threads(1)
+    a = torch.randn(1024, 1024)
+    while not stop_event.is_set():
+        torch.mm(a, a)
+
+
+def start_load(processes: int) -> Callable[[], None]:
+    """Starts ``processes`` GEMM loops; returns the function that stops them."""
+    context = multiprocessing.get_context("spawn")
+    stop_event = context.Event()
+    workers = [context.Process(target=_gemm_loop, args=(stop_event,), daemon=True) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+
+    def stop() -> None:
+        stop_event.set()
+        for worker in workers:
+            worker.join()
+
+    return stop
+
+
+def machine(device: str, dtype: torch.dtype) -> dict[str, str]:
+    """Where the numbers came from."""
+    cpu_model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    gemm = cpp_backend.gemm_provider(dtype) if device == "cpu" else "cuBLAS"
+    if gemm == "aten":
+        gemm = f"aten ({'MKL' if torch.backends.mkl.is_available() else 'BLAS'})"
+    return {"cpu": cpu_model, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
+            "loadavg_1min": f"{os.getloadavg()[0]:.2f}",
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else "", "torch": torch.__version__,
+            "gemm_provider": gemm}
+
+
+def summarize(times: list[float]) -> tuple[float, float, float]:
+    return statistics.median(times), min(times), max(times)
+
+
+def report(size_name: str, dtype_name: str, providers: list[str], times: dict, memory: dict, skipped: dict,
+           info: dict, load: int, rounds: int, chunk_size: int | None) -> list[dict]:
+    """Prints the table for one size and dtype; returns the CSV rows."""
+    size = SIZES[size_name]
+    print(f"\nAdvDistill loss, {size_name}: N={size.num_tokens} ({size.responses}x{size.tokens_per_response}), "
+          f"d={size.hidden_dim}, V={size.vocab_size}, {dtype_name}; {info['cpu']} ({info['threads']} threads), "
+          f"torch {info['torch']}, GEMM: {info['gemm_provider']}; chunk_size: {chunk_size or 'default'}; "
+          f"load: {load} GEMM process(es), 1-min load average {info['loadavg_1min']} at the end; "
+          f"median [min-max] of {rounds} alternating rounds")
+    header = (f"{'provider':<28}{'forward ms':>22}{'backward ms':>22}{'full ms':>24}{'TFLOP/s':>9}"
+              f"{'peak MB':>10}{'full/naive':>11}{'mem/naive':>10}")
+    print(header)
+    print("-" * len(header))
+    naive_full = statistics.median(times["naive"]["full"]) if "naive" in times else None
+    naive_memory = memory.get("naive")
+    rows = []
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for provider in providers:
+        name = provider + (" (plain CE)" if provider in PLAIN_CE else "")
+        if provider in skipped:
+            print(f"{name:<28}skipped: {skipped[provider]}")
             continue
-        peak = row["peak_mb"]
-        time_ratio = f"{row['ms'] / naive['ms']:.2f}x" if naive else "n/a"
-        mem_ratio = f"{peak / naive['peak_mb']:.3f}x" if naive and peak is not None and naive["peak_mb"] else "n/a"
-        peak_text = f"{peak:.1f}" if peak is not None else "n/a"
-        tflops = flops / (row["ms"] * 1e-3) / 1e12
-        lines.append(f"{name:<24}{row['ms']:>10.1f}{peak_text:>10}{time_ratio:>12}{mem_ratio:>11}"
-                     f"{tflops:>9.2f}{row['loss']:>12.5f}")
-    return "\n".join(lines)
+        cells = []
+        for mode in MODES:
+            median, low, high = summarize(times[provider][mode])
+            cells.append(f"{median:>9.1f} [{low:.0f}-{high:.0f}]")
+        full = statistics.median(times[provider]["full"])
+        peak = memory.get(provider)
+        tflops = size.flops / (full * 1e-3) / 1e12
+        time_ratio = f"{full / naive_full:.2f}x" if naive_full else "n/a"
+        memory_ratio = f"{peak / naive_memory:.3f}x" if peak is not None and naive_memory else "n/a"
+        peak_text = f"{peak:.0f}" if peak is not None else "n/a"
+        print(f"{name:<28}{cells[0]:>22}{cells[1]:>22}{cells[2]:>24}{tflops:>9.3f}{peak_text:>10}"
+              f"{time_ratio:>11}{memory_ratio:>10}")
+        for mode in MODES:
+            median, low, high = summarize(times[provider][mode])
+            rows.append({"timestamp": stamp, "size": size_name, "num_tokens": size.num_tokens,
+                         "hidden_dim": size.hidden_dim, "vocab_size": size.vocab_size, "dtype": dtype_name,
+                         "provider": provider, "plain_ce": provider in PLAIN_CE, "mode": mode,
+                         "ms_median": round(median, 2), "ms_min": round(low, 2), "ms_max": round(high, 2),
+                         "rounds": rounds, "chunk_size": chunk_size or "", "tflops_full": round(tflops, 4),
+                         "peak_mb": round(peak, 1) if peak is not None else "", "load_processes": load, **info})
+    return rows
+
+
+def append_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not path.exists()
+    if not new_file:
+        with path.open() as handle:
+            header = next(csv.reader(handle), [])
+        if header != list(rows[0]):
+            raise ValueError(f"{path}: expected columns {list(rows[0])}, the file has {header}; use another --csv")
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--worker", choices=PROVIDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["small"])
+    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16", "float16"), default=["float32"])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(DEFAULT_PROVIDERS))
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (after one warm-up)")
+    parser.add_argument("--load", type=int, default=0, help="competing single-threaded GEMM processes")
+    parser.add_argument("--chunk-size", type=int, help="tokens per logits tile of the fused backends")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory runs")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="append the results here")
+    parser.add_argument("--memory-worker", choices=PROVIDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker:
-        print(json.dumps(run_worker(args.worker, args.size)))
+    if args.memory_worker:
+        dtype = getattr(torch, args.dtypes[0])
+        print(json.dumps(peak_memory_mb(args.memory_worker, SIZES[args.sizes[0]], dtype, args.device,
+                                        args.chunk_size)))
         return
 
-    size = SIZES[args.size]
-    rows = []
-    for provider in args.providers:
-        reason = _skip_reason(provider, size)
-        row = {"provider": provider, "skipped": reason} if reason else _run_in_subprocess(provider, args.size)
-        rows.append(row)
-        print(f"  {provider}: {row.get('ms', row.get('skipped') or row.get('error'))}", file=sys.stderr)
-
-    device_name = torch.cuda.get_device_name() if size.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"AdvDistill loss, forward+backward, size={args.size}: N={size.num_tokens} "
-          f"({size.responses}x{size.tokens_per_response}), d={size.hidden_dim}, V={size.vocab_size}, "
-          f"{size.dtype}, {device_name}, torch {torch.__version__}")
-    print(_format_table(rows, size))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"size": args.size, "config": asdict(size), "device": device_name,
-                                         "torch": torch.__version__, "results": rows}, indent=2))
+    stop_load = start_load(args.load) if args.load else None
+    try:
+        for size_name in args.sizes:
+            for dtype_name in args.dtypes:
+                dtype = getattr(torch, dtype_name)
+                skipped = {p: r for p in args.providers if (r := skip_reason(p, args.device))}
+                providers = [p for p in args.providers if p not in skipped]
+                times = time_providers(providers, SIZES[size_name], dtype, args.device, args.rounds,
+                                       args.chunk_size)
+                memory = {} if args.no_memory else {
+                    p: _memory_in_subprocess(p, size_name, dtype_name, args.device, args.chunk_size)
+                    for p in providers if p not in NO_MEMORY}
+                rows = report(size_name, dtype_name, args.providers, times, memory, skipped,
+                              machine(args.device, dtype), args.load, args.rounds, args.chunk_size)
+                append_csv(args.csv, rows)
+    finally:
+        if stop_load is not None:
+            stop_load()
 
 
 if __name__ == "__main__":

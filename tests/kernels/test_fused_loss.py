@@ -4,9 +4,12 @@ Every backend is compared with :func:`advdistill_loss_from_logits` evaluated in 
 same input values (the ground truth). Tolerances:
 
 * float32 inputs: loss within 1e-6 relative; gradients within 1e-5 of the gradient's max-abs.
-* bfloat16 inputs (CCE-style): error of a backend <= error of the naive computation done in
-  bfloat16 (logits and autograd in bf16) + slack, slack = 2^-8 x max-abs of the reference
-  (one bf16 rounding step), for the loss and both gradients.
+* bfloat16 and float16 inputs (CCE-style): error of a backend <= error of the naive computation
+  done in that dtype (logits and autograd in it) + slack, slack = one rounding step of the dtype
+  (2^-8 for bfloat16, 2^-11 for float16) x max-abs of the reference, for the loss and both
+  gradients.
+
+Accuracy runs over the table backend x dtype (``DTYPES``) x shape (``SHAPES``, odd sizes included).
 
 Triton runs on CUDA tensors when a GPU is present. On CPU the Triton cases run under the
 interpreter: ``test_triton_under_interpreter`` re-runs this file's ``triton`` cases in a
@@ -33,14 +36,17 @@ from advdistill_kernels import (
     advdistill_loss,
     advdistill_loss_from_logits,
     available_backends,
-    cpp_backend,
+    backends,
     response_stats,
 )
+from advdistill_kernels.backends import cpp as cpp_backend
+from advdistill_kernels.backends._tiles import Tile, plan_tiles
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 CUDA = torch.cuda.is_available()
-BF16_SLACK = 2.0 ** -8
+ROUNDING_STEP = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+"""Relative size of one rounding step of each low-precision dtype: the slack of its tolerance."""
 
 
 def _cpp_skip_reason() -> str | None:
@@ -79,17 +85,6 @@ def backend_device(request) -> tuple[str, str]:
     return backend, device
 
 
-def backend_loss_function(backend: str):
-    """The backend's own entry (no masked-token removal by the public API)."""
-    if backend == "torch":
-        from advdistill_kernels.reference import advdistill_loss_torch
-        return advdistill_loss_torch
-    if backend == "cpp":
-        return cpp_backend.advdistill_loss_cpp
-    from advdistill_kernels.triton_fused_loss import advdistill_loss_triton
-    return advdistill_loss_triton
-
-
 def random_case(num_tokens=48, hidden_dim=32, vocab_size=300, num_responses=4, masked=6, seed=0) -> LossInputs:
     """Random group; the first ``masked`` tokens are masked (response index -1), responses in runs."""
     generator = torch.Generator().manual_seed(seed)
@@ -108,6 +103,14 @@ def random_case(num_tokens=48, hidden_dim=32, vocab_size=300, num_responses=4, m
 
 
 ODD_CASE = dict(num_tokens=37, hidden_dim=24, vocab_size=257, num_responses=3, masked=5, seed=1)
+SHAPES = [
+    pytest.param(dict(), id="N48-d32-V300"),
+    pytest.param(ODD_CASE, id="N37-d24-V257"),
+    pytest.param(dict(num_tokens=150, hidden_dim=40, vocab_size=515, num_responses=2, masked=0, seed=2),
+                 id="N150-d40-V515-two-long-responses"),
+]
+DTYPES = [pytest.param(dtype, id=str(dtype).removeprefix("torch."))
+          for dtype in (torch.float32, torch.bfloat16, torch.float16)]
 
 
 def run_loss(case: LossInputs, backend: str, scale: float = 1.0, **options):
@@ -146,12 +149,36 @@ def assert_close_fp32(actual, expected) -> None:
 # ----------------------------------------------------------------------------------- accuracy
 
 
+def assert_matches_ground_truth(candidate, case: LossInputs, dtype: torch.dtype) -> None:
+    """``candidate`` (loss, grad_hidden, grad_weight) against float64, with ``dtype``'s tolerance."""
+    reference = naive_loss(case, torch.float64)
+    if dtype == torch.float32:
+        assert_close_fp32(candidate, reference)
+        return
+    assert candidate[1].dtype == candidate[2].dtype == dtype
+    naive_errors = max_error(naive_loss(case, dtype), reference)
+    for name, error, naive_error, ref in zip(("loss", "grad_hidden", "grad_weight"), max_error(candidate, reference),
+                                             naive_errors, reference):
+        bound = naive_error + ROUNDING_STEP[dtype] * float(ref.abs().max())
+        assert error <= bound, f"{name}: error {error} > naive-{dtype} error {naive_error} + slack"
+
+
 @with_backends
-@pytest.mark.parametrize("shape", [dict(), ODD_CASE], ids=["N48-d32-V300", "N37-d24-V257"])
-def test_float32_matches_float64_ground_truth(backend_device, shape):
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_float64_ground_truth(backend_device, dtype, shape):
     backend, device = backend_device
-    case = random_case(**shape).to(device)
-    assert_close_fp32(run_loss(case, backend), naive_loss(case, torch.float64))
+    case = random_case(**shape).to(device, dtype)
+    assert_matches_ground_truth(run_loss(case, backend), case, dtype)
+
+
+@with_backends
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_chunks_match_float64_ground_truth(backend_device, dtype):
+    """Many chunks: gradients accumulate across them and long responses are split."""
+    backend, device = backend_device
+    case = random_case(**ODD_CASE).to(device, dtype)
+    assert_matches_ground_truth(run_loss(case, backend, chunk_size=5), case, dtype)
 
 
 READINGS = [dict(ce_reduction="sum"), dict(contrastive_scale="per_response"),
@@ -164,21 +191,6 @@ def test_every_reading_matches_float64_ground_truth(backend_device, readings):
     backend, device = backend_device
     case = random_case(**ODD_CASE).to(device)
     assert_close_fp32(run_loss(case, backend, **readings), naive_loss(case, torch.float64, **readings))
-
-
-@with_backends
-@pytest.mark.parametrize("shape", [dict(), ODD_CASE], ids=["N48-d32-V300", "N37-d24-V257"])
-def test_bfloat16_no_worse_than_naive_bfloat16(backend_device, shape):
-    backend, device = backend_device
-    case = random_case(**shape).to(device, torch.bfloat16)
-    reference = naive_loss(case, torch.float64)
-    naive_errors = max_error(naive_loss(case, torch.bfloat16), reference)
-    candidate = run_loss(case, backend)
-    assert candidate[1].dtype == candidate[2].dtype == torch.bfloat16
-    for name, error, naive_error, ref in zip(("loss", "grad_hidden", "grad_weight"), max_error(candidate, reference),
-                                             naive_errors, reference):
-        bound = naive_error + BF16_SLACK * float(ref.abs().max())
-        assert error <= bound, f"{name}: error {error} > naive-bf16 error {naive_error} + slack"
 
 
 def two_response_case() -> LossInputs:
@@ -264,7 +276,7 @@ def test_backend_function_handles_masked_tokens_itself(backend_device, masked):
     """The backends are also correct without the entry point's masked-token removal."""
     backend, device = backend_device
     case = random_case(masked=masked).to(device)
-    function = backend_loss_function(backend)
+    function = backends.load(backend).fused_loss
     hidden = case.hidden.clone().requires_grad_()
     weight = case.weight.clone().requires_grad_()
     loss = function(hidden, weight, case.targets, case.response_index, case.response_weights, case.wrong,
@@ -381,14 +393,49 @@ def test_autocast_computes_in_autocast_dtype():
 # ----------------------------------------------------------------------------------- chunking, gradcheck
 
 
-CHUNK_SIZES = {"torch": (1, 5, 37, 64), "cpp": (1, 64, 100, 257, 4096), "triton": (7, 16, 64)}
+def test_tile_plan_packs_whole_responses_and_splits_long_ones():
+    """Responses of 3, 2 and 6 tokens (the last one wrong) with tiles of 4 tokens: [0, 3) and [3, 5) hold
+    whole responses; the 6-token wrong response needs its p_mean first, so a statistics-only pass over
+    [5, 9) and [9, 11) precedes the gradient pass over the same pieces."""
+    response_index = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, -1])
+    targets = torch.where(response_index >= 0, 1, -100)
+    wrong = torch.tensor([False, False, True])
+    plan = plan_tiles(targets, response_index, wrong, 0.5, -100, 4, 4, need_gradients=True)
+    assert plan.tiles == [Tile(0, 3, True, True), Tile(3, 5, True, True), Tile(5, 9, True, False),
+                          Tile(9, 11, True, False), Tile(5, 9, False, True), Tile(9, 11, False, True)]
+    assert plan.order.tolist() == list(range(11))
+    without_contrastive = plan_tiles(targets, response_index, wrong, 0.0, -100, 4, 4, need_gradients=True)
+    assert [tile.compute_gradients for tile in without_contrastive.tiles] == [True] * 4
+    default = plan_tiles(targets, response_index, wrong, 0.5, -100, None, 4, need_gradients=True)
+    assert default.tiles == [Tile(0, 5, True, True), Tile(5, 11, True, True)]
+
+
+@with_backends
+def test_interleaved_responses_match_float64_ground_truth(backend_device):
+    """Tokens of different responses interleaved (and masked ones among them): the backends reorder them."""
+    backend, device = backend_device
+    case = random_case(**ODD_CASE)
+    permutation = torch.randperm(37, generator=torch.Generator().manual_seed(7))
+    case = replace(case, hidden=case.hidden[permutation], targets=case.targets[permutation],
+                   response_index=case.response_index[permutation]).to(device)
+    function = backends.load(backend).fused_loss
+    hidden = case.hidden.clone().requires_grad_()
+    weight = case.weight.clone().requires_grad_()
+    loss = function(hidden, weight, case.targets, case.response_index, case.response_weights, case.wrong,
+                    lam=case.lam, p_max=case.p_max, ignore_index=-100, chunk_size=7)
+    loss.backward()
+    assert_close_fp32((loss.detach(), hidden.grad, weight.grad), naive_loss(case, torch.float64))
+
+
+CHUNK_SIZES = {"torch": (1, 5, 37, 64), "cpp": (1, 5, 11, 32, 4096), "triton": (7, 16, 64)}
 
 
 @with_backends
 def test_chunk_size_invariance(backend_device):
-    """``chunk_size`` (tokens for torch and triton, vocabulary columns for cpp) only changes memory use.
+    """``chunk_size`` (tokens whose logits are alive at once) only changes memory use.
 
-    The sizes include 1, sizes that divide neither N=37 nor V=257, and sizes above N and V.
+    The sizes include 1, sizes that divide no response length of N=37, and sizes above N (for cpp
+    11 splits every response, 32 holds whole responses but not all of them).
     """
     backend, device = backend_device
     case = random_case(**ODD_CASE).to(device)
@@ -396,6 +443,20 @@ def test_chunk_size_invariance(backend_device):
     for result in results[1:]:
         assert_close_fp32(result, results[0])
     assert_close_fp32(results[0], naive_loss(case, torch.float64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpp_gemm_providers_agree(dtype, monkeypatch):
+    """oneDNN and at::mm tiles (``ADVDISTILL_CPP_GEMM``) both meet the dtype's tolerance; a typo is rejected."""
+    if reason := _cpp_skip_reason():
+        pytest.skip(reason)
+    case = random_case(**ODD_CASE).to("cpu", dtype)
+    for provider in cpp_backend.GEMM_PROVIDERS:
+        monkeypatch.setenv("ADVDISTILL_CPP_GEMM", provider)
+        assert_matches_ground_truth(run_loss(case, "cpp", chunk_size=11), case, dtype)
+    monkeypatch.setenv("ADVDISTILL_CPP_GEMM", "blas")
+    with pytest.raises(ValueError, match="ADVDISTILL_CPP_GEMM: expected one of"):
+        run_loss(case, "cpp")
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])

@@ -1,12 +1,19 @@
-// Fused AdvDistill loss for CPU tensors: loss, per-response statistics and the gradients wrt the
-// hidden states and the LM-head weight, without ever holding more than one logits tile.
+// Fused AdvDistill loss for CPU tensors, in a single pass over the logits: loss, per-response
+// statistics and the gradients wrt the hidden states and the LM-head weight, holding one
+// [tile tokens x V] logits tile at a time.
 //
-// Pass 1 walks [token_chunk x vocab_chunk] logits tiles (ATen matmul on the tile) and keeps an
-// online log-sum-exp and the target logit per token. The per-response aggregation then gives the
-// loss and c_t = dloss/dlogp_t. Pass 2 recomputes each tile, turns it in place into
-// dlogits = c_t (onehot(y_t) - softmax(z_t)) and accumulates grad_hidden += dlogits W_tile and
-// grad_weight_tile += dlogits^T h. The elementwise work runs in OpenMP loops; accumulation is in
-// float32 (float64 for float64 inputs).
+// Why one pass works: dloss/dlogp_t = c_t = a_i + b_i p_t depends only on token t and its own
+// response i (a_i = -w_i / T_i, b_i = lam [i wrong] [p_mean_i < p_max] / (T_i (1 - p_mean_i))).
+// The caller orders the unmasked tokens by response and plans tiles of whole responses
+// (backends/_tiles.py). For each tile one GEMM gives its full-vocabulary logits; one OpenMP region
+// turns them into log-sum-exp, per-response statistics, c_t and, in place,
+// dlogits = c_t (onehot(y_t) - softmax(z_t)); two GEMMs then give grad_hidden = dlogits W and
+// grad_weight += dlogits^T h: 6 N d V FLOPs in all.
+//
+// Precision: float32 and float64 run in their own dtype. bfloat16 runs its GEMMs in bfloat16
+// (fp32 accumulation inside the GEMM; logits and dlogits stored in bfloat16, as autograd does) with
+// the softmax statistics in float32. float16 is upcast to float32 (this CPU class has no fast
+// float16 GEMM). GEMMs go to oneDNN (at::native::mkldnn_matmul) when requested, else to at::mm.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -17,8 +24,17 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <tuple>
 #include <vector>
+
+namespace at {
+namespace native {
+// Exported by libtorch_cpu (oneDNN matmul, strided inputs, out = beta * out + alpha * a @ b); ATen
+// ships no header for it.
+void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result, float beta, float alpha);
+}  // namespace native
+}  // namespace at
 
 namespace advdistill {
 namespace {
@@ -51,225 +67,266 @@ inline float vector_exp(float x) {
 
 inline double vector_exp(double x) { return std::exp(x); }
 
-int num_threads() { return std::max(1, at::get_num_threads()); }
+// Element conversions between the tile's dtype and the accumulation dtype. bfloat16 uses plain bit
+// operations (round to nearest even; the values here are finite) so that the loops vectorise,
+// which c10's conversion with its NaN branch does not.
+inline float to_acc(float x) { return x; }
+inline double to_acc(double x) { return x; }
+inline float to_acc(at::BFloat16 x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x.x) << 16); }
+
+template <typename logit_t>
+inline logit_t from_acc(float x) {
+  return x;
+}
+template <>
+inline at::BFloat16 from_acc<at::BFloat16>(float x) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, x);
+  return at::BFloat16(static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16), at::BFloat16::from_bits());
+}
+template <typename logit_t>
+inline logit_t from_acc(double x) {
+  return x;
+}
+
+// out = a @ b (accumulate: out += a @ b); a and b may be transposed views.
+void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate, bool use_onednn) {
+  if (use_onednn) {
+    at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
+  } else if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(const_cast<at::Tensor&>(out), a, b);
+  }
+}
+
+// Positions [begin, end) of the response-ordered tokens processed as one logits tile.
+struct Tile {
+  int64_t begin, end;
+  bool accumulate_stats;   // add this tile's logp and p to its responses' sums
+  bool compute_gradients;  // turn the logits into dlogits and run the two gradient GEMMs
+};
 
 struct Problem {
-  at::Tensor hidden;   // [N, d] in the accumulation dtype
-  at::Tensor weight;   // [V, d] in the input dtype
-  const int64_t* targets;
-  int64_t num_tokens, vocab_size, ignore_index, token_chunk, vocab_chunk;
-  at::ScalarType acc_type;
+  at::Tensor rows;    // [M, d] unmasked hidden states ordered by response, in the GEMM dtype
+  at::Tensor weight;  // [V, d] in the GEMM dtype
+  std::vector<int64_t> targets, responses;  // [M], ordered like rows
+  std::vector<int64_t> counts;              // T_i
+  std::vector<double> response_weights;     // w_i
+  std::vector<bool> contrastive;            // wrong[i] && lam != 0
+  double lam, p_max;
+  int64_t vocab_size;
+  bool use_onednn;
 };
 
-// Logits of tokens [t0, t0 + rows) x vocab [v0, v0 + cols) into the contiguous buffer.
-at::Tensor logits_tile(const Problem& p, const at::Tensor& weight_tile, at::Tensor& buffer, int64_t t0,
-                       int64_t rows) {
-  at::Tensor out = buffer.narrow(0, 0, rows * weight_tile.size(0)).view({rows, weight_tile.size(0)});
-  at::mm_out(out, p.hidden.narrow(0, t0, rows), weight_tile.t());
-  return out;
-}
+// Running per-response sums and the coefficients c_t = a_i + b_i p_t derived from them.
+struct ResponseSums {
+  std::vector<double> logp, p;
 
-at::Tensor weight_tile(const Problem& p, int64_t v0, int64_t cols) {
-  return p.weight.narrow(0, v0, cols).to(p.acc_type).contiguous();
-}
+  double contrastive_factor(const Problem& pr, int64_t i) const {
+    const double count = static_cast<double>(pr.counts[i]);
+    const double p_mean = p[i] / count;
+    if (!pr.contrastive[i] || !(p_mean < pr.p_max)) return 0.0;
+    return pr.lam / (count * (1.0 - p_mean));
+  }
+};
 
-// Pass 1: running max / sum of exp per token and the target logit.
-template <typename acc_t>
-void online_logsumexp(const Problem& p, std::vector<acc_t>& lse, std::vector<acc_t>& target_logit) {
-  std::vector<acc_t> running_max(p.num_tokens, -std::numeric_limits<acc_t>::infinity());
-  std::vector<acc_t> running_sum(p.num_tokens, acc_t(0));
-  at::Tensor buffer = at::empty({p.token_chunk * p.vocab_chunk}, p.hidden.options());
-  for (int64_t v0 = 0; v0 < p.vocab_size; v0 += p.vocab_chunk) {
-    const int64_t cols = std::min(p.vocab_chunk, p.vocab_size - v0);
-    const at::Tensor w_tile = weight_tile(p, v0, cols);
-    for (int64_t t0 = 0; t0 < p.num_tokens; t0 += p.token_chunk) {
-      const int64_t rows = std::min(p.token_chunk, p.num_tokens - t0);
-      const acc_t* logits = logits_tile(p, w_tile, buffer, t0, rows).data_ptr<acc_t>();
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t r = 0; r < rows; ++r) {
-        const acc_t* row = logits + r * cols;
-        const int64_t t = t0 + r;
-        acc_t tile_max = row[0];
-#pragma omp simd reduction(max : tile_max)
-        for (int64_t c = 0; c < cols; ++c) tile_max = std::max(tile_max, row[c]);
-        const acc_t new_max = std::max(running_max[t], tile_max);
-        acc_t tile_sum = 0;
-#pragma omp simd reduction(+ : tile_sum)
-        for (int64_t c = 0; c < cols; ++c) tile_sum += vector_exp(row[c] - new_max);
-        running_sum[t] = running_sum[t] * vector_exp(running_max[t] - new_max) + tile_sum;
-        running_max[t] = new_max;
-        const int64_t y = p.targets[t];
-        if (y >= v0 && y < v0 + cols) target_logit[t] = row[y - v0];
+template <typename acc_t, typename logit_t>
+void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::vector<acc_t>& token_logp,
+                  ResponseSums& sums, const at::Tensor& grad_rows, const at::Tensor& grad_weight) {
+  const int64_t rows = tile.end - tile.begin;
+  const int64_t vocab = pr.vocab_size;
+  const at::Tensor hidden_tile = pr.rows.narrow(0, tile.begin, rows);
+  at::Tensor logits = buffer.narrow(0, 0, rows * vocab).view({rows, vocab});
+  gemm(hidden_tile, pr.weight.t(), logits, false, pr.use_onednn);
+  logit_t* data = logits.data_ptr<logit_t>();
+  // per row: 1 / sum_v exp(z_v - max) and the coefficient c_t
+  std::vector<acc_t> inverse_sum(rows), coefficient(rows);
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+
+  // One parallel region per tile: the row statistics (each row is overwritten with exp(z - max), so
+  // that dlogits needs no second exp), the serial per-response aggregation, then dlogits in place.
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      logit_t* row = data + r * vocab;
+      acc_t row_max = -std::numeric_limits<acc_t>::infinity();
+#pragma omp simd reduction(max : row_max)
+      for (int64_t c = 0; c < vocab; ++c) row_max = std::max(row_max, to_acc(row[c]));
+      const acc_t target_logit = to_acc(row[pr.targets[tile.begin + r]]);
+      acc_t row_sum = 0;
+#pragma omp simd reduction(+ : row_sum)
+      for (int64_t c = 0; c < vocab; ++c) {
+        const acc_t shifted_exp = vector_exp(to_acc(row[c]) - row_max);
+        row[c] = from_acc<logit_t>(shifted_exp);
+        row_sum += shifted_exp;
       }
+      inverse_sum[r] = acc_t(1) / row_sum;
+      token_logp[tile.begin + r] = target_logit - row_max - std::log(row_sum);
     }
-  }
-  for (int64_t t = 0; t < p.num_tokens; ++t) lse[t] = running_max[t] + std::log(running_sum[t]);
-}
-
-struct Aggregate {
-  double loss = 0.0;
-  std::vector<double> ce, p_mean;
-  std::vector<int64_t> counts;
-};
-
-// Per-response statistics, the loss and c_t (0 for masked tokens); see _aggregation.py.
-template <typename acc_t>
-Aggregate aggregate(const Problem& p, const std::vector<acc_t>& lse, const std::vector<acc_t>& target_logit,
-                    const int64_t* response_index, const double* response_weights, const bool* wrong,
-                    int64_t num_responses, double lam, double p_max, std::vector<acc_t>& coefficients) {
-  Aggregate out;
-  out.ce.assign(num_responses, 0.0);
-  out.p_mean.assign(num_responses, 0.0);
-  out.counts.assign(num_responses, 0);
-  std::vector<double> sum_logp(num_responses, 0.0), sum_p(num_responses, 0.0);
-  for (int64_t t = 0; t < p.num_tokens; ++t) {
-    if (p.targets[t] == p.ignore_index) continue;
-    const int64_t i = response_index[t];
-    const double logp = static_cast<double>(target_logit[t]) - static_cast<double>(lse[t]);
-    out.counts[i] += 1;
-    sum_logp[i] += logp;
-    sum_p[i] += std::exp(logp);
-  }
-  std::vector<double> ce_coefficient(num_responses, 0.0), contrastive_coefficient(num_responses, 0.0);
-  for (int64_t i = 0; i < num_responses; ++i) {
-    if (out.counts[i] == 0) continue;
-    const double count = static_cast<double>(out.counts[i]);
-    out.ce[i] = -sum_logp[i] / count;
-    out.p_mean[i] = sum_p[i] / count;
-    out.loss += response_weights[i] * out.ce[i];
-    ce_coefficient[i] = -response_weights[i] / count;
-    if (wrong[i]) {
-      out.loss += lam * -std::log1p(-std::min(out.p_mean[i], p_max));
-      if (out.p_mean[i] < p_max) contrastive_coefficient[i] = lam / (count * (1.0 - out.p_mean[i]));
-    }
-  }
-  for (int64_t t = 0; t < p.num_tokens; ++t) {
-    if (p.targets[t] == p.ignore_index) {
-      coefficients[t] = 0;
-      continue;
-    }
-    const int64_t i = response_index[t];
-    const double logp = static_cast<double>(target_logit[t]) - static_cast<double>(lse[t]);
-    coefficients[t] = static_cast<acc_t>(ce_coefficient[i] + contrastive_coefficient[i] * std::exp(logp));
-  }
-  return out;
-}
-
-// Pass 2: recompute each tile, overwrite it with dlogits and accumulate both gradients.
-template <typename acc_t>
-void accumulate_gradients(const Problem& p, const std::vector<acc_t>& lse, const std::vector<acc_t>& coefficients,
-                          at::Tensor& grad_hidden_acc, at::Tensor& grad_weight, bool need_hidden, bool need_weight) {
-  const int64_t hidden_dim = p.hidden.size(1);
-  std::vector<char> tile_has_gradient;
-  for (int64_t t0 = 0; t0 < p.num_tokens; t0 += p.token_chunk) {
-    const int64_t rows = std::min(p.token_chunk, p.num_tokens - t0);
-    const bool any = std::any_of(coefficients.begin() + t0, coefficients.begin() + t0 + rows,
-                                 [](acc_t c) { return c != acc_t(0); });
-    tile_has_gradient.push_back(any);
-  }
-  const bool weight_in_acc_type = grad_weight.defined() && grad_weight.scalar_type() == p.acc_type;
-  at::Tensor buffer = at::empty({p.token_chunk * p.vocab_chunk}, p.hidden.options());
-  for (int64_t v0 = 0; v0 < p.vocab_size; v0 += p.vocab_chunk) {
-    const int64_t cols = std::min(p.vocab_chunk, p.vocab_size - v0);
-    const at::Tensor w_tile = weight_tile(p, v0, cols);
-    at::Tensor grad_w_tile;
-    if (need_weight) {
-      grad_w_tile = weight_in_acc_type ? grad_weight.narrow(0, v0, cols)
-                                       : at::zeros({cols, hidden_dim}, p.hidden.options());
-    }
-    for (int64_t t0 = 0, tile = 0; t0 < p.num_tokens; t0 += p.token_chunk, ++tile) {
-      if (!tile_has_gradient[tile]) continue;
-      const int64_t rows = std::min(p.token_chunk, p.num_tokens - t0);
-      at::Tensor logits = logits_tile(p, w_tile, buffer, t0, rows);
-      acc_t* data = logits.data_ptr<acc_t>();
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t r = 0; r < rows; ++r) {
-        acc_t* row = data + r * cols;
-        const int64_t t = t0 + r;
-        const acc_t c = coefficients[t];
-        if (c == acc_t(0)) {
-          std::fill(row, row + cols, acc_t(0));
-          continue;
+#pragma omp single
+    {
+      if (tile.accumulate_stats) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = pr.responses[tile.begin + r];
+          const double logp = static_cast<double>(token_logp[tile.begin + r]);
+          sums.logp[i] += logp;
+          sums.p[i] += std::exp(logp);
         }
-        const acc_t row_lse = lse[t];
-#pragma omp simd
-        for (int64_t col = 0; col < cols; ++col) row[col] = -c * vector_exp(row[col] - row_lse);
-        const int64_t y = p.targets[t];
-        if (y >= v0 && y < v0 + cols) row[y - v0] += c;
       }
-      if (need_hidden) grad_hidden_acc.narrow(0, t0, rows).addmm_(logits, w_tile);
-      if (need_weight) grad_w_tile.addmm_(logits.t(), p.hidden.narrow(0, t0, rows));
+      if (tile.compute_gradients) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = pr.responses[tile.begin + r];
+          const double p = std::exp(static_cast<double>(token_logp[tile.begin + r]));
+          coefficient[r] = static_cast<acc_t>(-pr.response_weights[i] / static_cast<double>(pr.counts[i]) +
+                                              sums.contrastive_factor(pr, i) * p);
+        }
+      }
     }
-    if (need_weight && !weight_in_acc_type) grad_weight.narrow(0, v0, cols).copy_(grad_w_tile);
+    if (tile.compute_gradients) {
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        logit_t* row = data + r * vocab;
+        const acc_t c = coefficient[r];
+        const acc_t scale = -c * inverse_sum[r];
+        const int64_t y = pr.targets[tile.begin + r];
+        const acc_t target_gradient = c + scale * to_acc(row[y]);
+#pragma omp simd
+        for (int64_t col = 0; col < vocab; ++col) row[col] = from_acc<logit_t>(scale * to_acc(row[col]));
+        row[y] = from_acc<logit_t>(target_gradient);
+      }
+    }
   }
+  if (!tile.compute_gradients) return;
+  if (grad_rows.defined()) gemm(logits, pr.weight, grad_rows.narrow(0, tile.begin, rows), false, pr.use_onednn);
+  if (grad_weight.defined()) gemm(logits.t(), hidden_tile, grad_weight, true, pr.use_onednn);
 }
 
-template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(
-    const Problem& p, const at::Tensor& hidden, const at::Tensor& response_index, const at::Tensor& response_weights,
-    const at::Tensor& wrong, double lam, double p_max, bool need_hidden, bool need_weight) {
-  const int64_t num_responses = response_weights.size(0);
-  std::vector<acc_t> lse(p.num_tokens), target_logit(p.num_tokens, acc_t(0)), coefficients(p.num_tokens);
-  online_logsumexp<acc_t>(p, lse, target_logit);
-
-  const at::Tensor weights_f64 = response_weights.to(at::kDouble).contiguous();
-  const at::Tensor wrong_bool = wrong.contiguous();
-  const Aggregate agg = aggregate<acc_t>(p, lse, target_logit, response_index.data_ptr<int64_t>(),
-                                         weights_f64.data_ptr<double>(), wrong_bool.data_ptr<bool>(),
-                                         num_responses, lam, p_max, coefficients);
-
-  at::Tensor grad_hidden = at::empty({0}, hidden.options());
-  at::Tensor grad_weight = at::empty({0}, p.weight.options());
-  if (need_hidden || need_weight) {
-    at::Tensor grad_hidden_acc = need_hidden ? at::zeros_like(p.hidden) : at::Tensor();
-    if (need_weight) {
-      grad_weight = p.weight.scalar_type() == p.acc_type ? at::zeros_like(p.weight) : at::empty_like(p.weight);
-    }
-    accumulate_gradients<acc_t>(p, lse, coefficients, grad_hidden_acc, grad_weight, need_hidden, need_weight);
-    if (need_hidden) grad_hidden = grad_hidden_acc.to(hidden.scalar_type());
-  }
-
-  const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor loss = at::scalar_tensor(agg.loss, f64).to(p.acc_type);
-  at::Tensor ce = at::tensor(agg.ce, f64).to(p.acc_type);
-  at::Tensor p_mean = at::tensor(agg.p_mean, f64).to(p.acc_type);
-  at::Tensor counts = at::tensor(agg.counts, at::TensorOptions().dtype(at::kLong));
-  return {loss, grad_hidden, grad_weight, ce, p_mean, counts};
+at::ScalarType gemm_type(at::ScalarType input) {
+  return input == at::kHalf ? at::kFloat : input;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_loss(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets, const at::Tensor& response_index,
-    const at::Tensor& response_weights, const at::Tensor& wrong, double lam, double p_max, int64_t ignore_index,
-    int64_t token_chunk, int64_t vocab_chunk, bool need_hidden, bool need_weight) {
-  for (const at::Tensor* t : {&hidden, &weight, &targets, &response_index, &response_weights, &wrong}) {
+    const at::Tensor& response_weights, const at::Tensor& wrong, double lam, double p_max, const at::Tensor& order,
+    const at::Tensor& tile_plan, bool need_hidden, bool need_weight, bool use_onednn) {
+  for (const at::Tensor* t : {&hidden, &weight, &targets, &response_index, &response_weights, &wrong, &order,
+                              &tile_plan}) {
     TORCH_CHECK(t->device().is_cpu(), "advdistill cpp backend: expected CPU tensors, got ", t->device());
   }
   TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
               "advdistill cpp backend: expected hidden [N, d] and weight [V, d], got ", hidden.sizes(), " and ",
               weight.sizes());
-  TORCH_CHECK(targets.scalar_type() == at::kLong && response_index.scalar_type() == at::kLong,
-              "advdistill cpp backend: expected int64 targets and response_index");
+  for (const at::Tensor* t : {&targets, &response_index, &order, &tile_plan}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong, "advdistill cpp backend: expected int64 targets, response_index, "
+                "order and tile plan, got ", t->scalar_type());
+  }
   TORCH_CHECK(wrong.scalar_type() == at::kBool, "advdistill cpp backend: expected bool wrong, got ",
               wrong.scalar_type());
-  TORCH_CHECK(token_chunk > 0 && vocab_chunk > 0, "advdistill cpp backend: chunk sizes must be positive, got ",
-              token_chunk, " and ", vocab_chunk);
+  TORCH_CHECK(tile_plan.dim() == 2 && tile_plan.size(1) == 4,
+              "advdistill cpp backend: expected a tile plan [T, 4], got ", tile_plan.sizes());
 
-  const at::ScalarType acc_type = hidden.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType input_type = hidden.scalar_type();
+  const at::ScalarType compute_type = gemm_type(input_type);
+  const int64_t num_tokens = hidden.size(0);
+  const int64_t num_responses = response_weights.size(0);
   const at::Tensor targets_c = targets.contiguous();
-  const at::Tensor response_index_c = response_index.contiguous();
-  Problem p{hidden.to(acc_type).contiguous(),
-            weight.contiguous(),
-            targets_c.data_ptr<int64_t>(),
-            hidden.size(0),
-            weight.size(0),
-            ignore_index,
-            std::min(token_chunk, std::max<int64_t>(hidden.size(0), 1)),
-            std::min(vocab_chunk, weight.size(0)),
-            acc_type};
-  if (acc_type == at::kDouble) {
-    return run<double>(p, hidden, response_index_c, response_weights, wrong, lam, p_max, need_hidden, need_weight);
+  const at::Tensor response_c = response_index.contiguous();
+  const at::Tensor order_c = order.contiguous();
+  const int64_t* target_ptr = targets_c.data_ptr<int64_t>();
+  const int64_t* response_ptr = response_c.data_ptr<int64_t>();
+  const int64_t valid_tokens = order_c.size(0);
+  const int64_t* order_ptr = order_c.data_ptr<int64_t>();
+  bool identity = valid_tokens == num_tokens;
+  for (int64_t m = 0; identity && m < valid_tokens; ++m) identity = order_ptr[m] == m;
+
+  std::vector<Tile> tiles;
+  const at::Tensor plan_c = tile_plan.contiguous();
+  const int64_t* plan_ptr = plan_c.data_ptr<int64_t>();
+  int64_t largest_tile = 0;
+  bool need_gradients = false;
+  for (int64_t k = 0; k < plan_c.size(0); ++k) {
+    const int64_t* row = plan_ptr + 4 * k;
+    TORCH_CHECK(0 <= row[0] && row[0] < row[1] && row[1] <= valid_tokens,
+                "advdistill cpp backend: tile ", k, " [", row[0], ", ", row[1], ") outside [0, ", valid_tokens, ")");
+    tiles.push_back({row[0], row[1], row[2] != 0, row[3] != 0 && (need_hidden || need_weight)});
+    largest_tile = std::max(largest_tile, row[1] - row[0]);
+    need_gradients = need_gradients || tiles.back().compute_gradients;
   }
-  return run<float>(p, hidden, response_index_c, response_weights, wrong, lam, p_max, need_hidden, need_weight);
+
+  Problem pr;
+  pr.vocab_size = weight.size(0);
+  pr.lam = lam;
+  pr.p_max = p_max;
+  pr.use_onednn = use_onednn && compute_type != at::kDouble;
+  pr.weight = weight.to(compute_type).contiguous();
+  pr.rows = identity ? hidden.to(compute_type).contiguous() : hidden.index_select(0, order_c).to(compute_type);
+  pr.counts.assign(num_responses, 0);
+  for (int64_t m = 0; m < valid_tokens; ++m) {
+    pr.targets.push_back(target_ptr[order_ptr[m]]);
+    pr.responses.push_back(response_ptr[order_ptr[m]]);
+    pr.counts[pr.responses.back()] += 1;
+  }
+  const at::Tensor weights_f64 = response_weights.to(at::kDouble).contiguous();
+  pr.response_weights.assign(weights_f64.data_ptr<double>(), weights_f64.data_ptr<double>() + num_responses);
+  const at::Tensor wrong_c = wrong.contiguous();
+  for (int64_t i = 0; i < num_responses; ++i) pr.contrastive.push_back(wrong_c.data_ptr<bool>()[i] && lam != 0.0);
+
+  const at::TensorOptions compute_options = pr.rows.options();
+  at::Tensor buffer = at::empty({largest_tile * pr.vocab_size}, compute_options);
+  at::Tensor grad_rows, grad_weight_acc;
+  if (need_hidden && need_gradients) grad_rows = at::empty({valid_tokens, hidden.size(1)}, compute_options);
+  // float32 accumulation across tiles, except for bfloat16, which accumulates in its own dtype
+  if (need_weight && need_gradients) grad_weight_acc = at::zeros(pr.weight.sizes(), compute_options);
+
+  ResponseSums sums{std::vector<double>(num_responses, 0.0), std::vector<double>(num_responses, 0.0)};
+  auto run_tiles = [&](auto acc_zero, auto logit_zero) {
+    using acc_t = decltype(acc_zero);
+    using logit_t = decltype(logit_zero);
+    std::vector<acc_t> token_logp(valid_tokens);
+    for (const Tile& tile : tiles) {
+      process_tile<acc_t, logit_t>(pr, tile, buffer, token_logp, sums, grad_rows, grad_weight_acc);
+    }
+  };
+  if (compute_type == at::kDouble) {
+    run_tiles(0.0, 0.0);
+  } else if (compute_type == at::kBFloat16) {
+    run_tiles(0.0f, at::BFloat16(0.0f));
+  } else {
+    run_tiles(0.0f, 0.0f);
+  }
+
+  const at::ScalarType stats_type = input_type == at::kDouble ? at::kDouble : at::kFloat;
+  std::vector<double> ce(num_responses, 0.0), p_mean(num_responses, 0.0);
+  double loss = 0.0;
+  for (int64_t i = 0; i < num_responses; ++i) {
+    if (pr.counts[i] == 0) continue;
+    const double count = static_cast<double>(pr.counts[i]);
+    ce[i] = -sums.logp[i] / count;
+    p_mean[i] = sums.p[i] / count;
+    loss += pr.response_weights[i] * ce[i];
+    if (wrong_c.data_ptr<bool>()[i]) loss += lam * -std::log1p(-std::min(p_mean[i], p_max));
+  }
+
+  at::Tensor grad_hidden = at::empty({0}, hidden.options());
+  if (need_hidden) {
+    if (!grad_rows.defined()) {
+      grad_hidden = at::zeros_like(hidden);
+    } else {
+      grad_hidden = identity ? grad_rows.to(input_type)
+                             : at::zeros_like(hidden).index_copy_(0, order_c, grad_rows.to(input_type));
+    }
+  }
+  at::Tensor grad_weight = at::empty({0}, weight.options());
+  if (need_weight) grad_weight = grad_weight_acc.defined() ? grad_weight_acc.to(input_type) : at::zeros_like(weight);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  return {at::scalar_tensor(loss, f64).to(stats_type), grad_hidden, grad_weight,
+          at::tensor(ce, f64).to(stats_type), at::tensor(p_mean, f64).to(stats_type),
+          at::tensor(pr.counts, at::TensorOptions().dtype(at::kLong))};
+}
+
+void gemm_op(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate, bool use_onednn) {
+  gemm(a, b, out, accumulate, use_onednn);
 }
 
 }  // namespace
@@ -278,7 +335,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 TORCH_LIBRARY(advdistill_kernels, m) {
   m.def(
       "fused_loss(Tensor hidden, Tensor weight, Tensor targets, Tensor response_index, Tensor response_weights, "
-      "Tensor wrong, float lam, float p_max, int ignore_index, int token_chunk, int vocab_chunk, "
-      "bool need_hidden_grad, bool need_weight_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      "Tensor wrong, float lam, float p_max, Tensor order, Tensor tile_plan, bool need_hidden_grad, "
+      "bool need_weight_grad, bool use_onednn) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       &advdistill::fused_loss);
+  m.def("gemm(Tensor a, Tensor b, Tensor(a!) out, bool accumulate, bool use_onednn) -> ()", &advdistill::gemm_op);
 }

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from advdistill_kernels._aggregation import ResponseStats, combine_loss, response_means, token_coefficients
-from advdistill_kernels.naive import compute_dtype
+from advdistill_kernels._aggregation import (
+    ResponseStats,
+    combine_loss,
+    compute_dtype,
+    response_means,
+    token_coefficients,
+)
+from advdistill_kernels.backends import chunk_tokens
 
 LOGITS_BUDGET_ELEMENTS = 8 * 1024 * 1024
 """Default chunk: this many logits alive at once (32 MiB in float32)."""
-
-
-def default_token_chunk(vocab_size: int) -> int:
-    return max(1, LOGITS_BUDGET_ELEMENTS // vocab_size)
 
 
 def _chunk_starts(num_tokens: int, chunk_size: int) -> range:
@@ -90,20 +92,20 @@ def chunked_gradients(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
             grad_weight.to(weight.dtype) if need_weight else None)
 
 
-def advdistill_loss_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+def fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                           response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor, *,
                           lam: float, p_max: float, ignore_index: int, chunk_size: int | None) -> torch.Tensor:
-    """Chunked loss; ``chunk_size`` is the number of tokens per chunk (default: 8M logits per chunk)."""
-    chunk = chunk_size or default_token_chunk(weight.shape[0])
+    """Chunked loss; ``chunk_size`` tokens per chunk (default: 8M logits per chunk)."""
+    chunk = chunk_tokens(chunk_size, weight.shape[0], LOGITS_BUDGET_ELEMENTS)
     return _ChunkedAdvDistillLoss.apply(hidden, weight, targets, response_index, response_weights, wrong,
                                         lam, p_max, ignore_index, chunk)
 
 
-def response_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+def response_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          response_index: torch.Tensor, num_responses: int, *, ignore_index: int,
                          chunk_size: int | None) -> ResponseStats:
     """Per-response ``(CE_i, p_mean_i, T_i)`` without gradient."""
-    chunk = chunk_size or default_token_chunk(weight.shape[0])
+    chunk = chunk_tokens(chunk_size, weight.shape[0], LOGITS_BUDGET_ELEMENTS)
     with torch.no_grad():
         logp, _ = token_log_probs(hidden, weight, targets, ignore_index, chunk)
         return response_means(logp, targets != ignore_index, response_index, num_responses)

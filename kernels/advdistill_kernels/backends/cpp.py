@@ -1,0 +1,174 @@
+"""The ``cpp`` backend: a C++/OpenMP extension for CPU tensors, compiled on first use.
+
+The extension (``cpp/fused_loss.cpp``) computes the loss and both gradients in a single pass over
+the logits, tile by tile (its header explains why one pass suffices); backward only scales them by
+the incoming gradient. It is built with
+``torch.utils.cpp_extension.load`` into a cache directory (``$ADVDISTILL_KERNELS_CACHE``, else
+``$TORCH_EXTENSIONS_DIR/advdistill_kernels``, else ``~/.cache/advdistill_kernels``), one
+sub-directory per torch version, Python version, CPU (it is compiled with ``-march=native``) and
+source digest (two checkouts with different sources never rebuild over each other).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from advdistill_kernels._aggregation import ResponseStats
+from advdistill_kernels._errors import BackendUnavailableError
+from advdistill_kernels.backends import chunk_tokens
+from advdistill_kernels.backends._precomputed_gradients import loss_with_precomputed_gradients
+from advdistill_kernels.backends._tiles import plan_tiles, tiles_tensor
+
+SOURCE = Path(__file__).parent.parent / "cpp" / "fused_loss.cpp"
+LOGITS_BUDGET_ELEMENTS = 8 * 1024 * 1024
+"""Default tile: this many logits alive at once (32 MiB in float32) ..."""
+MIN_TILE_TOKENS = 256
+"""... but at least this many tokens: thinner tiles make the weight-gradient GEMM (inner size = the
+tile's tokens) rewrite ``grad_weight`` too often, and the GEMMs lose much of their speed."""
+GEMM_PROVIDERS = ("onednn", "aten")
+
+
+_build_failure: BackendUnavailableError | None = None
+_loaded = False
+
+
+def _cpu_fingerprint() -> str:
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        flags = platform.processor()
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
+
+
+def build_directory() -> Path:
+    """Where the compiled extension is cached (created on demand)."""
+    if "ADVDISTILL_KERNELS_CACHE" in os.environ:
+        root = Path(os.environ["ADVDISTILL_KERNELS_CACHE"])
+    elif "TORCH_EXTENSIONS_DIR" in os.environ:
+        root = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "advdistill_kernels"
+    else:
+        root = Path.home() / ".cache" / "advdistill_kernels"
+    tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info.major}{sys.version_info.minor}"
+    source_digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    return root / f"{tag}-{_cpu_fingerprint()}-src{source_digest}"
+
+
+def _compile_and_load() -> None:
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise BackendUnavailableError(
+            f"backend 'cpp' needs a C++ compiler to build {SOURCE.name}: '{compiler}' (from $CXX, default c++) "
+            "was not found on PATH; install g++ or point CXX at a compiler")
+    directory = build_directory()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load(
+            name="advdistill_fused_loss",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as exc:
+        raise BackendUnavailableError(
+            f"backend 'cpp' failed to build {SOURCE} with compiler '{compiler}' in {directory}: {exc}") from exc
+
+
+def load_extension() -> None:
+    """Compile (once per cache directory) and load the extension; raises BackendUnavailableError."""
+    global _build_failure, _loaded
+    if _loaded:
+        return
+    if _build_failure is not None:
+        raise _build_failure
+    try:
+        _compile_and_load()
+    except BackendUnavailableError as exc:
+        _build_failure = exc
+        raise
+    _loaded = True
+
+
+def load_error() -> str | None:
+    """None when the extension compiles and loads (the first call may take a minute), else why not."""
+    try:
+        load_extension()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def gemm_provider(dtype: torch.dtype) -> str:
+    """The GEMM library behind the tiles for ``dtype`` inputs.
+
+    oneDNN when torch was built with it and it supports the dtype on this CPU (float32, and float16
+    upcast to float32; bfloat16 where the CPU has bf16 instructions); on AVX-512 CPUs it beats MKL's
+    sgemm, which runs its AVX2 kernel on AMD. Else ``at::mm`` (MKL/OpenBLAS).
+    ``$ADVDISTILL_CPP_GEMM`` (``onednn`` or ``aten``) overrides the choice at run time.
+    """
+    requested = os.environ.get("ADVDISTILL_CPP_GEMM")
+    if requested is not None and requested not in GEMM_PROVIDERS:
+        raise ValueError(f"ADVDISTILL_CPP_GEMM: expected one of {GEMM_PROVIDERS}, got {requested!r}")
+    onednn_possible = torch.backends.mkldnn.is_available() and (
+        dtype in (torch.float32, torch.float16)
+        or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    if requested == "aten" or not onednn_possible:
+        return "aten"
+    return "onednn"
+
+
+def default_tile_tokens(vocab_size: int) -> int:
+    """Tokens per logits tile when ``chunk_size`` is None (more if a contrastive response is longer)."""
+    return chunk_tokens(None, vocab_size, LOGITS_BUDGET_ELEMENTS, MIN_TILE_TOKENS)
+
+
+def _fused_loss(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index,
+                chunk_size, need_hidden_grad, need_weight_grad):
+    load_extension()
+    plan = plan_tiles(targets, response_index, wrong, lam, ignore_index, chunk_size,
+                      default_tile_tokens(weight.shape[0]), need_hidden_grad or need_weight_grad)
+    return torch.ops.advdistill_kernels.fused_loss(
+        hidden, weight, targets, response_index, response_weights, wrong, float(lam), float(p_max), plan.order,
+        tiles_tensor(plan.tiles), need_hidden_grad, need_weight_grad, gemm_provider(hidden.dtype) == "onednn")
+
+
+def fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
+               response_weights: torch.Tensor, wrong: torch.Tensor, *, lam: float, p_max: float, ignore_index: int,
+               chunk_size: int | None) -> torch.Tensor:
+    """Single-pass CPU loss; ``chunk_size`` tokens per logits tile (tiles hold whole responses when they fit).
+
+    Gradients are computed in this call (and only those that autograd will ask for).
+    """
+    def compute(need_hidden_grad: bool, need_weight_grad: bool):
+        loss, grad_hidden, grad_weight, *_ = _fused_loss(
+            hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index,
+            chunk_size, need_hidden_grad, need_weight_grad)
+        return loss, grad_hidden, grad_weight
+
+    return loss_with_precomputed_gradients(compute, hidden, weight)
+
+
+def response_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
+                   num_responses: int, *, ignore_index: int, chunk_size: int | None) -> ResponseStats:
+    """Per-response ``(CE_i, p_mean_i, T_i)`` from the extension (logits only, no gradient)."""
+    placeholder_weights = torch.zeros(num_responses, dtype=torch.float64)
+    no_wrong = torch.zeros(num_responses, dtype=torch.bool)
+    _, _, _, ce, p_mean, counts = _fused_loss(
+        hidden.detach(), weight.detach(), targets, response_index, placeholder_weights, no_wrong, 0.0, 0.5,
+        ignore_index, chunk_size, False, False)
+    return ResponseStats(ce, p_mean, counts)
