@@ -143,9 +143,11 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer: Any, rows: list[dict[str, Any]]
              prompt_cfg: PromptConfig, seed: int, out: Path) -> dict[str, Any]:
     """Fine-tune ``model`` in place on prompt -> formatted reference solution of each row (SFT).
 
-    The trainer's work folder is a temporary sibling of ``out``, deleted afterwards (no checkpoints).
+    The trainer's ``checkpoints`` folder is a temporary sibling of ``out``, deleted afterwards (it stays empty:
+    no checkpoints are saved).
     """
-    from advdistill.train import tokenize_pair, train_model
+    from advdistill.training.tokens import tokenize_pair
+    from advdistill.training.trainer import train_model
 
     pairs = [
         tokenize_pair(tokenizer,
@@ -155,8 +157,8 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer: Any, rows: list[dict[str, Any]]
         for row in rows
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.trainer-", dir=out.parent) as work_dir:
-        metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=optim), Path(work_dir),
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.trainer-", dir=out.parent) as checkpoints:
+        metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=optim), Path(checkpoints),
                               seed, save_checkpoints=False)
     metrics["examples"] = len(pairs)
     return metrics

@@ -18,16 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from advdistill.config import (
-    BootstrapConfig,
-    EvaluationConfig,
-    PromptConfig,
-    SamplingConfig,
-    ScoreConfig,
-    TokenizerConfig,
-    TrainingConfig,
-    from_json,
-)
+from advdistill.config import section_from_json
 from advdistill.errors import AdvDistillError, InputError
 from advdistill.schema import validate
 
@@ -140,8 +131,8 @@ def _add_evaluate(sub) -> None:
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="tables, plots and cost of a finished run")
     p.add_argument("--plan", type=_json_object, required=True,
-                   help='JSON: {"models": [...], "experiments": {train_set: [testsets]}, "memory": [memory plan rows]}')
-    p.add_argument("--results", type=Path, default=Path("results"), help="the run's results folder")
+                   help="JSON: the models, test sets and the declared input files to report on "
+                        "(advdistill.report.run_report)")
     p.add_argument("--benchmarks", type=Path, default=Path("benchmarks"), help="Snakemake benchmark folder")
     p.add_argument("--out-dir", type=Path, required=True)
 
@@ -179,54 +170,54 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     """Import only the stage that runs, so that ``--help`` and light stages stay fast."""
     if args.stage == "prepare":
-        from advdistill.datasets import prepare_split
+        from advdistill.prepare import prepare_split
 
         report = args.report or args.out.with_name(args.out.stem + ".report.json")
         prepare_split(args.dataset, args.source, args.split, args.options, args.out, report, args.name)
     elif args.stage == "bootstrap-tokenizer":
         from advdistill.bootstrap import run_bootstrap_tokenizer
 
-        run_bootstrap_tokenizer(args.rows, from_json(TokenizerConfig, args.settings, "tokenizer"), args.out)
+        run_bootstrap_tokenizer(args.rows, section_from_json("tokenizer", args.settings), args.out)
     elif args.stage == "bootstrap-model":
         from advdistill.bootstrap import run_bootstrap_model
 
-        run_bootstrap_model(args.rows, args.tokenizer, from_json(BootstrapConfig, args.settings, "bootstrap"),
-                            from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out)
+        run_bootstrap_model(args.rows, args.tokenizer, section_from_json("bootstrap", args.settings),
+                            section_from_json("prompt", args.prompt), args.seed, args.out)
     elif args.stage == "sample":
-        from advdistill.sampling import run_sample
+        from advdistill.sample import run_sample
 
         part, parts = (int(x) for x in args.part.split("/"))
-        run_sample(args.model, args.rows, from_json(SamplingConfig, args.settings, "sampling"),
-                   from_json(PromptConfig, args.prompt, "prompt"), args.seed, args.out, part, parts)
+        run_sample(args.model, args.rows, section_from_json("sampling", args.settings),
+                   section_from_json("prompt", args.prompt), args.seed, args.out, part, parts)
     elif args.stage == "merge-samples":
-        from advdistill.sampling import merge_samples
+        from advdistill.sample import merge_samples
 
         merge_samples(args.parts, args.out)
     elif args.stage == "score":
         from advdistill.score import run_score
 
-        run_score(args.rows, args.samples, from_json(ScoreConfig, args.settings, "score"), args.out, args.summary)
+        run_score(args.rows, args.samples, section_from_json("score", args.settings), args.out, args.summary)
     elif args.stage == "train":
         from advdistill.train import run_train
 
         checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
         run_train(args.model, args.rows, args.scored, args.objective,
-                  from_json(TrainingConfig, args.settings, "training"), from_json(PromptConfig, args.prompt, "prompt"),
+                  section_from_json("training", args.settings), section_from_json("prompt", args.prompt),
                   args.seed, args.out, checkpoints)
     elif args.stage == "evaluate":
         from advdistill.evaluate import run_evaluate
 
-        run_evaluate(args.model, args.rows, from_json(EvaluationConfig, args.settings, "evaluation"),
-                     from_json(PromptConfig, args.prompt, "prompt"), args.few_shot_rows, args.seed,
+        run_evaluate(args.model, args.rows, section_from_json("evaluation", args.settings),
+                     section_from_json("prompt", args.prompt), args.few_shot_rows, args.seed,
                      args.out, args.metrics)
     elif args.stage == "report":
         from advdistill.report import run_report
 
-        run_report(args.plan, args.results, args.benchmarks, args.out_dir)
+        run_report(args.plan, args.benchmarks, args.out_dir)
     elif args.stage == "standin":
         from advdistill.standin import run_standin
 
-        run_standin(args.like, args.rows, args.pretrain_rows, from_json(PromptConfig, args.prompt, "prompt"),
+        run_standin(args.like, args.rows, args.pretrain_rows, section_from_json("prompt", args.prompt),
                     args.seed, args.out)
 
 

@@ -236,6 +236,7 @@ SCHEMA_PARTS: dict[type, str] = {
     OptimConfig: "/$defs/optim",
     BootstrapConfig: "/$defs/bootstrap_settings",
     PromptConfig: "/properties/prompt",
+    EngineConfig: "/$defs/engine",
     SamplingConfig: "/properties/sampling",
     CosineConfig: "/properties/score/properties/cosine",
     ScoreConfig: "/properties/score",
@@ -243,3 +244,27 @@ SCHEMA_PARTS: dict[type, str] = {
     LossConfig: "/properties/training/properties/loss",
     TrainingConfig: "/properties/training",
 }
+
+# The config section that each CLI stage takes as JSON (``--settings``, ``--prompt``), by its key in the config,
+# and the dataclass it is parsed into: the CLI and the planning checks both parse through it.
+STAGE_SECTIONS: dict[str, type] = {
+    "tokenizer": TokenizerConfig,
+    "bootstrap": BootstrapConfig,
+    "prompt": PromptConfig,
+    "sampling": SamplingConfig,
+    "score": ScoreConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+}
+
+
+def section_from_dict(section: str, data: dict[str, Any] | None, key: str | None = None) -> Any:
+    """Config section ``section`` (a key of :data:`STAGE_SECTIONS`) parsed into its dataclass; ``key`` is where
+    it stands in the config when that is not ``section`` itself (e.g. ``students[0].bootstrap``)."""
+    return from_dict(STAGE_SECTIONS[section], data, key or section)
+
+
+def section_from_json(section: str, text: str) -> Any:
+    """Config section ``section`` given as JSON on the command line, parsed into its dataclass."""
+    return from_json(STAGE_SECTIONS[section], text, section)
+

@@ -1,8 +1,10 @@
-"""The project's own errors: the user can act on them (a config value, an input file, the output disk).
+"""Every error the project defines, in one place: those the user can act on (a config value, an input file,
+the output disk), and :class:`BadRow`, which never leaves the dataset adapters.
 
 The CLI prints an :class:`AdvDistillError` in one line and exits 2 (``--debug`` adds its traceback); any other
 exception is a bug and keeps its traceback (exit 1). The older error types keep their standard base
-(``ValueError``/``RuntimeError``) beside the common one, so code that caught those still does.
+(``ValueError``/``RuntimeError``) beside the common one, so code that caught those still does. Import them from
+here: no other module re-exports them.
 """
 
 
@@ -28,3 +30,15 @@ class OutputError(AdvDistillError):
 
 class TrainingError(AdvDistillError, RuntimeError):
     """Training cannot go on: no data, or a non-finite loss."""
+
+
+class MemoryPlanError(ConfigError):
+    """A stage does not fit the GPU memory of ``resources.gpu_mem_gb``."""
+
+
+class BadRow(ValueError):
+    """A raw dataset record that cannot be normalised; the message is the reason that gets counted.
+
+    :func:`advdistill.datasets.base.normalise_split` catches it and skips the record, so it is no
+    :class:`AdvDistillError`: the user sees the count in the prepare report, not an error.
+    """

@@ -57,8 +57,9 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
                  few_shot_rows_path: Path | None, seed: int, out: Path, metrics_path: Path) -> dict:
     from transformers import AutoTokenizer
 
-    from advdistill.sampling import get_backend, run_fingerprint, sample_prompts
+    from advdistill.sampling import get_backend
     from advdistill.sampling.base import GenerationParams
+    from advdistill.sampling.shards import run_fingerprint, sample_prompts
 
     rows = read_parquet(rows_path)
     if cfg.max_prompts is not None:

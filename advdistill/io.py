@@ -191,3 +191,8 @@ def claim_resume_folder(path: str | os.PathLike, fingerprint: str) -> None:
     except OSError as err:
         raise _output_error(path, err) from err
     write_json(fingerprint, marker)
+
+
+def manifest_path(output: Path) -> Path:
+    """Where a stage's provenance manifest of ``output`` lives: ``<output>.manifest.json`` beside it."""
+    return output.with_name(output.name + ".manifest.json")

@@ -35,7 +35,7 @@ from advdistill.config import (
     TrainingConfig,
     from_dict,
 )
-from advdistill.errors import ConfigError
+from advdistill.errors import MemoryPlanError
 
 GIB = 1024**3
 
@@ -57,15 +57,12 @@ VLLM_MAX_NUM_SEQS = 256
 LOSS_CHUNK_ELEMENTS = {"triton": 256 * 1024**2, "torch": 8 * 1024**2}
 """Default logits (``dlogits``) alive at once in the triton and torch fused loss (``kernels/README.md``)."""
 
-CPP_TOKEN_CHUNK, CPP_VOCAB_CHUNK = 512, 2048
-"""The cpp backend's logits tile: tokens x vocabulary columns (``chunk_size`` sets the columns)."""
+CPP_LOGITS_BUDGET, CPP_MIN_TILE_TOKENS = 8 * 1024**2, 256
+"""The cpp backend's default tile (advdistill_kernels.backends.cpp): as many tokens as 8M fp32 logits hold, at
+least 256 (and at least the longest response with a contrastive term); ``chunk_size`` sets the tokens."""
 
 DENSE_DECODERS = ("qwen2", "llama", "mistral")
 """``config.json`` model types whose layer is the one counted here: GQA attention, SwiGLU MLP, RMSNorm."""
-
-
-class MemoryPlanError(ConfigError):
-    """A stage does not fit the GPU memory of ``resources.gpu_mem_gb``."""
 
 
 @dataclass(frozen=True)
@@ -293,12 +290,13 @@ def layer_activation_bytes(arch: Architecture, precision: str) -> int:
 
 def _loss_chunk_bytes(training: TrainingConfig, arch: Architecture, tokens: int, compute: int,
                       gpu_rules: bool) -> int:
-    """The fused loss's chunk of logits: ``dlogits`` in the compute dtype (triton), one fp32 tile (cpp),
+    """The fused loss's chunk of logits: ``dlogits`` in the compute dtype (triton), one fp32 tile of tokens (cpp),
     or fp32 logits, probabilities and ``dlogits`` (torch); ``auto`` is triton on a GPU, cpp on a CPU."""
     backend = training.loss.backend if training.loss.backend != "auto" else ("triton" if gpu_rules else "cpp")
     chunk_size = training.loss.chunk_size
     if backend == "cpp":
-        return CPP_TOKEN_CHUNK * (chunk_size or CPP_VOCAB_CHUNK) * 4
+        tile_tokens = chunk_size or max(CPP_MIN_TILE_TOKENS, CPP_LOGITS_BUDGET // arch.vocab_size)
+        return min(tile_tokens, tokens) * arch.vocab_size * 4
     elements = min(chunk_size * arch.vocab_size if chunk_size else LOSS_CHUNK_ELEMENTS[backend],
                    tokens * arch.vocab_size)
     return elements * (compute if backend == "triton" else 12)

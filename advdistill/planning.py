@@ -9,22 +9,15 @@ the pipeline derives are unique. A :class:`ConfigError` raised by a check decora
 
 from __future__ import annotations
 
+import copy
 import functools
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from advdistill.config import (
-    BootstrapConfig,
-    EvaluationConfig,
-    PromptConfig,
-    SamplingConfig,
-    ScoreConfig,
-    TokenizerConfig,
-    TrainingConfig,
-    from_dict,
-)
+from advdistill.config import section_from_dict
 from advdistill.errors import ConfigError
 from advdistill.schema import read_config_file, validate
 
@@ -67,15 +60,113 @@ def labelled_models(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [("teacher", config["teacher"])] + [(f"students[{i}]", s) for i, s in enumerate(config.get("students", []))]
 
 
+@dataclass(frozen=True)
+class TrainedRun:
+    """One trained student: a student, an objective, a training variant (None: the training section as it is) and
+    a seed. Its ``name`` is ``<student>-<objective>``, with ``@<variant>`` for a variant and ``@seed<seed>`` for a
+    seed other than the global one, so that adding variants or seeds leaves the plain runs' folders alone."""
+
+    student: str
+    objective: str
+    variant: str | None
+    seed: int
+    name: str
+    config_key: str
+
+
+def run_seeds(config: dict[str, Any]) -> list[int]:
+    """The replicate seeds of every training (``seeds``; the global seed when absent)."""
+    return list(config.get("seeds") or [config["seed"]])
+
+
+def trained_runs(config: dict[str, Any]) -> list[TrainedRun]:
+    """Every training the config asks for, per student: the plain runs, then each variant, each over the seeds."""
+    runs = []
+    variants = [(None, None), *(config.get("variants") or {}).items()]
+    for i, student in enumerate(config.get("students", [])):
+        for variant, spec in variants:
+            for objective in student["objectives"]:
+                if spec is not None and objective not in spec.get("objectives", student["objectives"]):
+                    continue
+                for seed in run_seeds(config):
+                    name = f"{student['name']}-{objective}"
+                    key = f"students[{i}].objectives ('{objective}'"
+                    if variant is not None:
+                        name, key = f"{name}@{variant}", f"{key}, variants.{variant}"
+                    if seed != config["seed"]:
+                        name, key = f"{name}@seed{seed}", f"{key}, seeds {seed}"
+                    runs.append(TrainedRun(student["name"], objective, variant, seed, name,
+                                           f"{key}, trained as '{name}')"))
+    return runs
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def variant_training(config: dict[str, Any], variant: str | None) -> dict[str, Any]:
+    """The training section a variant trains with: its overrides deep-merged into ``training`` (the section itself
+    for ``None``)."""
+    if variant is None:
+        return config["training"]
+    return _merged(config["training"], config["variants"][variant]["training"])
+
+
+# Folders under results/ that the stages own; the report's folder must be another one.
+STAGE_FOLDERS = ("prepare", "tokenizer", "models", "sample", "score", "train", "evaluate")
+
+
+def check_report_name(config: dict[str, Any]) -> None:
+    if config["report_name"] in STAGE_FOLDERS:
+        raise ConfigError(f"config report_name: '{config['report_name']}' is the folder of a stage "
+                          f"(results/{config['report_name']}); choose another name")
+
+
+def check_paper_reference(config: dict[str, Any]) -> None:
+    """The paper's numbers must name test sets, training sets and models of this configuration, so that every one
+    of them is shown against a reproduced value."""
+    reference = config.get("paper_reference") or {}
+    models = {name for name, _ in derived_model_names(config)} - {s["name"] for s in config.get("students", [])}
+    testsets = {t for experiment in config["experiments"].values() for t in experiment["testsets"]}
+    tables = (("accuracy", testsets), ("mean_tokens", testsets), ("training_hours", set(config["experiments"])))
+    for table, sets in tables:
+        for name, values in reference.get(table, {}).items():
+            if name not in sets:
+                raise ConfigError(f"config paper_reference.{table}.{name}: not one of this configuration's "
+                                  f"{'training sets' if table == 'training_hours' else 'test sets'} {sorted(sets)}")
+            for model in values:
+                if model not in models:
+                    raise ConfigError(f"config paper_reference.{table}.{name}.{model}: not a model this "
+                                      f"configuration evaluates ({', '.join(sorted(models))})")
+
+
+def check_variants(config: dict[str, Any]) -> None:
+    """Each variant's training section must be valid as a whole and train at least one objective of a student."""
+    objectives = {objective for student in config.get("students", []) for objective in student["objectives"]}
+    for name, spec in (config.get("variants") or {}).items():
+        key = f"variants.{name}.training"
+        validate(variant_training(config, name), "/properties/training", key)
+        section_from_dict("training", variant_training(config, name), key)
+        if not objectives & set(spec.get("objectives", objectives)):
+            raise ConfigError(f"config variants.{name}.objectives: no student trains {spec['objectives']} "
+                              f"(students' objectives: {sorted(objectives)})")
+
+
 def derived_model_names(config: dict[str, Any]) -> list[tuple[str, str]]:
     """Every model name the pipeline derives, with the config key it comes from: the teacher's and each student's
-    name, ``<student>-base`` (the untrained student, evaluated) and ``<student>-<objective>`` (trained)."""
+    name, ``<student>-base`` (the untrained student, evaluated) and each :func:`trained_runs` name."""
     names = [(config["teacher"]["name"], "teacher.name")]
+    runs = trained_runs(config)
     for i, student in enumerate(config.get("students", [])):
         key, name = f"students[{i}]", student["name"]
         names += [(name, f"{key}.name"), (f"{name}-base", f"{key}.name (its base model '{name}-base')")]
-        names += [(f"{name}-{objective}", f"{key}.objectives ('{objective}', trained as '{name}-{objective}')")
-                  for objective in student["objectives"]]
+        names += [(run.name, run.config_key) for run in runs if run.config_key.startswith(f"{key}.")]
     return names
 
 
@@ -93,16 +184,14 @@ def check_model_names(config: dict[str, Any]) -> None:
 def check_stage_sections(config: dict[str, Any]) -> None:
     """Parse every section as its stage's CLI will, so that no job meets a config error that planning let
     through (the checks in the dataclasses' ``__post_init__``, e.g. temperature 0 with several samples)."""
-    from_dict(PromptConfig, config.get("prompt"), "prompt")
-    from_dict(SamplingConfig, config["sampling"], "sampling")
-    from_dict(ScoreConfig, config["score"], "score")
-    from_dict(TrainingConfig, config["training"], "training")
-    from_dict(EvaluationConfig, config["evaluation"], "evaluation")
+    section_from_dict("prompt", config.get("prompt"))
+    for section in ("sampling", "score", "training", "evaluation"):
+        section_from_dict(section, config[section])
     if "tokenizer" in config:
-        from_dict(TokenizerConfig, without_dataset(config["tokenizer"]), "tokenizer")
+        section_from_dict("tokenizer", without_dataset(config["tokenizer"]))
     for key, model in labelled_models(config):
         if "bootstrap" in model:
-            from_dict(BootstrapConfig, without_dataset(model["bootstrap"]), f"{key}.bootstrap")
+            section_from_dict("bootstrap", without_dataset(model["bootstrap"]), f"{key}.bootstrap")
 
 
 @stop_on_config_error
@@ -112,7 +201,10 @@ def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> 
         read_config_file(path)
     validate(config, set_defaults=True)
     check_stage_sections(config)
+    check_variants(config)
     check_model_names(config)
+    check_report_name(config)
+    check_paper_reference(config)
 
 
 def accelerate_launch_args(processes: int) -> list[str]:

@@ -18,10 +18,11 @@ and moved into place, so an interrupted run leaves no half-written artefact.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Mapping
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -30,8 +31,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from advdistill.errors import InputError
-from advdistill.io import atomic_write, read_json, read_parquet, write_json
-from advdistill.stats import mcnemar_exact, paired_difference, wilson_interval
+from advdistill.io import atomic_write, manifest_path, read_json, read_parquet, write_json
+from advdistill.stats import mcnemar_exact, mean_t_interval, paired_difference, wilson_interval
 
 MODEL_COLUMN = "model"
 CORRECT_MARK = "✓"
@@ -42,6 +43,7 @@ NOT_RECORDED = "n/a"
 # Training objectives, the method first: two trained students are compared as "advdistill vs sft".
 OBJECTIVES = ("advdistill", "sft")
 BASE_SUFFIX = "base"
+TEACHER_ROLE = "teacher"
 # Per-prompt columns of responses.parquet the report reads: outcomes for the paired tests, lengths for the plots.
 RESPONSE_COLUMNS = {"prompt_id": pl.String, "n_tokens": pl.Int64, "correct": pl.Boolean}
 
@@ -56,6 +58,22 @@ TABLE_CAPTIONS = {
                            "and the teacher, per test set, on the prompts both answered (n): accuracy difference "
                            "model − versus in points with its 95 % Wald interval of a paired difference, b (model "
                            "right, versus wrong), c (the reverse) and the exact two-sided McNemar p-value."),
+    "replicates": ("Per trained student, objective and variant over its seeds: accuracy (%) as the mean with its "
+                   "Student-t 95 % interval, mean template adherence (%), and against the plain SFT run of the same "
+                   "seed the mean accuracy difference in points with its t-interval, the discordant counts b and c "
+                   "summed over seeds and the exact McNemar p of those pooled counts (the same prompts recur "
+                   "across seeds, so this p-value is on the optimistic side). Bounds need two seeds or more."),
+    "loss_terms": ("AdvDistill loss telemetry per trained model (train_metrics.json, log_history), averaged over the "
+                   "second half of the logged steps: the weighted cross-entropy term, the λ·Σ contrastive term, the "
+                   "contrastive share of the loss, the mean p of wrong responses, the share of wrong responses at "
+                   "the clamp p_max (no gradient there) and the gradient norm before clipping."),
+    "paper_accuracy": ("The paper's accuracy (%, its Table 2) beside the reproduced one with its Wilson 95 % "
+                       "interval, the difference reproduced − paper in points and whether the paper's value lies "
+                       "inside our interval."),
+    "paper_lengths": (f"The paper's mean response tokens of correct ({CORRECT_MARK}) and wrong ({WRONG_MARK}) "
+                      "answers (its Table 7) beside the reproduced ones."),
+    "paper_training_hours": ("The paper's training hours (its Table 3, hardware not named) beside the measured "
+                             "wall-clock hours of each training run here."),
     "training_compute": ("Per trained student (train_metrics.json): optimizer steps, tokens seen (n/a where the "
                          "trainer did not record them), training items (SFT pairs or AdvDistill groups) and "
                          "wall-clock seconds of the whole training run."),
@@ -121,33 +139,60 @@ def accuracy_cells(accuracy: pl.DataFrame, testsets: list[str]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={MODEL_COLUMN: pl.String, **{t: pl.String for t in testsets}}, orient="row")
 
 
-def _role(model: str) -> tuple[str, str | None]:
-    """(student, objective or ``base``) of a student's model name, (name, None) for any other model."""
+class ModelRole(NamedTuple):
+    """What an evaluated model is: its student (the model's own name for the teacher), its role (``teacher``,
+    ``base`` or the training objective), and for a trained run its variant (None: the plain training section)
+    and seed (None where unknown)."""
+
+    student: str
+    role: str
+    variant: str | None = None
+    seed: int | None = None
+
+
+def _role_from_name(model: str) -> ModelRole:
+    """The role of a plain model name: ``<student>-<objective>``, ``<student>-base`` or the teacher."""
     student, _, suffix = model.rpartition("-")
-    return (student, suffix) if student and suffix in (*OBJECTIVES, BASE_SUFFIX) else (model, None)
+    if student and suffix in (*OBJECTIVES, BASE_SUFFIX):
+        return ModelRole(student, suffix)
+    return ModelRole(model, TEACHER_ROLE)
 
 
-def is_trained(model: str) -> bool:
-    """Whether ``model`` names a trained student, ``<student>-<objective>``."""
-    return _role(model)[1] in OBJECTIVES
+def model_roles(models: list[str], runs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, ModelRole]:
+    """Each model's :class:`ModelRole`: from ``runs`` (name -> ``student``, ``objective``, ``variant``, ``seed``,
+    as the report rule's plan gives the trained runs), else from the plain name."""
+    runs = runs or {}
+    return {model: (ModelRole(runs[model]["student"], runs[model]["objective"], runs[model].get("variant"),
+                              runs[model].get("seed"))
+                    if model in runs else _role_from_name(model)) for model in models}
 
 
-def comparison_pairs(models: list[str]) -> list[tuple[str, str]]:
-    """(model, versus) pairs to compare, from the names ``evaluated_models`` gives: per student (in order of
-    appearance), its trained models ``<student>-<objective>`` with each other (AdvDistill first), then each of
-    them with ``<student>-base`` and with the teacher (every model that is neither trained nor a base)."""
-    roles = {model: _role(model) for model in models}
-    teachers = [model for model, (_, role) in roles.items() if role is None]
-    trained: dict[str, list[str]] = {}
-    for model, (student, role) in roles.items():
-        if role in OBJECTIVES:
-            trained.setdefault(student, []).append(model)
+def is_trained(role: ModelRole) -> bool:
+    return role.role in OBJECTIVES
+
+
+def comparison_pairs(models: list[str], runs: Mapping[str, Mapping[str, Any]] | None = None) -> list[tuple[str, str]]:
+    """(model, versus) pairs to compare. Per student and seed (in order of appearance): the plain trained runs
+    with each other (AdvDistill first), then each of them with ``<student>-base`` and with the teacher (every
+    model that is neither trained nor a base); then each variant's run with the plain SFT run of its seed (the
+    plain run of its own objective where the student has no SFT run)."""
+    roles = model_roles(models, runs)
+    teachers = [model for model, role in roles.items() if role.role == TEACHER_ROLE]
+    trained: dict[tuple[str, int | None], list[str]] = {}
+    for model, role in roles.items():
+        if is_trained(role):
+            trained.setdefault((role.student, role.seed), []).append(model)
     pairs: list[tuple[str, str]] = []
-    for student, names in trained.items():
-        names.sort(key=lambda model: OBJECTIVES.index(roles[model][1]))
-        pairs += combinations(names, 2)
+    for (student, _), names in trained.items():
+        plain = sorted((m for m in names if roles[m].variant is None), key=lambda m: OBJECTIVES.index(roles[m].role))
+        pairs += combinations(plain, 2)
         references = [m for m in (f"{student}-{BASE_SUFFIX}", *teachers) if m in roles]
-        pairs += [(model, reference) for model in names for reference in references]
+        pairs += [(model, reference) for model in plain for reference in references]
+        plain_by_objective = {roles[m].role: m for m in plain}
+        for model in names:
+            versus = plain_by_objective.get("sft", plain_by_objective.get(roles[model].role))
+            if roles[model].variant is not None and versus is not None:
+                pairs.append((model, versus))
     return pairs
 
 
@@ -175,7 +220,7 @@ def paired_comparison(first: pl.DataFrame, second: pl.DataFrame) -> dict[str, An
 
 
 def paired_comparisons(outcomes: Mapping[tuple[str, str], pl.DataFrame], models: list[str],
-                       testsets: list[str]) -> pl.DataFrame:
+                       testsets: list[str], runs: Mapping[str, Mapping[str, Any]] | None = None) -> pl.DataFrame:
     """One :func:`paired_comparison` row per test set and :func:`comparison_pairs` pair that has outcomes
     (``outcomes`` keyed by (model, test set)), test sets in the given order."""
     schema = {"testset": pl.String, "model": pl.String, "versus": pl.String, "n": pl.Int64,
@@ -183,21 +228,93 @@ def paired_comparisons(outcomes: Mapping[tuple[str, str], pl.DataFrame], models:
               "c": pl.Int64, "mcnemar_p": pl.Float64, "note": pl.String}
     rows = [{"testset": testset, "model": model, "versus": versus,
              **paired_comparison(outcomes[(model, testset)], outcomes[(versus, testset)])}
-            for testset in testsets for model, versus in comparison_pairs(models)
+            for testset in testsets for model, versus in comparison_pairs(models, runs)
             if (model, testset) in outcomes and (versus, testset) in outcomes]
     return pl.DataFrame(rows, schema=schema)
+
+
+REPLICATE_SCHEMA = {"testset": pl.String, "student": pl.String, "objective": pl.String, "variant": pl.String,
+                    "seeds": pl.Int64, "accuracy": pl.Float64, "lower": pl.Float64, "upper": pl.Float64,
+                    "template_adherence": pl.Float64, "vs_sft_points": pl.Float64, "vs_sft_lower": pl.Float64,
+                    "vs_sft_upper": pl.Float64, "b": pl.Int64, "c": pl.Int64, "mcnemar_p_pooled": pl.Float64}
+
+
+def _mean_interval(values: list[float]) -> list[float | None]:
+    """Mean and Student-t 95 % bounds, 2 decimals (bounds null for one value)."""
+    return [None if value is None else round(value, 2) for value in mean_t_interval(values)]
+
+
+def _replicate_row(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping[tuple[str, str], pl.DataFrame],
+                   testset: str, runs: list[tuple[str, str | None]]) -> list[Any] | None:
+    """Seeds, accuracy mean and interval, mean template adherence, and against the plain SFT run of each seed
+    the mean difference with its interval, the pooled discordant counts and their McNemar p. ``runs``: (model,
+    its seed's plain SFT run or None)."""
+    evaluated = [(m, sft) for m, sft in runs if metrics.get((m, testset), {}).get("accuracy") is not None]
+    if not evaluated:
+        return None
+    adherence = [100 * metrics[(m, testset)]["template_adherence"] for m, _ in evaluated
+                 if metrics[(m, testset)].get("template_adherence") is not None]
+    row = [len(evaluated), *_mean_interval([100 * metrics[(m, testset)]["accuracy"] for m, _ in evaluated]),
+           round(math.fsum(adherence) / len(adherence), 2) if adherence else None]
+    compared = [paired_comparison(outcomes[(m, testset)], outcomes[(sft, testset)]) for m, sft in evaluated
+                if sft not in (None, m) and (m, testset) in outcomes and (sft, testset) in outcomes]
+    compared = [comparison for comparison in compared if comparison["n"]]
+    if not compared:
+        return row + [None] * 6
+    b, c = sum(comparison["b"] for comparison in compared), sum(comparison["c"] for comparison in compared)
+    return row + [*_mean_interval([comparison["difference_points"] for comparison in compared]), b, c,
+                  float(f"{mcnemar_exact(b, c):.4g}")]
+
+
+def replicate_summary(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping[tuple[str, str], pl.DataFrame],
+                      models: list[str], testsets: list[str],
+                      runs: Mapping[str, Mapping[str, Any]] | None = None) -> pl.DataFrame:
+    """Per test set and trained (student, objective, variant), over its seeds: accuracy in % as the mean with
+    its Student-t 95 % interval, mean template adherence in %, and against the plain SFT run of the same
+    student and seed the mean accuracy difference in points with its t-interval, the discordant counts b and c
+    summed over seeds and the exact McNemar p of those pooled counts. Pooling treats each (prompt, seed) as
+    one paired outcome; the same prompts recur across seeds, so that p-value is on the optimistic side."""
+    roles = model_roles(models, runs)
+    plain_sft = {(role.student, role.seed): model for model, role in roles.items()
+                 if role.role == "sft" and role.variant is None}
+    groups: dict[tuple[str, str, str | None], list[tuple[str, str | None]]] = {}
+    for model, role in roles.items():
+        if is_trained(role):
+            groups.setdefault((role.student, role.role, role.variant), []).append(
+                (model, plain_sft.get((role.student, role.seed))))
+    rows = [[testset, *key, *row] for testset in testsets for key, group in groups.items()
+            if (row := _replicate_row(metrics, outcomes, testset, group)) is not None]
+    return pl.DataFrame(rows, schema=REPLICATE_SCHEMA, orient="row")
+
+
+def has_replicates(summary: pl.DataFrame) -> bool:
+    """Whether a :func:`replicate_summary` says more than the per-model tables: several seeds or variants."""
+    return bool(summary.height) and (summary["seeds"].max() > 1 or summary["variant"].drop_nulls().len() > 0)
 
 
 def _signed(value: float) -> str:
     return f"{value:+.1f}".replace("-", "−")
 
 
-def headlines(comparisons: pl.DataFrame) -> list[str]:
-    """The first :func:`paired_comparisons` row of each test set with shared prompts, as one sentence."""
+def headlines(comparisons: pl.DataFrame, replicates: pl.DataFrame | None = None) -> list[str]:
+    """One sentence per test set: with several seeds, the plain AdvDistill runs against the plain SFT runs over
+    the seeds (:func:`replicate_summary`); else the first :func:`paired_comparisons` row with shared prompts."""
+    lines = {}
+    if replicates is not None:
+        over_seeds = replicates.filter((pl.col("objective") == "advdistill") & pl.col("variant").is_null()
+                                       & (pl.col("seeds") > 1) & pl.col("vs_sft_lower").is_not_null())
+        for r in over_seeds.unique("testset", keep="first", maintain_order=True).iter_rows(named=True):
+            lines[r["testset"]] = (
+                f"{r['student']}-advdistill vs {r['student']}-sft on {r['testset']}, mean over {r['seeds']} seeds: "
+                f"{_signed(r['vs_sft_points'])} points [95 % t-interval {_signed(r['vs_sft_lower'])}, "
+                f"{_signed(r['vs_sft_upper'])}], McNemar p = {r['mcnemar_p_pooled']:.2g} (pooled over seeds)")
     first = comparisons.filter(pl.col("n") > 0).unique("testset", keep="first", maintain_order=True)
-    return [f"{r['model']} vs {r['versus']} on {r['testset']}: {_signed(r['difference_points'])} points "
+    for r in first.iter_rows(named=True):
+        lines.setdefault(r["testset"], (
+            f"{r['model']} vs {r['versus']} on {r['testset']}: {_signed(r['difference_points'])} points "
             f"[95 % CI {_signed(r['ci_lower'])}, {_signed(r['ci_upper'])}], McNemar p = {r['mcnemar_p']:.2g}, "
-            f"n = {r['n']}" for r in first.iter_rows(named=True)]
+            f"n = {r['n']}"))
+    return list(lines.values())
 
 
 def training_compute(train_metrics: Mapping[tuple[str, str], dict]) -> pl.DataFrame:
@@ -210,6 +327,78 @@ def training_compute(train_metrics: Mapping[tuple[str, str], dict]) -> pl.DataFr
              None if m.get("train_runtime") is None else round(m["train_runtime"], 1)]
             for (train_set, model), m in train_metrics.items()]
     return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+LOSS_TERM_KEYS = ("weighted_ce", "contrastive", "wrong_p_mean", "wrong_at_clamp", "grad_norm")
+
+
+def loss_terms_table(train_metrics: Mapping[tuple[str, str], dict]) -> pl.DataFrame:
+    """Per trained model, the loss telemetry of its ``log_history`` over the second half of its logged steps (after
+    the early transient): the mean weighted-CE term, the mean λ·Σ contrastive term, the contrastive share of the
+    loss, the mean p of wrong responses, the share of them at the clamp and the gradient norm before clipping.
+    SFT logs no terms; its cells are null."""
+    rows = []
+    for (train_set, model), metrics in train_metrics.items():
+        logged = [entry for entry in metrics.get("log_history", []) if entry.get("weighted_ce") is not None]
+        late = logged[len(logged) // 2:]
+        means = {key: (None if not (values := [e[key] for e in late if e.get(key) is not None])
+                       else math.fsum(values) / len(values)) for key in LOSS_TERM_KEYS}
+        total = (means["weighted_ce"] or 0.0) + (means["contrastive"] or 0.0)
+        share = None if means["contrastive"] is None or not total else means["contrastive"] / total
+        rows.append([train_set, model, len(late), *(None if means[key] is None else round(means[key], 4)
+                                                    for key in LOSS_TERM_KEYS[:2]),
+                     None if share is None else round(share, 3),
+                     *(None if means[key] is None else round(means[key], 4) for key in LOSS_TERM_KEYS[2:])])
+    return pl.DataFrame(rows, schema={"train_set": pl.String, "model": pl.String, "steps": pl.Int64,
+                                      "weighted_ce": pl.Float64, "contrastive": pl.Float64,
+                                      "contrastive_share": pl.Float64, "wrong_p_mean": pl.Float64,
+                                      "wrong_at_clamp": pl.Float64, "grad_norm": pl.Float64}, orient="row")
+
+
+def paper_accuracy(accuracy: pl.DataFrame, reference: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
+    """The paper's accuracy (``reference``: test set -> model -> %, its Table 2) beside the reproduced one of an
+    :func:`accuracy_table`: the Wilson 95 % bounds, the difference reproduced − paper in points and whether the
+    paper's value lies inside the interval; a model or test set not evaluated here has null cells."""
+    ours = {row[MODEL_COLUMN]: row for row in accuracy.iter_rows(named=True)}
+    rows = []
+    for testset, models in reference.items():
+        for model, paper in models.items():
+            row = ours.get(model, {})
+            value, lower, upper = (row.get(f"{testset}{suffix}") for suffix in ("", " lower", " upper"))
+            rows.append([testset, model, paper, value, lower, upper,
+                         None if value is None else round(value - paper, 2),
+                         None if lower is None else lower <= paper <= upper])
+    return pl.DataFrame(rows, schema={"testset": pl.String, "model": pl.String, "paper": pl.Float64,
+                                      "reproduced": pl.Float64, "lower": pl.Float64, "upper": pl.Float64,
+                                      "difference_points": pl.Float64, "paper_in_interval": pl.Boolean},
+                        orient="row")
+
+
+def paper_lengths(metrics: Mapping[tuple[str, str], dict],
+                  reference: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pl.DataFrame:
+    """The paper's mean response tokens of correct and wrong answers (``reference``: test set -> model ->
+    ``correct``/``wrong``, its Table 7) beside the reproduced ones."""
+    rows = [[testset, model, paper.get("correct"), metrics.get((model, testset), {}).get("mean_tokens_correct"),
+             paper.get("wrong"), metrics.get((model, testset), {}).get("mean_tokens_wrong")]
+            for testset, models in reference.items() for model, paper in models.items()]
+    return pl.DataFrame(rows, schema={"testset": pl.String, "model": pl.String,
+                                      f"paper {CORRECT_MARK}": pl.Float64, f"reproduced {CORRECT_MARK}": pl.Float64,
+                                      f"paper {WRONG_MARK}": pl.Float64, f"reproduced {WRONG_MARK}": pl.Float64},
+                        orient="row").with_columns(pl.col(f"reproduced {CORRECT_MARK}", f"reproduced {WRONG_MARK}")
+                                                   .round(1))
+
+
+def paper_training_hours(compute: pl.DataFrame | None,
+                         reference: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
+    """The paper's training hours (``reference``: training set -> model -> hours, its Table 3, on hardware it
+    does not name) beside the measured wall hours of a :func:`training_compute` table."""
+    measured = {} if compute is None else {(r["train_set"], r["model"]): r["wall_s"]
+                                           for r in compute.iter_rows(named=True)}
+    rows = [[train_set, model, hours, None if measured.get((train_set, model)) is None
+             else round(measured[(train_set, model)] / 3600, 3)]
+            for train_set, models in reference.items() for model, hours in models.items()]
+    return pl.DataFrame(rows, schema={"train_set": pl.String, "model": pl.String, "paper_hours": pl.Float64,
+                                      "measured_hours": pl.Float64}, orient="row")
 
 
 def behaviour_tables(metrics: Mapping[tuple[str, str], dict], models: list[str],
@@ -466,7 +655,7 @@ def _html_page(tables: Mapping[str, pl.DataFrame], table_files: Mapping[str, Pat
 
 
 def provenance_table(manifests: list[Path]) -> pl.DataFrame:
-    """One row per stage manifest: output, settings hash, code version, image, seed, wall time."""
+    """One row per stage manifest: output, settings hash, code version, image and its sha256, seed, wall time."""
     rows = []
     for path in manifests:
         manifest = read_json(path)
@@ -478,12 +667,13 @@ def provenance_table(manifests: list[Path]) -> pl.DataFrame:
             "version": manifest.get("package_version"),
             "git_commit": (manifest.get("git_commit") or "")[:10] or None,
             "container": manifest.get("container"),
+            "container_sha256": (manifest.get("container_sha256") or "")[:12] or None,
             "seed": manifest.get("seed"),
             "wall_s": manifest.get("wall_seconds"),
         })
     return pl.DataFrame(rows, schema={"stage": pl.String, "output": pl.String, "settings_sha256": pl.String,
                                       "version": pl.String, "git_commit": pl.String, "container": pl.String,
-                                      "seed": pl.Int64, "wall_s": pl.Float64})
+                                      "container_sha256": pl.String, "seed": pl.Int64, "wall_s": pl.Float64})
 
 
 def read_responses(path: Path) -> pl.DataFrame:
@@ -500,7 +690,9 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
                  responses_files: Mapping[tuple[str, str], Path], benchmark_files: Mapping[str, list[Path]],
                  manifests: list[Path] | None, out_dir: Path, models: list[str],
                  testsets: list[str], memory_plan: list[dict[str, Any]] | None = None,
-                 train_metrics_files: Mapping[tuple[str, str], Path] | None = None) -> Path:
+                 train_metrics_files: Mapping[tuple[str, str], Path] | None = None,
+                 runs: Mapping[str, Mapping[str, Any]] | None = None,
+                 paper: Mapping[str, Any] | None = None) -> Path:
     """Write the report's tables (``<name>.md`` and ``<name>.csv``), figures (``plots/*.png``) and
     ``index.html`` under ``out_dir``; return the path of ``index.html``.
 
@@ -509,26 +701,41 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     (model, test set) pairs without files are left as empty cells. ``memory_plan`` (rows of
     ``advdistill.memory_plan.plan_rows``, a GPU run's) is written as ``memory_plan.json`` and a table.
     ``train_metrics_files`` (``train_metrics.json`` keyed by (training dataset, model)) give the training
-    compute table.
+    compute table. ``runs`` describes trained runs by name (``student``, ``objective``, ``variant``, ``seed``;
+    plain names are understood without it); with several seeds or variants the report adds the replicate
+    summary. ``paper`` is a config's ``paper_reference`` (the paper's own numbers, shown beside ours).
     """
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
     metrics = {key: read_json(path) for key, path in metrics_files.items()}
     responses = {key: read_responses(path) for key, path in responses_files.items()}
+    paper = paper or {}
 
     accuracy = accuracy_table(metrics, models, testsets)
-    comparisons = paired_comparisons(responses, models, testsets)
+    comparisons = paired_comparisons(responses, models, testsets, runs)
+    replicates = replicate_summary(metrics, responses, models, testsets, runs)
     tables = {"accuracy": accuracy_cells(accuracy, testsets)}
     csv_tables = {"accuracy": accuracy}
+    if has_replicates(replicates):
+        tables["replicates"] = replicates
     if comparisons.height:
         tables["paired_comparisons"] = comparisons
+    if paper.get("accuracy"):
+        tables["paper_accuracy"] = paper_accuracy(accuracy, paper["accuracy"])
     tables.update(behaviour_tables(metrics, models, testsets))
+    if paper.get("mean_tokens"):
+        tables["paper_lengths"] = paper_lengths(metrics, paper["mean_tokens"])
     train_metrics = {key: read_json(path) for key, path in (train_metrics_files or {}).items()}
-    if train_metrics:
-        compute = training_compute(train_metrics)
+    compute = training_compute(train_metrics) if train_metrics else None
+    if compute is not None:
         tables["training_compute"] = compute.with_columns(pl.col("tokens_seen").cast(pl.String)
                                                           .fill_null(NOT_RECORDED))
         csv_tables["training_compute"] = compute
+        terms = loss_terms_table(train_metrics)
+        if terms["weighted_ce"].drop_nulls().len():
+            tables["loss_terms"] = terms
+    if paper.get("training_hours"):
+        tables["paper_training_hours"] = paper_training_hours(compute, paper["training_hours"])
     if benchmark_files:
         tables["stage_costs"] = stage_costs(benchmark_files)
     if memory_plan:
@@ -558,37 +765,33 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
             figures.append((caption, plot_length_distributions(by_model, plots_dir / f"lengths_{testset}.png",
                                                                title=caption)))
 
-    page = _html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir,
-                      {"accuracy": few_shot_notes(metrics, models, testsets)}, headlines(comparisons))
+    notes = {"accuracy": few_shot_notes(metrics, models, testsets)}
+    if paper.get("notes"):
+        notes["paper_accuracy"] = list(paper["notes"])
+    page = _html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir, notes,
+                      headlines(comparisons, replicates))
     return atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
-def run_report(plan: dict[str, Any], results: Path, benchmarks: Path, out_dir: Path) -> Path:
-    """The run's report from the evaluate/score outputs laid out under ``results``.
+def run_report(plan: dict[str, Any], benchmarks: Path, out_dir: Path) -> Path:
+    """The run's report from the files the report rule declares as its inputs, as ``plan`` lists them.
 
-    ``plan`` has ``models`` (row order), ``experiments`` (training dataset -> its test sets) and, on a GPU
-    run, ``memory`` (the memory plan's rows). A test set is reported with the students trained on the first
-    experiment that lists it. The training compute table reads the ``train_metrics.json`` of each trained
-    model (``<student>-<objective>``) found under ``results/train``; the report rule does not list them as
-    inputs, but every trained model it evaluates was saved with one.
+    ``plan`` has ``models`` (row order), ``testsets`` (column order), ``evaluations`` (``model``, ``testset``,
+    ``metrics`` and ``responses`` paths), ``scored`` (training dataset -> scored.parquet), ``trained`` (one per
+    trained run: ``train_set``, ``model``, ``student``, ``objective``, ``variant``, ``seed`` and its ``path``,
+    a folder holding ``train_metrics.json``), ``provenance`` (files whose ``.manifest.json`` the provenance
+    table lists), optionally ``memory`` (a GPU run's memory plan rows) and ``paper`` (the config's
+    ``paper_reference``). Benchmarks are read from every ``*.tsv`` under ``benchmarks``, per stage folder.
     """
-    metrics_files, responses_files, testsets = {}, {}, []
-    for train_set, experiment_testsets in plan["experiments"].items():
-        for testset in experiment_testsets:
-            if testset in testsets:
-                continue
-            testsets.append(testset)
-            for model in plan["models"]:
-                folder = results / "evaluate" / train_set / model / testset
-                metrics_files[(model, testset)] = folder / "metrics.json"
-                responses_files[(model, testset)] = folder / "responses.parquet"
-    scored_files = {name: results / "score" / name / "scored.parquet" for name in plan["experiments"]}
+    metrics_files = {(e["model"], e["testset"]): Path(e["metrics"]) for e in plan["evaluations"]}
+    responses_files = {(e["model"], e["testset"]): Path(e["responses"]) for e in plan["evaluations"]}
+    scored_files = {name: Path(path) for name, path in plan["scored"].items()}
     stage_dirs = sorted(d for d in benchmarks.iterdir() if d.is_dir()) if benchmarks.is_dir() else []
     benchmark_files = {d.name: sorted(d.rglob("*.tsv")) for d in stage_dirs if any(d.rglob("*.tsv"))}
-    manifests = sorted(results.rglob("*.manifest.json"))
-    train_metrics_files = {(train_set, model): path for train_set in plan["experiments"]
-                           for model in plan["models"]
-                           if is_trained(model) and (path := results / "train" / train_set / model
-                                                     / "train_metrics.json").is_file()}
+    manifests = [path for output in plan.get("provenance", []) if (path := manifest_path(Path(output))).is_file()]
+    train_metrics_files = {(run["train_set"], run["model"]): Path(run["path"]) / "train_metrics.json"
+                           for run in plan.get("trained", [])}
+    runs = {run["model"]: run for run in plan.get("trained", [])}
     return build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, out_dir,
-                        plan["models"], testsets, plan.get("memory"), train_metrics_files)
+                        plan["models"], plan["testsets"], plan.get("memory"), train_metrics_files, runs,
+                        plan.get("paper"))

@@ -64,6 +64,15 @@ def validate(instance: Any, pointer: str = "", section: str = "", set_defaults: 
         raise ConfigError("\n".join(lines))
 
 
+def declared_properties(schema: dict[str, Any]) -> dict[str, Any]:
+    """Key -> subschema of every key a schema object declares: its own ``properties`` and those of the ``$defs``
+    entry its ``$ref`` names (``sampling`` and ``evaluation`` take the engine keys that way)."""
+    reference = schema.get("$ref", "")
+    inherited = (declared_properties(load_schema()["$defs"][reference.removeprefix("#/$defs/")])
+                 if reference.startswith("#/$defs/") else {})
+    return {**inherited, **schema.get("properties", {})}
+
+
 def _key_path(section: str, path: Iterable[Any]) -> str:
     text = section
     for part in path:
@@ -74,13 +83,15 @@ def _key_path(section: str, path: Iterable[Any]) -> str:
 def _messages(error, section: str) -> list[str]:
     """One line per problem: ``config <key path>: <what is wrong>``."""
     where = _key_path(section, error.absolute_path)
-    if error.validator == "additionalProperties" and error.validator_value is False:
-        known = sorted(error.schema.get("properties", {}))
+    if error.validator in ("additionalProperties", "unevaluatedProperties") and error.validator_value is False:
+        known = sorted(declared_properties(error.schema))
         unknown = sorted(set(error.instance) - set(known))
         return [f"config {_key_path(where, [key])}: unknown key (known: {', '.join(known)})" for key in unknown]
     message = error.message
     if error.validator == "pattern" and "description" in error.schema:
         message = f"{error.instance!r} is not {error.schema['description']}"
+    if error.validator == "not" and "description" in error.validator_value:
+        message = f"{error.instance!r} {error.validator_value['description']}"
     if "propertyNames" in error.relative_schema_path:
         message = f"key {message}"
     return [f"config {where or '(top level)'}: {message}"]

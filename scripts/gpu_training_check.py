@@ -2,8 +2,8 @@
 
 For when a GPU machine is available (nothing is downloaded: the students are randomly initialised with
 the real Qwen2.5 shapes of ``advdistill.memory_plan.QWEN25``). Each case runs ``--steps`` optimizer steps
-of the pipeline's own training module (:class:`advdistill.train.StudentWithLoss`, the fused loss on its
-``auto`` backend, AdamW, bf16-mixed precision: fp32 master weights, bf16 autocast) and prints, per case,
+of the pipeline's own training module (:class:`advdistill.training.student.StudentWithLoss`, the fused loss
+on its ``auto`` backend, AdamW, bf16-mixed precision: fp32 master weights, bf16 autocast) and prints, per case,
 the peak memory CUDA's allocator held (``max_memory_reserved``) and the tensors' peak
 (``max_memory_allocated``) beside the plan's estimate, and the seconds per optimizer step.
 
@@ -35,7 +35,8 @@ def run_case(hub_id: str, objective: str, checkpointing: bool, steps: int, accum
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from advdistill.train import IGNORE_INDEX, StudentWithLoss
+    from advdistill.losses import IGNORE_INDEX
+    from advdistill.training.student import StudentWithLoss
 
     arch = QWEN25[hub_id]
     cfg = TrainingConfig(optim=OptimConfig(max_seq_length=SEQ_LEN, per_device_batch_size=1,

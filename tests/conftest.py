@@ -1,32 +1,15 @@
-"""Shared fixtures: a tiny bootstrapped model folder and prepared synthetic rows."""
+"""Shared fixtures: a tiny bootstrapped model folder and prepared synthetic rows (shared helpers: ``helpers.py``)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from advdistill.config import ModelShape, TokenizerConfig
-from advdistill.datasets import get_adapter, normalise_split
+from advdistill.datasets import get_adapter
+from advdistill.datasets.base import normalise_split
 from advdistill.io import write_parquet
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "advdistill", "kernels", ".test", "containers", "config")
-
-
-def copy_workflow(workdir: Path) -> Path:
-    """A copy of the workflow, package sources and configs in ``workdir``, for a snakemake run of its own (jobs
-    run the installed package; the copy's sources feed the code-version parameters)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif source.exists():
-            shutil.copy2(source, workdir / name)
-    return workdir
+from tests.helpers import save_untrained_model
 
 
 def pytest_collection_modifyitems(items):
@@ -47,18 +30,6 @@ def synthetic_rows():
 def rows_file(tmp_path_factory, synthetic_rows):
     path = tmp_path_factory.mktemp("rows") / "train.parquet"
     write_parquet(synthetic_rows[0], path)
-    return path
-
-
-def save_untrained_model(path: Path, train_rows, hidden_size: int) -> Path:
-    """An untrained one-layer Qwen2 (two heads) with the pipeline's tokenizer, saved like a hub model."""
-    from advdistill.bootstrap import build_model, train_tokenizer
-
-    tokenizer = train_tokenizer(train_rows.to_dicts(), TokenizerConfig(vocab_size=320))
-    model = build_model(tokenizer, ModelShape(hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
-                                              num_key_value_heads=1, intermediate_size=2 * hidden_size), seed=0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return path
 
 

@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from advdistill import cli
-from advdistill.errors import ConfigError, DatasetError, InputError, OutputError, TrainingError
-from tests.conftest import REPO
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    """``advdistill *argv`` in this process: exit status and stderr."""
-    code = cli.main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def run_cli_process(*argv: str, cwd: Path, prefix: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
-    """``advdistill *argv`` as its own process (``prefix`` e.g. drops privileges), from ``cwd``."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([*prefix, sys.executable, "-m", "advdistill.cli", *map(str, argv)], cwd=cwd, text=True,
-                          capture_output=True, timeout=300, env=env, **kwargs)
-
-
-def files_under(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+from advdistill.errors import ConfigError, DatasetError, InputError, MemoryPlanError, OutputError, TrainingError
+from tests.helpers import files_under, run_cli
 
 
 def test_every_project_error_has_the_common_base_and_keeps_its_old_one():
     assert issubclass(ConfigError, ValueError) and issubclass(DatasetError, RuntimeError)
-    assert issubclass(TrainingError, RuntimeError)
-    from advdistill.config import ConfigError as FromConfig
-    from advdistill.datasets import DatasetError as FromDatasets
-
-    assert FromConfig is ConfigError and FromDatasets is DatasetError
+    assert issubclass(TrainingError, RuntimeError) and issubclass(MemoryPlanError, ConfigError)
 
 
 @pytest.mark.failure_mode("missing input file given on the command line (--rows, --samples, ...)",

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from advdistill.code_deps import stage_code_version, stage_sources
-from tests.conftest import REPO, copy_workflow
+from tests.helpers import REPO, copy_workflow
 
 
 def names(stage: str) -> set[str]:

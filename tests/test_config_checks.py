@@ -4,6 +4,7 @@ model names planning derives (tests/test_planning.py checks the same through `sn
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,8 @@ from advdistill.config import SCHEMA_PARTS, SamplingConfig, ScoreConfig, Trainin
 from advdistill.errors import ConfigError
 from advdistill.planning import check_config, check_model_names
 from advdistill.rewards import REWARD_FUNCTIONS
-from advdistill.schema import load_schema, read_config_file, validate
-from tests.conftest import REPO
+from advdistill.schema import declared_properties, load_schema, read_config_file, validate
+from tests.helpers import REPO
 
 BASIC = yaml.safe_load((REPO / ".test" / "config_basic.yaml").read_text())
 
@@ -30,6 +31,28 @@ def schema_part(pointer: str) -> dict:
     return part
 
 
+def described(subschema: dict) -> dict:
+    """``subschema``, or what its ``$ref`` points to when it carries no description of its own."""
+    while "description" not in subschema and "$ref" in subschema:
+        subschema = schema_part(subschema["$ref"].removeprefix("#"))
+    return subschema
+
+
+def schema_keys(node, path: str = ""):
+    """(key path, subschema) of every key declared anywhere in the schema (in ``properties``, ``$defs`` included)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from schema_keys(item, path)
+    elif isinstance(node, dict):
+        for word, value in node.items():
+            if word == "properties":
+                for key, subschema in value.items():
+                    yield f"{path}.{key}", subschema
+                    yield from schema_keys(subschema, f"{path}.{key}")
+            else:
+                yield from schema_keys(value, f"{path}/{word}")
+
+
 def test_workflow_schema_path_is_the_packaged_schema():
     """workflow/schemas/config.schema.yaml links to the file the package ships, so the two cannot drift."""
     assert (REPO / "workflow/schemas/config.schema.yaml").samefile(REPO / "advdistill/config.schema.yaml")
@@ -38,8 +61,26 @@ def test_workflow_schema_path_is_the_packaged_schema():
 def test_every_section_dataclass_has_the_keys_of_its_schema_part():
     for cls, pointer in SCHEMA_PARTS.items():
         fields = {field.name for field in cls.__dataclass_fields__.values()}
-        keys = set(schema_part(pointer)["properties"]) - {"dataset"}  # the rule's input, not a setting
+        keys = set(declared_properties(schema_part(pointer))) - {"dataset"}  # the rule's input, not a setting
         assert fields == keys, cls.__name__
+
+
+def test_schema_defaults_are_the_dataclass_defaults():
+    """A stage called by hand (dataclass defaults) runs as one that planning filled in (schema defaults)."""
+    for cls, pointer in SCHEMA_PARTS.items():
+        properties = declared_properties(schema_part(pointer))
+        for field in dataclasses.fields(cls):
+            default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+            if dataclasses.is_dataclass(default):
+                continue  # a nested section, checked as its own part
+            subschema = properties[field.name]
+            assert "default" in subschema, f"{pointer}/properties/{field.name} has no default"
+            assert subschema["default"] == default, f"{cls.__name__}.{field.name}"
+
+
+def test_every_schema_key_has_a_description():
+    missing = [path for path, subschema in schema_keys(load_schema()) if "description" not in described(subschema)]
+    assert not missing, f"config keys without a description: {', '.join(missing)}"
 
 
 def test_reward_names_in_the_schema_are_the_registered_rewards():

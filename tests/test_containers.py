@@ -1,36 +1,43 @@
-"""Apptainer definitions: parse with spython, check versions, and that every rule names an image."""
+"""Apptainer definitions: parsed by the parser `make container-check` builds with, versions, every rule's image,
+the GPU recipe's pip requirements, and the image digest in the provenance manifests."""
 
+import hashlib
+import importlib.util
 import re
+import sys
 
 import pytest
 import yaml
-from spython.main.parse.parsers import SingularityParser
 
 import advdistill
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEFINITIONS = sorted((REPO / "containers").glob("*.def"))
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-def parse(path):
-    return next(iter(SingularityParser(str(path)).recipe.values()))
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "containers" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def labels(recipe):
-    return dict(line.split(None, 1) for line in recipe.labels)
+chroot_build = load_script("chroot_build")
+gpu_deps_check = load_script("gpu_deps_check")
 
 
 @pytest.mark.parametrize("definition", DEFINITIONS, ids=lambda p: p.stem)
 def test_definition_parses_and_installs_the_project(definition):
-    recipe = parse(definition)
-    assert recipe.fromHeader
-    assert labels(recipe)["Name"] == definition.stem
-    sources = [line.split()[0] for line in recipe.files]
+    recipe = chroot_build.parse_definition(definition)
+    assert recipe.header["Bootstrap"] in {"debootstrap", "docker"}
+    assert recipe.labels()["Name"] == definition.stem
+    sources = [source for source, _ in recipe.files()]
     assert {"advdistill", "kernels", "pyproject.toml"} <= set(sources)
     assert all((REPO / source).exists() for source in sources)
-    assert any("/opt/advdistill" in line and "pip install" in line for line in recipe.install)
-    assert recipe.test
+    assert any("/opt/advdistill" in line and "pip install" in line for line in recipe.lines("post"))
+    assert recipe.lines("test")
 
 
 def test_image_names_carry_the_definition_and_package_version():
@@ -39,7 +46,7 @@ def test_image_names_carry_the_definition_and_package_version():
         name, version = re.fullmatch(r"containers/(.+)_(\d+\.\d+\.\d+)\.sif", image).groups()
         definition = REPO / "containers" / f"{name}.def"
         assert definition.exists(), f"containers.{kind}: no definition for {image}"
-        assert labels(parse(definition))["Version"] == version == advdistill.__version__
+        assert chroot_build.parse_definition(definition).labels()["Version"] == version == advdistill.__version__
 
 
 def test_every_rule_names_a_container():
@@ -49,3 +56,90 @@ def test_every_rule_names_a_container():
             name = block.split(":")[0]
             has_container = "\n    container:\n        container_for(" in block
             assert has_container, f"rule {name} in {rules.name} has no container"
+
+
+def test_build_arguments_are_substituted_as_apptainer_does(tmp_path):
+    cpu = REPO / "containers" / "advdistill-cpu.def"
+    default = chroot_build.parse_definition(cpu).sections["post"]
+    assert '--extra-index-url "https://download.pytorch.org/whl/cpu" "torch==2.13.0+cpu"' in default
+    local = chroot_build.parse_definition(cpu, {"TORCH_INDEX": "file:///mnt/wheel-index"}).sections["post"]
+    assert '--extra-index-url "file:///mnt/wheel-index"' in local and "{{" not in local
+    undefined = tmp_path / "undefined.def"
+    undefined.write_text("Bootstrap: debootstrap\n%post\n    pip install {{ NOPE }}\n")
+    with pytest.raises(chroot_build.DefinitionError, match="build argument.*NOPE.*not defined in %arguments"):
+        chroot_build.parse_definition(undefined)
+
+
+def test_gpu_requirements_are_read_from_the_recipe_with_copied_paths_mapped_back():
+    recipe = chroot_build.parse_definition(REPO / "containers" / "advdistill-gpu.def")
+    assert gpu_deps_check.install_arguments(recipe) == ["vllm==0.32.0", f"{REPO / 'kernels'}[triton]", str(REPO)]
+
+
+def test_wheel_index_lists_each_project(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", "Typing_Extensions-4.0-py3-none-any.whl"):
+        (wheels / name).touch()
+    chroot_build.wheel_index(wheels, tmp_path / "index")
+    page = (tmp_path / "index" / "torch" / "index.html").read_text()
+    assert 'href="file:///mnt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"' in page
+    assert (tmp_path / "index" / "typing-extensions" / "index.html").exists()
+
+
+@pytest.fixture
+def image(tmp_path, monkeypatch):
+    """A small stand-in image file, named by APPTAINER_CONTAINER as inside a container, and a private temp dir."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = tmp_path / "advdistill-cpu_0.1.0.sif"
+    path.write_bytes(b"SIF image bytes")
+    monkeypatch.setenv("APPTAINER_CONTAINER", str(path))
+    return path
+
+
+def test_manifest_records_the_image_digest_and_the_report_shows_it(image, tmp_path):
+    from advdistill.provenance import stage_manifest, write_manifest
+    from advdistill.report import provenance_table
+
+    manifest = stage_manifest("score", {"a": 1}, 7, 0.0, [])
+    digest = hashlib.sha256(b"SIF image bytes").hexdigest()
+    assert manifest["container"] == str(image) and manifest["container_sha256"] == digest
+    row = provenance_table([write_manifest(tmp_path / "scored.parquet", manifest)]).row(0, named=True)
+    assert row["container"] == str(image) and row["container_sha256"] == digest[:12]
+
+
+def test_image_digest_is_cached_until_the_image_changes(image, monkeypatch):
+    from advdistill import provenance
+
+    first = provenance.image_digest(str(image))
+    monkeypatch.setattr(provenance, "file_sha256", lambda path: pytest.fail("hashed the image again"))
+    assert provenance.image_digest(str(image)) == first
+    monkeypatch.undo()
+    monkeypatch.setattr("tempfile.tempdir", str(image.parent / "tmp"))
+    image.write_bytes(b"rebuilt image")
+    assert provenance.image_digest(str(image)) == hashlib.sha256(b"rebuilt image").hexdigest()
+
+
+def test_no_digest_outside_a_container_or_for_a_sandbox_folder(tmp_path, monkeypatch):
+    from advdistill.provenance import image_digest, stage_manifest
+
+    monkeypatch.delenv("APPTAINER_CONTAINER", raising=False)
+    monkeypatch.delenv("SINGULARITY_CONTAINER", raising=False)
+    assert stage_manifest("score", {}, None, 0.0, [])["container_sha256"] is None
+    assert image_digest(str(tmp_path)) is None
+    assert image_digest(str(tmp_path / "not-bound.sif")) is None
+
+
+def test_stage_outputs_compare_bytes_then_content_without_the_run_description(tmp_path):
+    import polars as pl
+
+    host, image = tmp_path / "host" / "results", tmp_path / "image" / "results"
+    for root, seconds, answer in ((host, 12.1, "4"), (image, 71.7, "5")):
+        root.mkdir(parents=True)
+        pl.DataFrame({"id": ["a"]}).write_parquet(root / "rows.parquet")
+        (root / "metrics.json").write_text(f'{{"loss": 0.5, "log": [{{"train_runtime": {seconds}}}]}}')
+        (root / "answer.json").write_text(f'{{"answer": "{answer}", "host": "{root.parent.name}"}}')
+    (host / "only-here.txt").write_text("x")
+    verdicts = chroot_build.compare_outputs(host.parent, image.parent)
+    assert verdicts == {"results/rows.parquet": "bytes", "results/metrics.json": "content",
+                        "results/answer.json": "DIFFERENT", "results/only-here.txt": "MISSING in image"}

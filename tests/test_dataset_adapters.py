@@ -7,9 +7,10 @@ import sys
 import polars as pl
 import pytest
 
-from advdistill.datasets import ADAPTERS, DatasetError, get_adapter, normalise_split
-from tests.conftest import REPO, SHARED_DATA
-from tests.test_cli import files_under, run_cli
+from advdistill.datasets import ADAPTERS, get_adapter
+from advdistill.datasets.base import normalise_split
+from advdistill.errors import DatasetError
+from tests.helpers import REPO, SHARED_DATA, files_under, run_cli
 
 FIXTURES = REPO / "tests" / "fixtures" / "datasets"
 MMLU_GOOD = {"question_id": 1, "question": "Which colour?", "options": ["red", "green", "blue"], "answer": "B",
@@ -85,7 +86,7 @@ def test_file_with_wrong_fields_names_them():
     sees="one line naming the id and suggesting a local file (local_sources)",
     kept="nothing written")
 def test_unreachable_hub_id_is_a_one_line_error():
-    code = ("from advdistill.datasets import get_adapter, normalise_split\n"
+    code = ("from advdistill.datasets import get_adapter\nfrom advdistill.datasets.base import normalise_split\n"
             "normalise_split(get_adapter('gsm8k', 'nobody/no-such-dataset'), 'test', 'gsm8k')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin",

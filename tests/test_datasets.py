@@ -3,17 +3,10 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from advdistill.datasets import (
-    ROW_SCHEMA,
-    BadRow,
-    DatasetAdapter,
-    DatasetError,
-    get_adapter,
-    normalise_split,
-)
-from advdistill.datasets.base import describe, matches
+from advdistill.datasets import get_adapter
+from advdistill.datasets.base import ROW_SCHEMA, DatasetAdapter, describe, matches, normalise_split
 from advdistill.datasets.synthetic import written_difference, written_sum
-from advdistill.errors import AdvDistillError, ConfigError
+from advdistill.errors import AdvDistillError, BadRow, ConfigError, DatasetError
 
 
 def test_written_arithmetic_is_exact():

@@ -22,7 +22,7 @@ from advdistill.io import (
     write_json,
     write_parquet,
 )
-from tests.test_cli import files_under, run_cli_process
+from tests.helpers import files_under, run_cli_process
 
 SYNTHETIC = ("prepare", "--dataset", "synthetic", "--source", "synthetic", "--split", "test",
              "--options", '{"n_test": 2000}')  # rows parquet of about 30 KB

@@ -21,7 +21,7 @@ from advdistill.memory_plan import (
     plan_memory,
     training_estimate,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PAPER = REPO / "config" / "paper" / "gsm8k.yaml"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_workflow
+from tests.helpers import REPO, copy_workflow
 
 CONFIGS = [REPO / ".test" / "config_basic.yaml", REPO / "config" / "paper" / "gsm8k.yaml"]
 # every hostile feature in one value: command substitution, backticks, separators, both quotes, spaces, a newline
@@ -203,8 +203,31 @@ def set_key(path, value):
                                  "students[1].name both give the model name 'student-sft'"),
     (set_key(("teacher", "name"), "student-base"), "config teacher.name and students[0].name (its base model "
                                                    "'student-base') both give the model name 'student-base'"),
+    (set_key(("variants",), {"../up": {"training": {"loss": {"lam": 0.0}}}}),
+     "config variants: key '../up' is not a name used as one path component"),
+    (set_key(("variants",), {"seed3": {"training": {"loss": {"lam": 0.0}}}}),
+     "config variants: key 'seed3' is reserved: seed<digits> names a replicate seed"),
+    (set_key(("variants",), {"low": {"training": {"loss": {"lamda": 0.0}}}}),
+     "config variants.low.training.loss.lamda: unknown key (known: backend, ce_reduction"),
+    (set_key(("variants",), {"low": {"training": {"loss": {"lam": -1}}}}),
+     "config variants.low.training.loss.lam: -1 is less than the minimum of 0"),
+    (set_key(("seeds",), [7, 7]), "config seeds: [7, 7] has non-unique elements"),
+    (set_key(("report_name",), "train"), "config report_name: 'train' is the folder of a stage"),
+    (set_key(("paper_reference",), {"accuracy": {"arith": {"student-dpo": 50.0}}}),
+     "config paper_reference.accuracy.arith.student-dpo: not a model this configuration"),
 ], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
-        "split-path", "dash-name", "student-sft-collision", "teacher-base-collision"])
+        "split-path", "dash-name", "student-sft-collision", "teacher-base-collision", "variant-path",
+        "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "report-stage-folder",
+        "paper-unknown-model"])
+@pytest.mark.failure_mode(
+    "a training variant that is not a safe name, looks like a seed suffix, or overrides an unknown or invalid "
+    "training key; a seed listed twice",
+    sees="planning stops naming variants.<name>.training.<key> (or seeds) and what is wrong",
+    kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "paper_reference names a model or test set the configuration does not evaluate (a typo would hide a row)",
+    sees="planning stops naming paper_reference.<table>.<set>.<model> and the models evaluated",
+    kept="everything; no job starts")
 @pytest.mark.failure_mode(
     "unknown reward name, or no non-zero weight, in score.reward_weights",
     sees="planning stops naming score.reward_weights and the known rewards", kept="everything; no job starts")

@@ -31,10 +31,10 @@ import torch
 import yaml
 
 from advdistill.config import PromptConfig
-from advdistill.datasets import get_adapter, normalise_split
+from advdistill.datasets import get_adapter
+from advdistill.datasets.base import normalise_split
 from advdistill.standin import build_standin, standin_tokenizer
-from tests.conftest import REPO, SHARED_DATA, copy_workflow
-from tests.test_workflow import snakemake
+from tests.helpers import REPO, SHARED_DATA, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +161,6 @@ def test_rehearsal_of_paper_config(paper_config, standins, tmp_path, record_prop
             assert ("few_shot_note" in metrics) == (expected < requested), path
         else:
             assert metrics["few_shot"] == paper["prompt"]["few_shot"], path
+    paper_accuracy = pl.read_csv(workdir / "results/report/paper_accuracy.csv")
+    assert paper_accuracy.height == sum(map(len, paper["paper_reference"]["accuracy"].values()))
+    assert paper_accuracy["reproduced"].null_count() == 0  # every model the paper reports was evaluated here

@@ -14,10 +14,19 @@ from advdistill.report import (
     behaviour_tables,
     build_report,
     comparison_pairs,
+    has_replicates,
+    headlines,
+    loss_terms_table,
     markdown_table,
     paired_comparison,
+    paired_comparisons,
+    paper_accuracy,
+    paper_lengths,
+    paper_training_hours,
+    replicate_summary,
     run_report,
     stage_costs,
+    training_compute,
     write_markdown_table,
 )
 
@@ -250,24 +259,37 @@ def test_repeated_prompt_id_stops_the_report(report_inputs):
         build_report(**report_inputs)
 
 
-def test_run_report_finds_train_metrics_of_trained_students(tmp_path):
+def test_run_report_reads_the_declared_inputs_of_its_plan(tmp_path):
     results = tmp_path / "results"
+    evaluations = []
     for model, correct in (("student-base", [T, F]), ("student-sft", [T, T])):
         folder = results / "evaluate" / "arith" / model / "arith"
         write_parquet(judged_responses(correct, [5, 6]), folder / "responses.parquet")
         write_json(evaluation_metrics(judged_responses(correct, [5, 6])), folder / "metrics.json")
-    write_parquet(scored_groups(n_groups=2, group_size=2), results / "score" / "arith" / "scored.parquet")
+        evaluations.append({"model": model, "testset": "arith", "metrics": str(folder / "metrics.json"),
+                            "responses": str(folder / "responses.parquet")})
+    scored = results / "score" / "arith" / "scored.parquet"
+    write_parquet(scored_groups(n_groups=2, group_size=2), scored)
     history = [{"step": step, "loss": 2.0 / step, "weighted_ce": 1.5 / step, "contrastive": 0.5 / step,
                 "wrong_p_mean": 0.8} for step in (1, 2, 3)]
+    trained = results / "train" / "arith" / "student-sft"
     write_json({"global_step": 3, "train_runtime": 1.0, "train_items": 6, "log_history": history},
-               results / "train" / "arith" / "student-sft" / "train_metrics.json")
-    plan = {"models": ["student-base", "student-sft"], "experiments": {"arith": ["arith"]}}
-    run_report(plan, results, tmp_path / "no-benchmarks", tmp_path / "report")
+               trained / "train_metrics.json")
+    write_json({"stage": "score", "seed": 7}, scored.with_name("scored.parquet.manifest.json"))
+    write_json({"stage": "score", "seed": 8}, results / "elsewhere" / "other.parquet.manifest.json")
+    plan = {"models": ["student-base", "student-sft"], "testsets": ["arith"], "evaluations": evaluations,
+            "scored": {"arith": str(scored)}, "provenance": [str(scored), str(trained)],
+            "trained": [{"train_set": "arith", "model": "student-sft", "student": "student", "objective": "sft",
+                         "variant": None, "seed": 7, "path": str(trained)}]}
+    run_report(plan, tmp_path / "no-benchmarks", tmp_path / "report")
     assert pl.read_csv(tmp_path / "report" / "training_compute.csv").rows() == [
         ("arith", "student-sft", 3, None, 6, 1.0)]
     figure = tmp_path / "report" / "plots" / "loss_terms_arith_student-sft.png"
     assert figure.read_bytes().startswith(b"\x89PNG")
-    assert "student-sft on arith: training loss and its terms" in (tmp_path / "report" / "index.html").read_text()
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "student-sft on arith: training loss and its terms" in page
+    provenance = page.split("<h2>Provenance</h2>")[1]
+    assert str(scored) in provenance and "other.parquet" not in provenance
 
 
 def test_provenance_table_lists_each_manifest(tmp_path):
@@ -291,3 +313,93 @@ def test_zero_shot_fallback_is_noted_under_the_accuracy_table(report_inputs):
     accuracy_section = page.split("<h3>Accuracy</h3>")[1].split("<h3>")[0]
     assert f"<li>teacher on logic: {note}</li>" in accuracy_section
     assert page.count("<li>") == 1
+
+
+SWEEP_RUNS = {name: {"student": "student", "objective": objective, "variant": variant, "seed": seed}
+              for name, objective, variant, seed in (
+                  ("student-sft", "sft", None, 1), ("student-advdistill", "advdistill", None, 1),
+                  ("student-sft@seed2", "sft", None, 2), ("student-advdistill@seed2", "advdistill", None, 2),
+                  ("student-advdistill@lam0", "advdistill", "lam0", 1))}
+
+
+def test_comparison_pairs_of_seeds_and_variants():
+    """Per seed the plain runs as without seeds; a variant's run against the plain SFT run of its seed."""
+    models = ["teacher", "student-base", *SWEEP_RUNS]
+    assert comparison_pairs(models, SWEEP_RUNS) == [
+        ("student-advdistill", "student-sft"),
+        ("student-advdistill", "student-base"), ("student-advdistill", "teacher"),
+        ("student-sft", "student-base"), ("student-sft", "teacher"),
+        ("student-advdistill@lam0", "student-sft"),
+        ("student-advdistill@seed2", "student-sft@seed2"),
+        ("student-advdistill@seed2", "student-base"), ("student-advdistill@seed2", "teacher"),
+        ("student-sft@seed2", "student-base"), ("student-sft@seed2", "teacher")]
+
+
+def test_replicate_summary_over_seeds_by_hand():
+    """Two seeds: accuracies 25 % and 100 % give mean 62.5 and t_{0.975,1} = 12.706204736174705 times
+    s/sqrt(2) = 53.0330/1.41421 either side; against SFT (50 %, 75 %) the paired differences are -25 and +25
+    points (b, c = 0, 1 and 1, 0), pooled b = c = 1, so McNemar p = min(1, 2 * 3/4) = 1."""
+    outcomes = {("student-sft", "arith"): judged_responses([T, T, F, F], [5] * 4),
+                ("student-sft@seed2", "arith"): judged_responses([T, T, T, F], [5] * 4),
+                ("student-advdistill", "arith"): judged_responses([T, F, F, F], [5] * 4),
+                ("student-advdistill@seed2", "arith"): judged_responses([T, T, T, T], [5] * 4),
+                ("student-advdistill@lam0", "arith"): judged_responses([F, T, F, F], [5] * 4)}
+    metrics = {key: {"accuracy": frame["correct"].mean(), "template_adherence": 0.5} for key, frame in outcomes.items()}
+    metrics[("student-advdistill@seed2", "arith")]["template_adherence"] = 1.0
+    summary = replicate_summary(metrics, outcomes, list(SWEEP_RUNS), ["arith"], SWEEP_RUNS)
+    half = 12.706204736174705 * (37.5 * 2 ** 0.5) / 2 ** 0.5
+    rows = {(r["objective"], r["variant"]): r for r in summary.iter_rows(named=True)}
+    assert rows[("advdistill", None)] == {
+        "testset": "arith", "student": "student", "objective": "advdistill", "variant": None, "seeds": 2,
+        "accuracy": 62.5, "lower": round(62.5 - half, 2), "upper": round(62.5 + half, 2),
+        "template_adherence": 75.0, "vs_sft_points": 0.0, "vs_sft_lower": round(-12.706204736174705 * 25, 2),
+        "vs_sft_upper": round(12.706204736174705 * 25, 2), "b": 1, "c": 1, "mcnemar_p_pooled": 1.0}
+    assert rows[("sft", None)]["seeds"] == 2 and rows[("sft", None)]["vs_sft_points"] is None
+    assert rows[("sft", None)]["accuracy"] == 62.5
+    variant = rows[("advdistill", "lam0")]
+    assert (variant["seeds"], variant["accuracy"], variant["lower"]) == (1, 25.0, None)
+    assert (variant["vs_sft_points"], variant["vs_sft_lower"], variant["b"], variant["c"]) == (-25.0, None, 0, 1)
+    assert variant["mcnemar_p_pooled"] == 1.0
+    assert has_replicates(summary)
+    assert not has_replicates(summary.filter(pl.col("seeds") == 1).with_columns(variant=None))
+
+
+def test_replicate_headline_names_the_seeds_and_the_pooled_test():
+    outcomes = {("student-sft", "arith"): judged_responses([T, T, T, T], [5] * 4),
+                ("student-sft@seed2", "arith"): judged_responses([T, T, T, T], [5] * 4),
+                ("student-advdistill", "arith"): judged_responses([F, F, F, T], [5] * 4),
+                ("student-advdistill@seed2", "arith"): judged_responses([F, F, T, T], [5] * 4)}
+    metrics = {key: {"accuracy": frame["correct"].mean()} for key, frame in outcomes.items()}
+    models = [name for name in SWEEP_RUNS if "lam0" not in name]
+    summary = replicate_summary(metrics, outcomes, models, ["arith"], SWEEP_RUNS)
+    comparisons = paired_comparisons(outcomes, models, ["arith"], SWEEP_RUNS)
+    # differences -75 and -50: mean -62.5, s = 17.678, half = 12.7062 * 12.5 = 158.83, so -221.3 to +96.3;
+    # pooled b = 0, c = 5: p = 2 / 2**5 = 0.0625
+    assert headlines(comparisons, summary) == [
+        "student-advdistill vs student-sft on arith, mean over 2 seeds: −62.5 points [95 % t-interval −221.3, "
+        "+96.3], McNemar p = 0.062 (pooled over seeds)"]
+    assert headlines(comparisons)[0].startswith("student-advdistill vs student-sft on arith: −75.0 points")
+
+
+def test_loss_terms_table_averages_the_second_half_of_the_logged_steps():
+    history = [{"step": s, "loss": 1.0, "weighted_ce": w, "contrastive": c, "wrong_p_mean": p, "grad_norm": g}
+               for s, w, c, p, g in ((1, 9.0, 9.0, 0.1, 9.0), (2, 9.0, 9.0, 0.1, 9.0), (3, 1.0, 3.0, 0.8, 2.0),
+                                     (4, 2.0, 1.0, 0.9, 4.0))]
+    history.append({"train_runtime": 5.0})
+    table = loss_terms_table({("arith", "s-advdistill"): {"log_history": history},
+                              ("arith", "s-sft"): {"log_history": [{"step": 1, "loss": 2.0}]}})
+    assert table.rows() == [("arith", "s-advdistill", 2, 1.5, 2.0, round(2.0 / 3.5, 3), 0.85, None, 3.0),
+                            ("arith", "s-sft", 0, None, None, None, None, None, None)]
+
+
+def test_paper_reference_tables():
+    accuracy = accuracy_table({("s-sft", "gsm8k"): {"accuracy": 0.7, "n": 10}}, ["s-sft", "s-base"], ["gsm8k"])
+    table = paper_accuracy(accuracy, {"gsm8k": {"s-sft": 72.85, "s-base": 42.45}})
+    assert table.rows() == [("gsm8k", "s-sft", 72.85, 70.0, 39.68, 89.22, -2.85, True),
+                            ("gsm8k", "s-base", 42.45, None, None, None, None, None)]
+    lengths = paper_lengths({("s-sft", "gsm8k"): {"mean_tokens_correct": 140.04, "mean_tokens_wrong": None}},
+                            {"gsm8k": {"s-sft": {"correct": 552.8, "wrong": 552.7}}})
+    assert lengths.rows() == [("gsm8k", "s-sft", 552.8, 140.0, 552.7, None)]
+    compute = training_compute({("gsm8k", "s-sft"): {"global_step": 3, "train_runtime": 5400.0}})
+    hours = paper_training_hours(compute, {"gsm8k": {"s-sft": 3.0, "s-advdistill": 15.0}})
+    assert hours.rows() == [("gsm8k", "s-sft", 3.0, 1.5), ("gsm8k", "s-advdistill", 15.0, None)]

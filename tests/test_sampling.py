@@ -3,8 +3,9 @@ import pytest
 
 from advdistill.config import PromptConfig, SamplingConfig
 from advdistill.errors import ConfigError, InputError
-from advdistill.sampling import SAMPLE_SCHEMA, run_sample, sample_prompts
+from advdistill.sample import run_sample
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
+from advdistill.sampling.shards import SAMPLE_SCHEMA, sample_prompts
 
 SETTINGS = SamplingConfig(n_samples=3, temperature=0.9, max_new_tokens=12, batch_size=4, shard_size=8)
 
@@ -97,7 +98,7 @@ def test_special_token_only_and_undecodable_completions(tiny_model_dir):
 
 
 def test_part_ranges_cover_whole_shards():
-    from advdistill.sampling import part_range
+    from advdistill.sample import part_range
 
     ranges = [part_range(20, 6, part, 3) for part in range(3)]
     assert ranges == [(0, 6), (6, 12), (12, 20)]
@@ -111,7 +112,7 @@ def test_part_ranges_cover_whole_shards():
     sees="merge stops naming the prompt, the sample and the parts",
     kept="the parts")
 def test_split_sampling_merges_to_the_single_job_result(tmp_path, tiny_model_dir, rows_file):
-    from advdistill.sampling import merge_samples
+    from advdistill.sample import merge_samples
 
     single = run_sample(str(tiny_model_dir), rows_file, SETTINGS, PromptConfig(), 3, tmp_path / "all.parquet")
     parts = [tmp_path / f"part-{i}.parquet" for i in range(3)]
@@ -131,7 +132,7 @@ def test_chatml_answers_end_at_the_turn_end_not_only_at_a_base_models_eos(synthe
     from advdistill.prompts import end_of_turn_id
     from advdistill.sampling.hf import stop_token_ids
     from advdistill.standin import standin_tokenizer
-    from advdistill.train import tokenize_pair
+    from advdistill.training.tokens import tokenize_pair
 
     tokenizer = standin_tokenizer(synthetic_rows[0].to_dicts())
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")

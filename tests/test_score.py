@@ -3,10 +3,10 @@ import json
 import polars as pl
 import pytest
 
-from advdistill.config import ConfigError, CosineConfig, ScoreConfig
-from advdistill.errors import InputError
+from advdistill.config import CosineConfig, ScoreConfig
+from advdistill.errors import ConfigError, InputError
 from advdistill.score import run_score
-from tests.test_cli import files_under, run_cli
+from tests.helpers import files_under, run_cli
 
 GOOD = "<think>2 + 2 = 4.</think>\n<answer>\\boxed{4}</answer>"
 WRONG = "<think>2 + 2 = 5.</think>\n<answer>\\boxed{5}</answer>"
@@ -23,14 +23,16 @@ def rows_path(tmp_path):
     return path
 
 
-def write_samples(path, samples):
+def write_samples(folder, samples):
+    """``samples`` (prompt_id, sample_idx, response, n_tokens, truncated) as ``folder/samples.parquet``."""
+    path = folder / "samples.parquet"
     pl.DataFrame(samples, orient="row", schema={"prompt_id": pl.String, "sample_idx": pl.Int32, "response": pl.String,
                                   "n_tokens": pl.Int32, "truncated": pl.Boolean}).write_parquet(path)
+    return path
 
 
 def test_scores_rewards_advantages_and_bad_responses(tmp_path, rows_path):
-    samples = tmp_path / "samples.parquet"
-    write_samples(samples, [
+    samples = write_samples(tmp_path, [
         ("p1", 0, GOOD, 10, False),
         ("p1", 1, WRONG, 10, False),
         ("p1", 2, "", 0, False),                     # empty response
@@ -60,8 +62,7 @@ def test_scores_rewards_advantages_and_bad_responses(tmp_path, rows_path):
 
 
 def test_unknown_reward_name_is_an_error(tmp_path, rows_path):
-    samples = tmp_path / "samples.parquet"
-    write_samples(samples, [("p1", 0, GOOD, 10, False)])
+    samples = write_samples(tmp_path, [("p1", 0, GOOD, 10, False)])
     with pytest.raises(ConfigError, match="unknown reward 'length'"):
         run_score(rows_path, samples, ScoreConfig(reward_weights={"length": 1.0}), tmp_path / "s.parquet",
                   tmp_path / "s.json")
@@ -89,8 +90,7 @@ def score_cli(capsys, rows_path, samples_path):
                                                                      "expected Boolean"),
 ])
 def test_missing_or_mistyped_sample_column_names_file_and_column(capsys, tmp_path, rows_path, change, message):
-    samples = tmp_path / "samples.parquet"
-    write_samples(samples, SAMPLES)
+    samples = write_samples(tmp_path, SAMPLES)
     change(pl.read_parquet(samples)).write_parquet(samples)
     code, err = score_cli(capsys, rows_path, samples)
     assert (code, err) == (2, f"advdistill score: error: {samples}: {message}\n")
@@ -101,13 +101,12 @@ def test_missing_or_mistyped_sample_column_names_file_and_column(capsys, tmp_pat
                           sees="score stops (exit 2) naming the file, the count and the first offending rows",
                           kept="everything; nothing is written")
 def test_negative_token_counts_stop_naming_the_rows(capsys, tmp_path, rows_path):
-    samples = tmp_path / "samples.parquet"
-    write_samples(samples, [*SAMPLES, ("p2", 1, WRONG, -4, False), ("p2", 2, WRONG, None, False)])
+    samples = write_samples(tmp_path, [*SAMPLES, ("p2", 1, WRONG, -4, False), ("p2", 2, WRONG, None, False)])
     code, err = score_cli(capsys, rows_path, samples)
     assert (code, err) == (2, f"advdistill score: error: {samples}: 2 row(s) with a missing or negative n_tokens, "
                               "first: row 3 (prompt_id 'p2', sample_idx 1, n_tokens -4); "
                               "row 4 (prompt_id 'p2', sample_idx 2, n_tokens None)\n")
-    write_samples(samples, [*SAMPLES, ("p2", -1, WRONG, 4, False)])
+    write_samples(tmp_path, [*SAMPLES, ("p2", -1, WRONG, 4, False)])
     with pytest.raises(InputError, match=r"1 row\(s\) with a missing or negative sample_idx, first: row 3 "):
         run_score(rows_path, samples, ScoreConfig(), tmp_path / "out" / "s.parquet", tmp_path / "out" / "s.json")
     assert files_under(tmp_path) == {"rows.parquet", "samples.parquet"}
@@ -117,13 +116,12 @@ def test_negative_token_counts_stop_naming_the_rows(capsys, tmp_path, rows_path)
                           sees="score stops (exit 2) naming the file and the repeated rows",
                           kept="everything; nothing is written")
 def test_repeated_samples_stop_naming_the_rows(capsys, tmp_path, rows_path):
-    samples = tmp_path / "samples.parquet"
-    write_samples(samples, [*SAMPLES, ("p1", 1, GOOD, 10, False)])
+    samples = write_samples(tmp_path, [*SAMPLES, ("p1", 1, GOOD, 10, False)])
     code, err = score_cli(capsys, rows_path, samples)
     assert (code, err) == (2, f"advdistill score: error: {samples}: 2 row(s) with a repeated (prompt_id, sample_idx), "
                               "first: row 1 (prompt_id 'p1', sample_idx 1, n_tokens 12); "
                               "row 3 (prompt_id 'p1', sample_idx 1, n_tokens 10)\n")
-    write_samples(samples, [*SAMPLES, ("p1", 2, GOOD, 10, False)])  # the same response as a new sample is fine
+    write_samples(tmp_path, [*SAMPLES, ("p1", 2, GOOD, 10, False)])  # the same response as a new sample is fine
     code, err = score_cli(capsys, rows_path, samples)
     assert code == 0 and pl.read_parquet(tmp_path / "out" / "scored.parquet").height == 4
 
@@ -132,8 +130,7 @@ def test_repeated_samples_stop_naming_the_rows(capsys, tmp_path, rows_path):
                           sees="score stops (exit 2): '<file>: not a readable parquet file (...)', no traceback",
                           kept="everything; nothing is written")
 def test_corrupt_samples_file_names_it(capsys, tmp_path, rows_path):
-    samples = tmp_path / "samples.parquet"
-    write_samples(samples, SAMPLES)
+    samples = write_samples(tmp_path, SAMPLES)
     samples.write_bytes(samples.read_bytes()[:-30])
     code, err = score_cli(capsys, rows_path, samples)
     assert code == 2 and "Traceback" not in err
@@ -142,8 +139,7 @@ def test_corrupt_samples_file_names_it(capsys, tmp_path, rows_path):
 
 
 def test_integer_columns_of_another_width_are_accepted(tmp_path, rows_path):
-    samples = tmp_path / "samples.parquet"
-    write_samples(samples, SAMPLES)
+    samples = write_samples(tmp_path, SAMPLES)
     pl.read_parquet(samples).with_columns(pl.col("n_tokens", "sample_idx").cast(pl.Int64)).write_parquet(samples)
     summary = run_score(rows_path, samples, ScoreConfig(), tmp_path / "s.parquet", tmp_path / "s.json")
     assert summary["samples"] == 3
@@ -155,8 +151,7 @@ def test_integer_columns_of_another_width_are_accepted(tmp_path, rows_path):
 def test_repeated_row_ids_stop(capsys, tmp_path, rows_path):
     rows = pl.read_parquet(rows_path)
     pl.concat([rows, rows.head(1)]).write_parquet(rows_path)
-    samples = tmp_path / "samples.parquet"
-    write_samples(samples, SAMPLES)
+    samples = write_samples(tmp_path, SAMPLES)
     code, err = score_cli(capsys, rows_path, samples)
     assert (code, err) == (2, f"advdistill score: error: {rows_path}: 2 row(s) with a missing or repeated id, "
                               "first: row 0 (id 'p1'); row 2 (id 'p1')\n")

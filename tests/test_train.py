@@ -11,19 +11,11 @@ from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingCon
 from advdistill.errors import TrainingError
 from advdistill.io import claim_resume_folder
 from advdistill.prompts import render_prompts
-from advdistill.train import (
-    Group,
-    advdistill_steps,
-    best_pairs,
-    build_groups,
-    build_trainer,
-    fit,
-    run_train,
-    split_validation,
-    tokenize_pair,
-    train_model,
-    training_fingerprint,
-)
+from advdistill.train import run_train
+from advdistill.training.checkpoints import training_fingerprint
+from advdistill.training.groups import Group, best_pairs, build_groups, split_validation
+from advdistill.training.tokens import tokenize_pair
+from advdistill.training.trainer import advdistill_steps, build_trainer, fit, train_model
 
 TINY_OPTIM = OptimConfig(learning_rate=1e-3, max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
                          max_seq_length=128, save_steps=2, logging_steps=1)
@@ -39,6 +31,13 @@ def scored_table(synthetic_rows, kept=True):
                          "advantage": 1.0 if good else -0.5,
                          "response": f"<think>x</think>\n<answer>\\boxed{{{answer if good else 0}}}</answer>"})
     return pl.DataFrame(rows)
+
+
+def write_scored_table(folder, synthetic_rows, kept=True):
+    """:func:`scored_table` as the scored parquet that ``advdistill train`` reads."""
+    path = folder / "scored.parquet"
+    scored_table(synthetic_rows, kept).write_parquet(path)
+    return path
 
 
 def test_tokenize_pair_masks_prompt_and_truncates(tiny_model_dir):
@@ -104,8 +103,7 @@ def test_nonfinite_loss_stops_with_step_and_group(tiny_model_dir, synthetic_rows
     sees="train stops: no kept groups to train on, naming the scored file",
     kept="the scored groups")
 def test_no_kept_groups_is_a_clear_error(tiny_model_dir, synthetic_rows, rows_file, tmp_path):
-    scored = tmp_path / "scored.parquet"
-    scored_table(synthetic_rows, kept=False).write_parquet(scored)
+    scored = write_scored_table(tmp_path, synthetic_rows, kept=False)
     with pytest.raises(TrainingError, match="no kept groups"):
         run_train(str(tiny_model_dir), rows_file, scored, "sft", TrainingConfig(optim=TINY_OPTIM),
                      PromptConfig(), 0, tmp_path / "out", tmp_path / "ck")
@@ -119,8 +117,7 @@ def test_rerun_resumes_only_checkpoints_of_the_same_run(tiny_model_dir, syntheti
     """A finished run leaves no checkpoint behind, so a rerun with another learning rate trains from the
     student base (it used to resume the finished run's last checkpoint and save the old model again);
     a killed run's checkpoint is resumed by the same run only."""
-    scored = tmp_path / "scored.parquet"
-    scored_table(synthetic_rows).write_parquet(scored)
+    scored = write_scored_table(tmp_path, synthetic_rows)
     work = tmp_path / "checkpoints"
     cfg = TrainingConfig(optim=TINY_OPTIM)
     other_lr = TrainingConfig(optim=OptimConfig(**{**TINY_OPTIM.__dict__, "learning_rate": 5e-3}))
@@ -172,8 +169,7 @@ def test_resume_skips_a_half_written_checkpoint_and_reports_the_whole_run(tiny_m
                                                                           tmp_path):
     """A run killed while saving checkpoint-3 resumes from checkpoint-2 (it used to pick checkpoint-3 and fail on
     its missing trainer_state.json at every rerun); its metrics equal an uninterrupted run's."""
-    scored = tmp_path / "scored.parquet"
-    scored_table(synthetic_rows).write_parquet(scored)
+    scored = write_scored_table(tmp_path, synthetic_rows)
     cfg = TrainingConfig(optim=OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": 4, "save_steps": 1,
                                               "per_device_batch_size": 1, "warmup_ratio": 0.0}),
                          validation_fraction=0.0)

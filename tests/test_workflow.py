@@ -10,23 +10,17 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_workflow
+from tests.helpers import REPO, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow
 
 CONFIG = REPO / ".test" / "config_basic.yaml"
 TRAINED = {"train": 2, "evaluate": 4, "report": 1, "all": 1}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["snakemake", "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=900)
 
 
 def planned_jobs(workdir: Path, configfile: Path) -> dict[str, int]:
@@ -118,3 +112,37 @@ def test_rerun_after_a_training_edit_trains_a_new_model(finished_run, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert hashlib.sha256((student / "model.safetensors").read_bytes()).hexdigest() != before
     assert json.loads((student / "train_metrics.json").read_text())["resumed_from"] is None
+
+
+SWEEP = {"report_name": "sweep", "seeds": [7, 8],
+         "variants": {"lam0": {"objectives": ["advdistill"], "training": {"loss": {"lam": 0.0}}}}}
+
+
+def test_adding_a_variant_or_a_seed_plans_only_its_own_jobs(finished_run, tmp_path):
+    variant = edited_config(tmp_path, lambda c: c.update(variants=SWEEP["variants"]))
+    assert planned_jobs(finished_run, variant) == {"train": 1, "evaluate": 2, "report": 1, "all": 1}
+    seed = edited_config(tmp_path, lambda c: c.update(seeds=[7, 8]))
+    assert planned_jobs(finished_run, seed) == {"train": 2, "evaluate": 4, "report": 1, "all": 1}
+
+
+def test_a_sweep_reuses_the_run_and_reports_replicates(finished_run, tmp_path):
+    """A real run, in a copy: two seeds and a variant train only their own models, under their own names, and
+    the sweep's report (its own folder) summarises the seeds; the plain run's models are left as they were."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    plain = workdir / "results/train/arith/student-advdistill/model.safetensors"
+    before = plain.stat().st_mtime_ns
+    result = snakemake(workdir, "--configfile", str(edited_config(tmp_path, lambda c: c.update(SWEEP))))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert plain.stat().st_mtime_ns == before
+    trained = sorted(p.name for p in (workdir / "results/train/arith").iterdir() if not p.name.startswith("."))
+    assert [name for name in trained if not name.endswith(".manifest.json")] == [
+        "student-advdistill", "student-advdistill@lam0", "student-advdistill@lam0@seed8", "student-advdistill@seed8",
+        "student-sft", "student-sft@seed8"]
+    settings = json.loads((workdir / "results/train/arith/student-advdistill@lam0@seed8.manifest.json").read_text())
+    assert settings["seed"] == 8 and settings["settings"]["settings"]["loss"]["lam"] == 0.0
+    replicates = (workdir / "results/sweep/replicates.csv").read_text().splitlines()
+    assert replicates[0].startswith("testset,student,objective,variant,seeds,accuracy,lower,upper")
+    assert sum(line.startswith("arith,student,advdistill,lam0,2,") for line in replicates) == 1
+    assert (workdir / "results/report/index.html").stat().st_mtime_ns == (
+        finished_run / "results/report/index.html").stat().st_mtime_ns

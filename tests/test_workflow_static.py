@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def run_snakemake(*args, cwd):

@@ -2,7 +2,7 @@
 
 An adapter turns one raw record of a dataset's own layout into a normalised row
 ``{id, split, question, answer, kind, choices, solution}``. A record that cannot be normalised raises
-:class:`BadRow`; :func:`normalise_split` skips it and counts the reason, so one broken line never
+:class:`~advdistill.errors.BadRow`; :func:`normalise_split` skips it and counts the reason, so one broken line never
 costs a whole dataset. Value types are checked in one place, :func:`normalise_split`: each adapter declares
 the types of the record fields it reads (``field_types``), a value of another type skips the record as
 ``bad_type_<field>``, and a normalised row must match the row schema, so no row can break the rows table.
@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from advdistill.errors import ConfigError, DatasetError
+from advdistill.errors import BadRow, ConfigError, DatasetError
 
 KINDS = ("numeric", "math", "multiple_choice")
 
@@ -35,10 +35,6 @@ ROW_SCHEMA = {
     "solution": pl.String,
 }
 ROW_TYPES = {"id": str, "question": str, "answer": str, "kind": str, "choices": list[str], "solution": str}
-
-
-class BadRow(ValueError):
-    """A raw record that cannot be normalised; the message is the reason that gets counted."""
 
 
 def matches(value: Any, expected: Any) -> bool:

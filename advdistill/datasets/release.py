@@ -7,8 +7,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from advdistill.datasets.base import BadRow, DatasetAdapter
+from advdistill.datasets.base import DatasetAdapter
 from advdistill.datasets.sources import load_records
+from advdistill.errors import BadRow
 
 NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 FRACTION = re.compile(r"^-?\d+\s*/\s*\d+$")

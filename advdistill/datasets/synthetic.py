@@ -14,7 +14,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from advdistill.datasets.base import BadRow, DatasetAdapter
+from advdistill.datasets.base import DatasetAdapter
+from advdistill.errors import BadRow
 
 PEOPLE = (("Mia", "She"), ("Tom", "He"), ("Ava", "She"), ("Leo", "He"), ("Zoe", "She"),
           ("Sam", "He"), ("Ivy", "She"), ("Max", "He"))

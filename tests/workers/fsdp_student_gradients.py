@@ -16,7 +16,8 @@ from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
 from advdistill.config import LossConfig
-from advdistill.train import GroupCollator, StudentWithLoss
+from advdistill.training.collators import GroupCollator
+from advdistill.training.student import StudentWithLoss
 
 
 def main(model_dir: str, groups_file: str, out: str) -> None:

@@ -1,4 +1,6 @@
 import json
+import os
+import re
 from pathlib import Path
 
 from snakemake.logging import logger
@@ -12,6 +14,8 @@ from advdistill.planning import (
     check_config,
     labelled_models,
     stop_on_config_error,
+    trained_runs,
+    variant_training,
     without_dataset,
 )
 from advdistill.schema import load_schema
@@ -27,13 +31,22 @@ REPO = Path(workflow.basedir)
 
 NAME = load_schema()["$defs"]["name"]["pattern"].strip("^$")  # one path component, as the schema allows names
 
+# Trained students by name (advdistill.planning.trained_runs): student, objective, variant and seed of each.
+TRAINED_RUNS = {run.name: run for run in trained_runs(config)}
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (none: matching nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
 
 wildcard_constraints:
     dataset=NAME,
     testset=NAME,
     split=NAME,
-    model=NAME,
+    model=f"{NAME}(@{NAME})*",
     student=NAME,
+    trained=one_of(TRAINED_RUNS),
     part=r"\d+",
 
 
@@ -109,11 +122,11 @@ def models():
 
 
 def evaluated_models():
-    """Names evaluated per experiment: teacher, each student's base, each trained student."""
+    """Names evaluated per experiment: teacher, then per student its base and its trained runs."""
     names = [config["teacher"]["name"]]
     for student in config.get("students", []):
         names.append(f"{student['name']}-base")
-        names.extend(f"{student['name']}-{objective}" for objective in student["objectives"])
+        names.extend(run.name for run in TRAINED_RUNS.values() if run.student == student["name"])
     return names
 
 
@@ -199,10 +212,15 @@ if MEMORY_PLAN and workflow.is_main_process:
         stop_on_config_error(check_plan)(MEMORY_PLAN, config["resources"]["gpu_mem_gb"])
 
 
-def training_launcher():
-    """The train command as a list of words (quoted one by one): the CLI, or one process per GPU through
-    accelerate when training.processes > 1."""
-    processes = config["training"].get("processes", 1)
+def run_training(trained):
+    """The training section of one trained run (its variant's overrides merged in)."""
+    return variant_training(config, TRAINED_RUNS[trained].variant)
+
+
+def training_launcher(trained):
+    """The train command of one trained run as a list of words (quoted one by one): the CLI, or one process per
+    GPU through accelerate when its training.processes > 1."""
+    processes = run_training(trained).get("processes", 1)
     if processes == 1:
         return ["advdistill"]
     return ["accelerate", "launch", *accelerate_launch_args(processes), "-m", "advdistill.cli"]
@@ -218,6 +236,7 @@ def evaluation_prompt(model):
 
 
 def evaluation_outputs(kind):
+    """Every evaluation of every experiment (the report shows those of reported_evaluations)."""
     return [
         f"results/evaluate/{train_set}/{model}/{testset}/{kind}"
         for train_set, experiment in config["experiments"].items()
@@ -226,8 +245,67 @@ def evaluation_outputs(kind):
     ]
 
 
+def reported_evaluations():
+    """The evaluations the report shows: every model on every test set, with the students trained on the first
+    experiment that lists the test set."""
+    first_experiment = {}
+    for train_set, experiment in config["experiments"].items():
+        for testset in experiment["testsets"]:
+            first_experiment.setdefault(testset, train_set)
+    return [
+        {"model": model, "testset": testset,
+         "metrics": f"results/evaluate/{train_set}/{model}/{testset}/metrics.json",
+         "responses": f"results/evaluate/{train_set}/{model}/{testset}/responses.parquet"}
+        for testset, train_set in first_experiment.items()
+        for model in evaluated_models()
+    ]
+
+
+def reported_training():
+    """Every trained run of every experiment with its folder (which holds its train_metrics.json)."""
+    return [
+        {"train_set": train_set, "model": run.name, "student": run.student, "objective": run.objective,
+         "variant": run.variant, "seed": run.seed, "path": f"results/train/{train_set}/{run.name}"}
+        for train_set in config["experiments"]
+        for run in TRAINED_RUNS.values()
+    ]
+
+
+def reported_scores():
+    return {train_set: f"results/score/{train_set}/scored.parquet" for train_set in config["experiments"]}
+
+
+def upstream_outputs():
+    """Outputs of the stages before training whose manifests the report's provenance table lists."""
+    prepared = [f"results/prepare/{name}/{split}.parquet"
+                for name, dataset in config["datasets"].items() for split in dataset["splits"]]
+    built = [f"results/models/{name}" for name in models() if is_bootstrapped(name)]
+    sampled = [f"results/sample/{train_set}/samples.parquet" for train_set in config["experiments"]]
+    return prepared + built + sampled
+
+
+def report_plan():
+    """The plan that ``advdistill report`` gets: row and column order, and the files the report declares as
+    inputs (advdistill.report.run_report), so that the report reads exactly those."""
+    evaluations, trained = reported_evaluations(), reported_training()
+    return {
+        "models": evaluated_models(),
+        "testsets": list(dict.fromkeys(e["testset"] for e in evaluations)),
+        "evaluations": evaluations,
+        "scored": reported_scores(),
+        "trained": trained,
+        "provenance": [*upstream_outputs(), *reported_scores().values(), *(run["path"] for run in trained),
+                       *(e["responses"] for e in evaluations)],
+        "memory": plan_rows(MEMORY_PLAN),
+        "paper": config.get("paper_reference", {}),
+    }
+
+
+REPORT_DIR = f"results/{config['report_name']}"
+
+
 def final_outputs():
-    return ["results/report/index.html"]
+    return [f"{REPORT_DIR}/index.html"]
 
 
 @stop_on_config_error

@@ -2,29 +2,26 @@ rule report:
     input:
         metrics=evaluation_outputs("metrics.json"),
         responses=evaluation_outputs("responses.parquet"),
-        scored=expand("results/score/{dataset}/scored.parquet", dataset=config["experiments"]),
-        summaries=expand("results/score/{dataset}/summary.json", dataset=config["experiments"]),
-        trained=[f"results/train/{dataset}/{student['name']}-{objective}" for dataset in config["experiments"]
-                 for student in config.get("students", []) for objective in student["objectives"]],
+        scored=list(reported_scores().values()),
+        trained=[run["path"] for run in reported_training()],
+        upstream=upstream_outputs(),
     output:
-        index=report("results/report/index.html", caption="../report/index.rst", category="Report"),
-        accuracy=report("results/report/accuracy.csv", caption="../report/accuracy.rst", category="Tables"),
+        index=report(f"{REPORT_DIR}/index.html", caption="../report/index.rst", category="Report"),
+        accuracy=report(f"{REPORT_DIR}/accuracy.csv", caption="../report/accuracy.rst", category="Tables"),
         plots=report(
-            directory("results/report/plots"),
+            directory(f"{REPORT_DIR}/plots"),
             patterns=["{name}.png"],
             caption="../report/plots.rst",
             category="Plots",
         ),
     log:
-        "logs/report/report.log",
+        f"logs/report/{config['report_name']}.log",
     benchmark:
-        "benchmarks/report/report.tsv"
+        f"benchmarks/report/{config['report_name']}.tsv"
     params:
-        plan=as_json({
-            "models": evaluated_models(),
-            "experiments": {name: e["testsets"] for name, e in config["experiments"].items()},
-            "memory": plan_rows(MEMORY_PLAN),
-        }),
+        plan=as_json(report_plan()),
+        benchmarks="benchmarks",
+        out_dir=lambda wc, output: os.path.dirname(output.index),
         code=stage_code("report"),
     threads: 1
     resources:
@@ -33,5 +30,5 @@ rule report:
     container:
         container_for("cpu")
     shell:
-        "advdistill report --plan {params.plan:q} --results results --benchmarks benchmarks"
-        " --out-dir results/report > {log:q} 2>&1"
+        "advdistill report --plan {params.plan:q} --benchmarks {params.benchmarks:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"

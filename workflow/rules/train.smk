@@ -2,22 +2,21 @@ rule train:
     input:
         rows="results/prepare/{dataset}/train.parquet",
         scored="results/score/{dataset}/scored.parquet",
-        model=lambda wc: model_input(wc.student),
+        model=lambda wc: model_input(TRAINED_RUNS[wc.trained].student),
     output:
-        directory("results/train/{dataset}/{student}-{objective}"),
+        directory("results/train/{dataset}/{trained}"),
     log:
-        "logs/train/{dataset}/{student}-{objective}.log",
+        "logs/train/{dataset}/{trained}.log",
     benchmark:
-        "benchmarks/train/{dataset}/{student}-{objective}.tsv"
-    wildcard_constraints:
-        objective="sft|advdistill",
+        "benchmarks/train/{dataset}/{trained}.tsv"
     params:
-        model=lambda wc: model_path(wc.student),
-        settings=as_json(config["training"]),
+        model=lambda wc: model_path(TRAINED_RUNS[wc.trained].student),
+        objective=lambda wc: TRAINED_RUNS[wc.trained].objective,
+        settings=lambda wc: as_json(run_training(wc.trained)),
         prompt=as_json(config.get("prompt", {})),
-        seed=config["seed"],
-        launcher=training_launcher(),
-        checkpoints=lambda wc: f"results/train/{wc.dataset}/.checkpoints/{wc.student}-{wc.objective}",
+        seed=lambda wc: TRAINED_RUNS[wc.trained].seed,
+        launcher=lambda wc: training_launcher(wc.trained),
+        checkpoints=lambda wc: f"results/train/{wc.dataset}/.checkpoints/{wc.trained}",
         code=stage_code("train"),
     threads: 2
     resources:
@@ -28,5 +27,5 @@ rule train:
         container_for("gpu" if gpu_resources("train") else "cpu")
     shell:
         "{params.launcher:q} train --model {params.model:q} --rows {input.rows:q} --scored {input.scored:q}"
-        " --objective {wildcards.objective:q} --settings {params.settings:q} --prompt {params.prompt:q}"
+        " --objective {params.objective:q} --settings {params.settings:q} --prompt {params.prompt:q}"
         " --seed {params.seed:q} --checkpoints {params.checkpoints:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,64 @@
+"""The ``sample`` and ``merge-samples`` stages: teacher responses for the training prompts, in one job or in
+several prompt ranges of whole shards (``sampling.jobs``) merged afterwards."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from advdistill.config import PromptConfig, SamplingConfig
+from advdistill.errors import ConfigError, InputError
+from advdistill.io import read_parquet, write_parquet
+from advdistill.prompts import render_prompts
+from advdistill.sampling import get_backend
+from advdistill.sampling.base import GenerationParams
+from advdistill.sampling.shards import SAMPLE_SCHEMA, run_fingerprint, sample_prompts
+
+log = logging.getLogger(__name__)
+
+
+def part_range(n_prompts: int, shard_size: int, part: int, parts: int) -> tuple[int, int]:
+    """Prompt range ``[start, end)`` of job ``part`` of ``parts``: whole shards, split as evenly as possible.
+
+    Ranges start on shard boundaries, so every batch has the same first prompt (and seed) whatever
+    the number of jobs, and the merged samples equal a single job's.
+    """
+    if not 0 <= part < parts:
+        raise ConfigError(f"--part: sampling part {part} is outside 0..{parts - 1}")
+    n_shards = -(-n_prompts // shard_size)
+    first, last = part * n_shards // parts, (part + 1) * n_shards // parts
+    return min(first * shard_size, n_prompts), min(last * shard_size, n_prompts)
+
+
+def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg: PromptConfig,
+               seed: int, out: Path, part: int = 0, parts: int = 1) -> pl.DataFrame:
+    """Sample the prompts of job ``part`` of ``parts`` (see :func:`part_range`) into ``out``."""
+    from transformers import AutoTokenizer
+
+    rows = read_parquet(rows_path).to_dicts()[:cfg.max_prompts]
+    start, end = part_range(len(rows), cfg.shard_size, part, parts)
+    rows = rows[start:end]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    texts = render_prompts(rows, tokenizer, prompt_cfg)
+    ids = [r["id"] for r in rows]
+    params = GenerationParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_new_tokens=cfg.max_new_tokens)
+    fingerprint = run_fingerprint(model_path, ids, texts, params, cfg, seed)
+    samples = sample_prompts(lambda: get_backend(cfg, model_path), ids, texts,
+                             params, cfg, seed, out, fingerprint, first_index=start)
+    log.info("wrote %d samples for prompts %d..%d to %s", samples.height, start, end, out)
+    return samples
+
+
+def merge_samples(parts: list[Path], out: Path) -> pl.DataFrame:
+    """Concatenate the parts of a sharded sampling run, in part order; a repeated sample is an error."""
+    merged = pl.concat([read_parquet(p, SAMPLE_SCHEMA) for p in parts]) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
+    duplicated = merged.select("prompt_id", "sample_idx").is_duplicated()
+    if duplicated.any():
+        first = merged.filter(duplicated).row(0, named=True)
+        raise InputError(f"sample parts overlap: prompt {first['prompt_id']} sample {first['sample_idx']} "
+                         f"appears in more than one of {', '.join(map(str, parts))}")
+    write_parquet(merged, out)
+    return merged

@@ -1,0 +1,223 @@
+"""The Hugging Face ``Trainer`` of a student with its fused loss: its arguments (one device per process, FSDP
+when asked), the subclass that handles non-finite losses, records the loss terms and saves the student alone,
+and training that resumes from the newest complete checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from advdistill.config import TrainingConfig
+from advdistill.errors import TrainingError
+from advdistill.io import read_json
+from advdistill.training.checkpoints import CLOCK_FILE, RunClock, set_aside_incomplete_checkpoints, whole_run_loss
+from advdistill.training.collators import GroupCollator, ListDataset, PairCollator
+from advdistill.training.student import StudentWithLoss, resolve_precision, save_student
+
+log = logging.getLogger(__name__)
+
+
+class SingleDeviceArguments(TrainingArguments):
+    """``TrainingArguments`` that never replicate the model with ``nn.DataParallel``.
+
+    One process sees every GPU of a workstation; ``Trainer`` would then wrap the model in ``DataParallel``,
+    which skips the fused loss's forward. Several GPUs are used through ``training.processes`` instead.
+    """
+
+    @property
+    def n_gpu(self) -> int:
+        return min(super().n_gpu, 1)
+
+
+def fsdp_arguments(cfg: TrainingConfig, layer_classes: Sequence[str]) -> dict[str, Any]:
+    """Full sharding of weights, gradients and optimizer state, one FSDP unit per decoder layer."""
+    if not cfg.fsdp:
+        return {}
+    config = {"version": 2, "reshard_after_forward": True, "transformer_layer_cls_to_wrap": list(layer_classes),
+              "state_dict_type": "FULL_STATE_DICT"}
+    return {"fsdp": True, "fsdp_config": config}
+
+
+def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, has_eval: bool, save_checkpoints: bool,
+                       layer_classes: Sequence[str] = ()) -> TrainingArguments:
+    optim = cfg.optim
+    return SingleDeviceArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=optim.per_device_batch_size,
+        per_device_eval_batch_size=optim.per_device_batch_size,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        learning_rate=optim.learning_rate,
+        weight_decay=optim.weight_decay,
+        num_train_epochs=optim.epochs,
+        max_steps=optim.max_steps,
+        warmup_steps=optim.warmup_ratio,
+        lr_scheduler_type=optim.lr_scheduler,
+        max_grad_norm=optim.max_grad_norm,
+        optim="adamw_torch",
+        bf16=resolve_precision(cfg.precision) == "bf16-mixed",
+        use_cpu=not torch.cuda.is_available(),
+        average_tokens_across_devices=True,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
+        **fsdp_arguments(cfg, layer_classes),
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=optim.eval_steps if has_eval else None,
+        save_strategy="steps" if save_checkpoints else "no",
+        save_steps=optim.save_steps,
+        save_total_limit=2,
+        logging_steps=optim.logging_steps,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+        prediction_loss_only=True,
+    )
+
+
+class FusedLossTrainer(Trainer):
+    """``Trainer`` of a :class:`StudentWithLoss`; checkpoints hold the student alone, as ``save_pretrained`` writes it.
+
+    SFT is a token-mean cross-entropy over the whole accumulated batch of every process (so that any
+    split into processes and accumulation steps gives the same update); AdvDistill is a mean over groups.
+    """
+
+    def __init__(self, *args, nonfinite_loss: str = "error", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nonfinite_loss = nonfinite_loss
+        self.skipped_nonfinite: list[dict[str, Any]] = []
+        self.loss_is_scaled_for_ga = self.model.objective == "sft"
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        group_id = inputs.pop("group_id", None)
+        # Loss terms are measured on the micro-batches of the first optimizer step of each logging interval.
+        self.model.record_terms = model.training and self.state.global_step % self.args.logging_steps == 0
+        if self.model.objective == "sft" and num_items_in_batch is not None:
+            # DDP averages gradients over processes, while num_items_in_batch already counts all of them.
+            loss = model(**inputs, num_items_in_batch=num_items_in_batch) * self.accelerator.num_processes
+        else:
+            loss = model(**inputs)
+        if not torch.isfinite(loss):
+            where = f"step {self.state.global_step}, group {group_id or 'n/a'}"
+            if self.nonfinite_loss == "error":
+                raise TrainingError(f"non-finite loss {loss.item()} at {where}")
+            log.warning("skipping non-finite loss %s at %s", loss.item(), where)
+            self.skipped_nonfinite.append({"step": self.state.global_step, "group": group_id})
+            loss = sum(p.sum() for p in model.parameters()) * 0.0
+        return (loss, {}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Training logs also carry the mean loss terms recorded since the last log (AdvDistill)."""
+        recorded = self.model.recorded_terms
+        if "loss" in logs and recorded:
+            for name in recorded[0]:
+                values = [terms[name] for terms in recorded if terms[name] is not None]
+                logs[name] = sum(values) / len(values) if values else None
+            recorded.clear()
+        super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.args.should_save:
+            save_student(self.model.student, Path(output_dir or self.args.output_dir), state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        student = self.model.student
+        saved = AutoModelForCausalLM.from_pretrained(resume_from_checkpoint, dtype=student.dtype)
+        student.load_state_dict(saved.state_dict())
+        return None
+
+
+def check_launch(processes: int) -> None:
+    """``training.processes`` must match the processes this run was launched with (see the train rule)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != processes:
+        raise TrainingError(f"training.processes is {processes} but this run has {launched} process(es); launch it "
+                            f"with 'accelerate launch --num_processes {processes} -m advdistill.cli train ...' "
+                            "(the train rule does) or set training.processes to match")
+
+
+def advdistill_steps(groups: int, cfg: TrainingConfig) -> int:
+    """Optimizer steps of an AdvDistill run on ``groups`` groups (one per micro-batch), counted as the Trainer
+    counts them: per process ``ceil(groups / processes)`` micro-batches, ``ceil(.. / accumulation)`` steps per
+    epoch (at least one), ``ceil(epochs * that)`` in all."""
+    micro_batches = math.ceil(groups / cfg.processes)
+    per_epoch = max(math.ceil(micro_batches / cfg.optim.gradient_accumulation_steps), 1)
+    return math.ceil(cfg.optim.epochs * per_epoch)
+
+
+def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_items: Sequence[Any],
+                  cfg: TrainingConfig, checkpoints: Path, seed: int, eval_items: Sequence[Any] = (),
+                  save_checkpoints: bool = True) -> FusedLossTrainer:
+    """A trainer of ``model`` on pairs (``sft``) or groups (``advdistill``, one group per micro-batch)."""
+    if not train_items:
+        raise TrainingError("no training examples")
+    check_launch(cfg.processes)
+    if objective == "sft" and cfg.match_steps and cfg.optim.max_steps <= 0:
+        steps = advdistill_steps(len(train_items), cfg)
+        log.info("training.match_steps: SFT takes the %d optimizer steps AdvDistill takes on these groups", steps)
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=steps))
+    if objective == "advdistill" and cfg.optim.per_device_batch_size != 1:
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, per_device_batch_size=1))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    collator = (PairCollator if objective == "sft" else GroupCollator)(tokenizer.pad_token_id)
+    trainer = FusedLossTrainer(
+        model=StudentWithLoss(model, objective, cfg.loss),
+        args=training_arguments(cfg, checkpoints, seed, bool(eval_items), save_checkpoints,
+                                getattr(model, "_no_split_modules", None) or ()),
+        train_dataset=ListDataset(train_items),
+        eval_dataset=ListDataset(eval_items) if eval_items else None,
+        data_collator=collator,
+        nonfinite_loss=cfg.nonfinite_loss,
+    )
+    if cfg.fsdp and not trainer.is_fsdp_enabled:
+        raise TrainingError(f"training.fsdp is true but accelerate did not shard the model (distributed type "
+                            f"{trainer.accelerator.distributed_type}); it shards on GPUs only")
+    return trainer
+
+
+def fit(trainer: FusedLossTrainer, checkpoints: Path, save_checkpoints: bool = True) -> dict[str, Any]:
+    """Train, resuming from the newest complete checkpoint in ``checkpoints``; returns metrics of the whole
+    run (loss and runtime over every segment) beside the trainer's metrics of this segment."""
+    incomplete, checkpoint = [], None
+    if save_checkpoints and checkpoints.is_dir():
+        if trainer.is_world_process_zero():
+            incomplete = set_aside_incomplete_checkpoints(checkpoints)
+        trainer.accelerator.wait_for_everyone()
+        checkpoint = get_last_checkpoint(str(checkpoints))
+    clock_file = Path(checkpoint) / CLOCK_FILE if checkpoint else None
+    clock = RunClock(read_json(clock_file)["seconds"] if clock_file and clock_file.exists() else 0.0)
+    trainer.add_callback(clock)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    history = trainer.state.log_history
+    return {**result.metrics, "segment_runtime": result.metrics.get("train_runtime"),
+            "train_runtime": clock.elapsed(), "train_loss": whole_run_loss(history),
+            "global_step": trainer.state.global_step, "tokens_seen": trainer.state.num_input_tokens_seen,
+            "resumed_from": checkpoint, "incomplete_checkpoints": incomplete,
+            "skipped_nonfinite": trainer.skipped_nonfinite, "log_history": history}
+
+
+def train_model(model: PreTrainedModel, tokenizer: Any, objective: str, train_items: Sequence[Any],
+                cfg: TrainingConfig, checkpoints: Path, seed: int, eval_items: Sequence[Any] = (),
+                save_checkpoints: bool = True) -> dict[str, Any]:
+    """Train ``model`` in place in this process; returns the trainer's metrics."""
+    trainer = build_trainer(model, tokenizer, objective, train_items, cfg, checkpoints, seed, eval_items,
+                            save_checkpoints)
+    return fit(trainer, checkpoints, save_checkpoints)

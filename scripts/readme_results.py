@@ -1,0 +1,162 @@
+"""The README's result sections, generated from a finished run's report so that they cannot drift from it.
+
+    python scripts/readme_results.py record default results/report     # after: snakemake --cores all
+    python scripts/readme_results.py record ablation results/ablation  # after: the ablation run (config/ablation.yaml)
+    python scripts/readme_results.py check                             # README == what the records give
+
+``record`` copies the report tables a section needs into ``docs/results/<name>/`` with ``machine.json`` (CPU,
+cores, torch, commit, date: the machine that ran it) and rewrites the README between
+``<!-- results:<name> -->`` and ``<!-- /results:<name> -->``. ``check`` (run by tests/test_readme_results.py)
+renders every recorded section again and fails if the README differs, so a README edit by hand or a record
+without its README update is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+RECORDS = REPO / "docs" / "results"
+TABLES = {"default": ("accuracy.csv", "template_adherence.csv", "paired_comparisons.csv", "stage_costs.csv"),
+          "ablation": ("replicates.csv", "stage_costs.csv")}
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, object]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
+            "torch": torch.__version__, "commit": commit.stdout.strip() or None,
+            "date": datetime.date.today().isoformat()}
+
+
+def _interval(value: float | None, lower: float | None, upper: float | None, decimals: int = 1) -> str:
+    if value is None:
+        return "–"
+    if lower is None:
+        return f"{value:.{decimals}f}"
+    return f"{value:.{decimals}f} [{lower:.{decimals}f}, {upper:.{decimals}f}]"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.1f}".replace("-", "−")
+
+
+def _run_line(record: Path, what: str) -> str:
+    info = json.loads((record / "machine.json").read_text())
+    costs = pl.read_csv(record / "stage_costs.csv")
+    minutes = costs["total_wall_s"].sum() / 60
+    return (f"{what}, at commit `{info['commit']}` on {info['date']}: {info['cpu']}, {info['cores']} cores, "
+            f"{'a GPU' if info['gpu'] else 'no GPU'}, torch {info['torch']}; the jobs' wall times add up to "
+            f"{minutes:.1f} min (`{record.relative_to(REPO).as_posix()}/stage_costs.csv`).")
+
+
+def render_default(record: Path) -> str:
+    accuracy = pl.read_csv(record / "accuracy.csv")
+    adherence = pl.read_csv(record / "template_adherence.csv")
+    testsets = [c for c in accuracy.columns[1:] if not c.endswith((" lower", " upper"))]
+    first = testsets[0]
+    lines = [_run_line(record, "A fresh run of `config.yaml` (`snakemake --cores all`)"), "",
+             f"Greedy accuracy in % with its Wilson 95 % interval ({first}: in-distribution test set; template "
+             f"adherence on {first}):", "",
+             "| model | " + " | ".join(testsets) + f" | template adherence ({first}) |",
+             "|---|" + "---|" * (len(testsets) + 1)]
+    adherent = dict(zip(adherence["model"], adherence[first]))
+    for row in accuracy.iter_rows(named=True):
+        cells = [_interval(row[t], row[f"{t} lower"], row[f"{t} upper"]) for t in testsets]
+        adherence_cell = _interval(adherent.get(row["model"]), None, None)
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {adherence_cell} |")
+    comparisons = pl.read_csv(record / "paired_comparisons.csv").unique("testset", keep="first", maintain_order=True)
+    lines += ["", "Paired on the same prompts (difference in points with its 95 % interval, exact McNemar test):", ""]
+    lines += [f"- {r['model']} vs {r['versus']} on {r['testset']}: {_signed(r['difference_points'])} points "
+              f"[{_signed(r['ci_lower'])}, {_signed(r['ci_upper'])}], p = {r['mcnemar_p']:.2g} (n = {r['n']})"
+              for r in comparisons.iter_rows(named=True)]
+    return "\n".join(lines)
+
+
+def render_ablation(record: Path) -> str:
+    replicates = pl.read_csv(record / "replicates.csv")
+    lines = [_run_line(record, "A fresh run of `config.yaml` with `config/ablation.yaml`"), ""]
+    for testset in replicates["testset"].unique(maintain_order=True):
+        rows = replicates.filter(pl.col("testset") == testset)
+        lines += [f"{testset}: accuracy in % as the mean over seeds with its Student-t 95 % interval; against SFT of "
+                  "the same seed, the mean difference in points with its t-interval and the exact McNemar p of the "
+                  "discordant prompts pooled over seeds:", "",
+                  "| objective | variant | seeds | accuracy | template adherence | vs SFT (points) | McNemar p |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows.iter_rows(named=True):
+            versus = _interval(r["vs_sft_points"], r["vs_sft_lower"], r["vs_sft_upper"])
+            p_value = "–" if r["mcnemar_p_pooled"] is None else f"{r['mcnemar_p_pooled']:.2g}"
+            lines.append(f"| {r['objective']} | {r['variant'] or 'plain (mean, λ = 0.5)'} | {r['seeds']} | "
+                         f"{_interval(r['accuracy'], r['lower'], r['upper'])} | "
+                         f"{_interval(r['template_adherence'], None, None)} | {versus} | {p_value} |")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
+
+
+RENDERERS = {"default": render_default, "ablation": render_ablation}
+
+
+def rendered_readme(readme: str) -> str:
+    """``readme`` with every recorded section rendered again from ``docs/results/<name>``."""
+    for name, render in RENDERERS.items():
+        record = RECORDS / name
+        if not (record / "machine.json").exists():
+            continue
+        begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+        if begin not in readme or end not in readme:
+            raise SystemExit(f"README.md has no {begin} ... {end} section for docs/results/{name}")
+        head, rest = readme.split(begin, 1)
+        readme = f"{head}{begin}\n{render(record)}\n{end}{rest.split(end, 1)[1]}"
+    return readme
+
+
+def record(name: str, report: Path) -> None:
+    missing = [table for table in TABLES[name] if not (report / table).is_file()]
+    if missing:
+        raise SystemExit(f"{report}: no {', '.join(missing)}; run the pipeline for '{name}' first")
+    target = RECORDS / name
+    target.mkdir(parents=True, exist_ok=True)
+    for table in TABLES[name]:
+        shutil.copyfile(report / table, target / table)
+    (target / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
+    README.write_text(rendered_readme(README.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    recording = sub.add_parser("record", help="copy a report's tables into docs/results/NAME and update the README")
+    recording.add_argument("name", choices=sorted(RENDERERS))
+    recording.add_argument("report", type=Path, help="the report folder of that run")
+    sub.add_parser("check", help="fail if the README differs from what docs/results gives")
+    args = parser.parse_args(argv)
+    if args.command == "record":
+        record(args.name, args.report)
+        return 0
+    if rendered_readme(README.read_text()) != README.read_text():
+        print("README.md results sections differ from docs/results; run scripts/readme_results.py record ...",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Helpers that several test modules share: the repository's paths, a copy of the workflow for a Snakemake run of
+its own, the CLI run in-process or as its own process, and a tiny untrained model saved like a hub model.
+Fixtures built on them are in ``conftest.py``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from advdistill import cli
+from advdistill.config import ModelShape, TokenizerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "advdistill", "kernels", ".test", "containers", "config")
+
+
+def copy_workflow(workdir: Path) -> Path:
+    """A copy of the workflow, package sources and configs in ``workdir``, for a snakemake run of its own (jobs
+    run the installed package; the copy's sources feed the code-version parameters)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, workdir / name)
+    return workdir
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["snakemake", "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=900)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    """``advdistill *argv`` in this process: exit status and stderr."""
+    code = cli.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def run_cli_process(*argv: str, cwd: Path, prefix: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    """``advdistill *argv`` as its own process (``prefix`` e.g. drops privileges), from ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([*prefix, sys.executable, "-m", "advdistill.cli", *map(str, argv)], cwd=cwd, text=True,
+                          capture_output=True, timeout=300, env=env, **kwargs)
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def save_untrained_model(path: Path, train_rows, hidden_size: int) -> Path:
+    """An untrained one-layer Qwen2 (two heads) with the pipeline's tokenizer, saved like a hub model."""
+    from advdistill.bootstrap import build_model, train_tokenizer
+
+    tokenizer = train_tokenizer(train_rows.to_dicts(), TokenizerConfig(vocab_size=320))
+    model = build_model(tokenizer, ModelShape(hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
+                                              num_key_value_heads=1, intermediate_size=2 * hidden_size), seed=0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
