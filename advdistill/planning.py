@@ -100,22 +100,16 @@ def trained_runs(config: dict[str, Any]) -> list[TrainedRun]:
     return runs
 
 
-def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merged(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def variant_training(config: dict[str, Any], variant: str | None) -> dict[str, Any]:
     """The training section a variant trains with: its overrides deep-merged into ``training`` (the section itself
     for ``None``)."""
     if variant is None:
         return config["training"]
-    return _merged(config["training"], config["variants"][variant]["training"])
+    from snakemake.utils import update_config  # the merge Snakemake applies to --configfile files
+
+    merged = copy.deepcopy(config["training"])
+    update_config(merged, copy.deepcopy(config["variants"][variant]["training"]))
+    return merged
 
 
 # Folders under results/ that the stages own; the report's folder must be another one.

@@ -292,7 +292,7 @@ def has_replicates(summary: pl.DataFrame) -> bool:
     return bool(summary.height) and (summary["seeds"].max() > 1 or summary["variant"].drop_nulls().len() > 0)
 
 
-def _signed(value: float) -> str:
+def signed_points(value: float) -> str:
     return f"{value:+.1f}".replace("-", "−")
 
 
@@ -306,14 +306,14 @@ def headlines(comparisons: pl.DataFrame, replicates: pl.DataFrame | None = None)
         for r in over_seeds.unique("testset", keep="first", maintain_order=True).iter_rows(named=True):
             lines[r["testset"]] = (
                 f"{r['student']}-advdistill vs {r['student']}-sft on {r['testset']}, mean over {r['seeds']} seeds: "
-                f"{_signed(r['vs_sft_points'])} points [95 % t-interval {_signed(r['vs_sft_lower'])}, "
-                f"{_signed(r['vs_sft_upper'])}], McNemar p = {r['mcnemar_p_pooled']:.2g} (pooled over seeds)")
+                f"{signed_points(r['vs_sft_points'])} points [95 % t-interval {signed_points(r['vs_sft_lower'])}, "
+                f"{signed_points(r['vs_sft_upper'])}], McNemar p = {r['mcnemar_p_pooled']:.2g} (pooled over seeds)")
     first = comparisons.filter(pl.col("n") > 0).unique("testset", keep="first", maintain_order=True)
     for r in first.iter_rows(named=True):
         lines.setdefault(r["testset"], (
-            f"{r['model']} vs {r['versus']} on {r['testset']}: {_signed(r['difference_points'])} points "
-            f"[95 % CI {_signed(r['ci_lower'])}, {_signed(r['ci_upper'])}], McNemar p = {r['mcnemar_p']:.2g}, "
-            f"n = {r['n']}"))
+            f"{r['model']} vs {r['versus']} on {r['testset']}: {signed_points(r['difference_points'])} points "
+            f"[95 % CI {signed_points(r['ci_lower'])}, {signed_points(r['ci_upper'])}], "
+            f"McNemar p = {r['mcnemar_p']:.2g}, n = {r['n']}"))
     return list(lines.values())
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from advdistill.report import signed_points
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 RECORDS = REPO / "docs" / "results"
@@ -55,10 +57,6 @@ def _interval(value: float | None, lower: float | None, upper: float | None, dec
     return f"{value:.{decimals}f} [{lower:.{decimals}f}, {upper:.{decimals}f}]"
 
 
-def _signed(value: float) -> str:
-    return f"{value:+.1f}".replace("-", "−")
-
-
 def _run_line(record: Path, what: str) -> str:
     info = json.loads((record / "machine.json").read_text())
     costs = pl.read_csv(record / "stage_costs.csv")
@@ -85,8 +83,9 @@ def render_default(record: Path) -> str:
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {adherence_cell} |")
     comparisons = pl.read_csv(record / "paired_comparisons.csv").unique("testset", keep="first", maintain_order=True)
     lines += ["", "Paired on the same prompts (difference in points with its 95 % interval, exact McNemar test):", ""]
-    lines += [f"- {r['model']} vs {r['versus']} on {r['testset']}: {_signed(r['difference_points'])} points "
-              f"[{_signed(r['ci_lower'])}, {_signed(r['ci_upper'])}], p = {r['mcnemar_p']:.2g} (n = {r['n']})"
+    lines += [f"- {r['model']} vs {r['versus']} on {r['testset']}: {signed_points(r['difference_points'])} points "
+              f"[{signed_points(r['ci_lower'])}, {signed_points(r['ci_upper'])}], p = {r['mcnemar_p']:.2g} "
+              f"(n = {r['n']})"
               for r in comparisons.iter_rows(named=True)]
     return "\n".join(lines)
 

@@ -287,14 +287,14 @@ def upstream_outputs():
 def report_plan():
     """The plan that ``advdistill report`` gets: row and column order, and the files the report declares as
     inputs (advdistill.report.run_report), so that the report reads exactly those."""
-    evaluations, trained = reported_evaluations(), reported_training()
+    evaluations, trained, scored = reported_evaluations(), reported_training(), reported_scores()
     return {
         "models": evaluated_models(),
         "testsets": list(dict.fromkeys(e["testset"] for e in evaluations)),
         "evaluations": evaluations,
-        "scored": reported_scores(),
+        "scored": scored,
         "trained": trained,
-        "provenance": [*upstream_outputs(), *reported_scores().values(), *(run["path"] for run in trained),
+        "provenance": [*upstream_outputs(), *scored.values(), *(run["path"] for run in trained),
                        *(e["responses"] for e in evaluations)],
         "memory": plan_rows(MEMORY_PLAN),
         "paper": config.get("paper_reference", {}),
