@@ -11,6 +11,7 @@ source digest (two checkouts with different sources never rebuild over each othe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -113,23 +114,46 @@ def load_error() -> str | None:
     return None
 
 
+@functools.cache
+def onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether ATen's oneDNN matmul takes ``dtype`` tiles on this CPU.
+
+    It decides at call time, by CPU features that differ between torch releases (torch 2.13 refuses even
+    float32 on CPUs without AVX-512), so one tiny GEMM through the extension asks it instead of guessing.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    load_extension()
+    gemm_dtype = torch.float32 if dtype == torch.float16 else dtype
+    ones = torch.ones(4, 4, dtype=gemm_dtype)
+    out = torch.empty(4, 4, dtype=gemm_dtype)
+    try:
+        torch.ops.advdistill_kernels.gemm(ones, ones, out, False, True)
+    except RuntimeError:
+        return False
+    return bool((out == 4).all())
+
+
 def gemm_provider(dtype: torch.dtype) -> str:
     """The GEMM library behind the tiles for ``dtype`` inputs.
 
-    oneDNN when torch was built with it and it supports the dtype on this CPU (float32, and float16
-    upcast to float32; bfloat16 where the CPU has bf16 instructions); on AVX-512 CPUs it beats MKL's
-    sgemm, which runs its AVX2 kernel on AMD. Else ``at::mm`` (MKL/OpenBLAS).
-    ``$ADVDISTILL_CPP_GEMM`` (``onednn`` or ``aten``) overrides the choice at run time.
+    oneDNN where it takes the dtype on this CPU (:func:`onednn_runs`; float16 tiles are upcast to float32):
+    on AVX-512 CPUs it beats MKL's sgemm, which runs its AVX2 kernel on AMD. Else ``at::mm`` (MKL/OpenBLAS).
+    ``$ADVDISTILL_CPP_GEMM`` (``onednn`` or ``aten``) overrides the choice; asking for oneDNN where it does
+    not run is an error.
     """
     requested = os.environ.get("ADVDISTILL_CPP_GEMM")
     if requested is not None and requested not in GEMM_PROVIDERS:
         raise ValueError(f"ADVDISTILL_CPP_GEMM: expected one of {GEMM_PROVIDERS}, got {requested!r}")
-    onednn_possible = torch.backends.mkldnn.is_available() and (
-        dtype in (torch.float32, torch.float16)
-        or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
-    if requested == "aten" or not onednn_possible:
+    if requested == "aten" or dtype == torch.float64:
         return "aten"
-    return "onednn"
+    if onednn_runs(dtype):
+        return "onednn"
+    if requested == "onednn":
+        raise BackendUnavailableError(f"ADVDISTILL_CPP_GEMM=onednn: ATen's oneDNN matmul does not take {dtype} "
+                                      f"tiles on this CPU ({platform.processor() or platform.machine()}); unset "
+                                      "it or use 'aten'")
+    return "aten"
 
 
 def default_tile_tokens(vocab_size: int) -> int:
