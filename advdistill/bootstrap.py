@@ -146,16 +146,13 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer: Any, rows: list[dict[str, Any]]
     The trainer's ``checkpoints`` folder is a temporary sibling of ``out``, deleted afterwards (it stays empty:
     no checkpoints are saved).
     """
-    from advdistill.training.tokens import tokenize_pair
+    from advdistill.training.tokens import tokenize_pairs
     from advdistill.training.trainer import train_model
 
-    pairs = [
-        tokenize_pair(tokenizer,
-                      render_prompt(tokenizer, build_messages(row, prompt_cfg.system_prompt)),
-                      format_response(row["solution"], row["answer"]),
-                      optim.max_seq_length)
-        for row in rows
-    ]
+    pairs = tokenize_pairs(tokenizer,
+                           [render_prompt(tokenizer, build_messages(row, prompt_cfg.system_prompt)) for row in rows],
+                           [format_response(row["solution"], row["answer"]) for row in rows],
+                           optim.max_seq_length)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.trainer-", dir=out.parent) as checkpoints:
         metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=optim), Path(checkpoints),

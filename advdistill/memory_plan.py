@@ -36,6 +36,7 @@ from advdistill.config import (
     from_dict,
 )
 from advdistill.errors import MemoryPlanError
+from advdistill.planning import trained_runs, variant_training
 
 GIB = 1024**3
 
@@ -386,7 +387,6 @@ def plan_memory(config: dict[str, Any], sources: dict[str, str]) -> list[Estimat
     gpu_rules, gpu_mem_gb = bool(resources.get("gpu_rules")), resources.get("gpu_mem_gb")
     sampling = from_dict(SamplingConfig, config["sampling"], "sampling")
     evaluation = from_dict(EvaluationConfig, config["evaluation"], "evaluation")
-    training = from_dict(TrainingConfig, config["training"], "training")
 
     def architecture(model: dict[str, Any]) -> tuple[Architecture | None, str]:
         if model["source"] == "bootstrap":
@@ -404,13 +404,17 @@ def plan_memory(config: dict[str, Any], sources: dict[str, str]) -> list[Estimat
     estimates.append(inference_estimate("sample", teacher["name"], arch, origin, sampling,
                                         sampling.batch_size * sampling.n_samples, gpu_rules, gpu_mem_gb)
                      if arch else unknown("sample", teacher["name"], sample_gpus, origin))
-    for student in students:
-        arch, origin = shapes[student["name"]]
-        for objective in student["objectives"]:
-            name = f"{student['name']}-{objective}"
-            estimates.append(training_estimate(name, objective, arch, origin, training, sampling.n_samples,
-                                               gpu_rules, gpu_mem_gb)
-                             if arch else unknown("train", name, training.processes, origin))
+    planned = set()
+    for run in trained_runs(config):  # seeds do not change memory: one estimate per objective and variant
+        if (run.student, run.objective, run.variant) in planned:
+            continue
+        planned.add((run.student, run.objective, run.variant))
+        arch, origin = shapes[run.student]
+        name = f"{run.student}-{run.objective}" + (f"@{run.variant}" if run.variant else "")
+        training = from_dict(TrainingConfig, variant_training(config, run.variant), "training")
+        estimates.append(training_estimate(name, run.objective, arch, origin, training, sampling.n_samples,
+                                           gpu_rules, gpu_mem_gb)
+                         if arch else unknown("train", name, training.processes, origin))
     evaluate_gpus = evaluation.tensor_parallel_size if evaluation.backend == "vllm" else 1
     for name, (arch, origin) in shapes.items():
         label = name if name == teacher["name"] else f"{name} (base and trained)"
@@ -421,9 +425,8 @@ def plan_memory(config: dict[str, Any], sources: dict[str, str]) -> list[Estimat
 
 
 def stage_gpus(config: dict[str, Any], stage: str) -> int:
-    """GPUs one job of ``stage`` uses: vLLM's tensor parallelism for sample/evaluate, processes for train."""
-    if stage == "train":
-        return from_dict(TrainingConfig, config["training"], "training").processes
+    """GPUs one job of ``stage`` uses: vLLM's tensor parallelism for sample/evaluate (train: see the train rule,
+    which asks for each run's training.processes)."""
     engine = (from_dict(SamplingConfig, config["sampling"], "sampling") if stage == "sample"
               else from_dict(EvaluationConfig, config["evaluation"], "evaluation"))
     return engine.tensor_parallel_size if engine.backend == "vllm" else 1

@@ -80,9 +80,11 @@ def run_seeds(config: dict[str, Any]) -> list[int]:
 
 
 def trained_runs(config: dict[str, Any]) -> list[TrainedRun]:
-    """Every training the config asks for, per student: the plain runs, then each variant, each over the seeds."""
+    """Every training the config asks for, per student: the plain runs (unless ``plain_runs`` is false), then each
+    variant, each over the seeds."""
     runs = []
-    variants = [(None, None), *(config.get("variants") or {}).items()]
+    variants = [(None, None)] if config.get("plain_runs", True) else []
+    variants += list((config.get("variants") or {}).items())
     for i, student in enumerate(config.get("students", [])):
         for variant, spec in variants:
             for objective in student["objectives"]:
@@ -150,6 +152,9 @@ def check_variants(config: dict[str, Any]) -> None:
         if not objectives & set(spec.get("objectives", objectives)):
             raise ConfigError(f"config variants.{name}.objectives: no student trains {spec['objectives']} "
                               f"(students' objectives: {sorted(objectives)})")
+    if not config.get("plain_runs", True) and not config.get("variants"):
+        raise ConfigError("config plain_runs: false trains the variants only, but there are no variants: nothing "
+                          "would be trained (add variants or set plain_runs: true)")
 
 
 def derived_model_names(config: dict[str, Any]) -> list[tuple[str, str]]:

@@ -171,27 +171,43 @@ def is_trained(role: ModelRole) -> bool:
     return role.role in OBJECTIVES
 
 
+def run_group_name(role: ModelRole) -> str:
+    """A trained run's name without its seed suffix: ``<student>-<objective>[@<variant>]``."""
+    return f"{role.student}-{role.role}" + (f"@{role.variant}" if role.variant else "")
+
+
+def reference_sft(roles: Mapping[str, ModelRole]) -> dict[tuple[str, int | None], str]:
+    """The SFT run that every trained run of a (student, seed) is compared with: the plain SFT run, else (a
+    configuration with ``plain_runs: false``) the first SFT variant run in config order."""
+    plain, first_variant = {}, {}
+    for model, role in roles.items():
+        if role.role == "sft":
+            (plain if role.variant is None else first_variant).setdefault((role.student, role.seed), model)
+    return {**first_variant, **plain}
+
+
 def comparison_pairs(models: list[str], runs: Mapping[str, Mapping[str, Any]] | None = None) -> list[tuple[str, str]]:
     """(model, versus) pairs to compare. Per student and seed (in order of appearance): the plain trained runs
     with each other (AdvDistill first), then each of them with ``<student>-base`` and with the teacher (every
-    model that is neither trained nor a base); then each variant's run with the plain SFT run of its seed (the
-    plain run of its own objective where the student has no SFT run)."""
+    model that is neither trained nor a base); then each variant's run with the :func:`reference_sft` run of its
+    seed (the plain run of its own objective where the student has no SFT run)."""
     roles = model_roles(models, runs)
     teachers = [model for model, role in roles.items() if role.role == TEACHER_ROLE]
+    references = reference_sft(roles)
     trained: dict[tuple[str, int | None], list[str]] = {}
     for model, role in roles.items():
         if is_trained(role):
             trained.setdefault((role.student, role.seed), []).append(model)
     pairs: list[tuple[str, str]] = []
-    for (student, _), names in trained.items():
+    for (student, seed), names in trained.items():
         plain = sorted((m for m in names if roles[m].variant is None), key=lambda m: OBJECTIVES.index(roles[m].role))
         pairs += combinations(plain, 2)
-        references = [m for m in (f"{student}-{BASE_SUFFIX}", *teachers) if m in roles]
-        pairs += [(model, reference) for model in plain for reference in references]
+        base_and_teachers = [m for m in (f"{student}-{BASE_SUFFIX}", *teachers) if m in roles]
+        pairs += [(model, reference) for model in plain for reference in base_and_teachers]
         plain_by_objective = {roles[m].role: m for m in plain}
         for model in names:
-            versus = plain_by_objective.get("sft", plain_by_objective.get(roles[model].role))
-            if roles[model].variant is not None and versus is not None:
+            versus = references.get((student, seed), plain_by_objective.get(roles[model].role))
+            if roles[model].variant is not None and versus not in (None, model):
                 pairs.append((model, versus))
     return pairs
 
@@ -235,8 +251,9 @@ def paired_comparisons(outcomes: Mapping[tuple[str, str], pl.DataFrame], models:
 
 REPLICATE_SCHEMA = {"testset": pl.String, "student": pl.String, "objective": pl.String, "variant": pl.String,
                     "seeds": pl.Int64, "accuracy": pl.Float64, "lower": pl.Float64, "upper": pl.Float64,
-                    "template_adherence": pl.Float64, "vs_sft_points": pl.Float64, "vs_sft_lower": pl.Float64,
-                    "vs_sft_upper": pl.Float64, "b": pl.Int64, "c": pl.Int64, "mcnemar_p_pooled": pl.Float64}
+                    "template_adherence": pl.Float64, "versus": pl.String, "vs_sft_points": pl.Float64,
+                    "vs_sft_lower": pl.Float64, "vs_sft_upper": pl.Float64, "b": pl.Int64, "c": pl.Int64,
+                    "mcnemar_p_pooled": pl.Float64}
 
 
 def _mean_interval(values: list[float]) -> list[float | None]:
@@ -245,10 +262,10 @@ def _mean_interval(values: list[float]) -> list[float | None]:
 
 
 def _replicate_row(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping[tuple[str, str], pl.DataFrame],
-                   testset: str, runs: list[tuple[str, str | None]]) -> list[Any] | None:
-    """Seeds, accuracy mean and interval, mean template adherence, and against the plain SFT run of each seed
-    the mean difference with its interval, the pooled discordant counts and their McNemar p. ``runs``: (model,
-    its seed's plain SFT run or None)."""
+                   testset: str, runs: list[tuple[str, str | None]], versus: str | None) -> list[Any] | None:
+    """Seeds, accuracy mean and interval, mean template adherence, and against the reference SFT run of each seed
+    (named ``versus`` without its seed) the mean difference with its interval, the pooled discordant counts and
+    their McNemar p. ``runs``: (model, its seed's reference SFT run or None)."""
     evaluated = [(m, sft) for m, sft in runs if metrics.get((m, testset), {}).get("accuracy") is not None]
     if not evaluated:
         return None
@@ -260,9 +277,9 @@ def _replicate_row(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping[tu
                 if sft not in (None, m) and (m, testset) in outcomes and (sft, testset) in outcomes]
     compared = [comparison for comparison in compared if comparison["n"]]
     if not compared:
-        return row + [None] * 6
+        return row + [None] * 7
     b, c = sum(comparison["b"] for comparison in compared), sum(comparison["c"] for comparison in compared)
-    return row + [*_mean_interval([comparison["difference_points"] for comparison in compared]), b, c,
+    return row + [versus, *_mean_interval([comparison["difference_points"] for comparison in compared]), b, c,
                   float(f"{mcnemar_exact(b, c):.4g}")]
 
 
@@ -270,20 +287,23 @@ def replicate_summary(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping
                       models: list[str], testsets: list[str],
                       runs: Mapping[str, Mapping[str, Any]] | None = None) -> pl.DataFrame:
     """Per test set and trained (student, objective, variant), over its seeds: accuracy in % as the mean with
-    its Student-t 95 % interval, mean template adherence in %, and against the plain SFT run of the same
-    student and seed the mean accuracy difference in points with its t-interval, the discordant counts b and c
-    summed over seeds and the exact McNemar p of those pooled counts. Pooling treats each (prompt, seed) as
-    one paired outcome; the same prompts recur across seeds, so that p-value is on the optimistic side."""
+    its Student-t 95 % interval, mean template adherence in %, and against the :func:`reference_sft` run of the
+    same student and seed (``versus``) the mean accuracy difference in points with its t-interval, the discordant
+    counts b and c summed over seeds and the exact McNemar p of those pooled counts. Pooling treats each (prompt,
+    seed) as one paired outcome; the same prompts recur across seeds, so that p-value is on the optimistic side."""
     roles = model_roles(models, runs)
-    plain_sft = {(role.student, role.seed): model for model, role in roles.items()
-                 if role.role == "sft" and role.variant is None}
+    references = reference_sft(roles)
     groups: dict[tuple[str, str, str | None], list[tuple[str, str | None]]] = {}
     for model, role in roles.items():
         if is_trained(role):
             groups.setdefault((role.student, role.role, role.variant), []).append(
-                (model, plain_sft.get((role.student, role.seed))))
-    rows = [[testset, *key, *row] for testset in testsets for key, group in groups.items()
-            if (row := _replicate_row(metrics, outcomes, testset, group)) is not None]
+                (model, references.get((role.student, role.seed))))
+    rows = []
+    for testset in testsets:
+        for key, group in groups.items():
+            versus = next((run_group_name(roles[sft]) for _, sft in group if sft is not None), None)
+            if (row := _replicate_row(metrics, outcomes, testset, group, versus)) is not None:
+                rows.append([testset, *key, *row])
     return pl.DataFrame(rows, schema=REPLICATE_SCHEMA, orient="row")
 
 
@@ -297,15 +317,18 @@ def signed_points(value: float) -> str:
 
 
 def headlines(comparisons: pl.DataFrame, replicates: pl.DataFrame | None = None) -> list[str]:
-    """One sentence per test set: with several seeds, the plain AdvDistill runs against the plain SFT runs over
-    the seeds (:func:`replicate_summary`); else the first :func:`paired_comparisons` row with shared prompts."""
+    """One sentence per test set: with several seeds, AdvDistill against the reference SFT over the seeds
+    (:func:`replicate_summary`; the plain run, else the first AdvDistill variant); else the first
+    :func:`paired_comparisons` row with shared prompts."""
     lines = {}
     if replicates is not None:
-        over_seeds = replicates.filter((pl.col("objective") == "advdistill") & pl.col("variant").is_null()
-                                       & (pl.col("seeds") > 1) & pl.col("vs_sft_lower").is_not_null())
+        over_seeds = replicates.filter((pl.col("objective") == "advdistill") & (pl.col("seeds") > 1)
+                                       & pl.col("vs_sft_lower").is_not_null())
+        over_seeds = over_seeds.sort(pl.col("variant").is_not_null(), maintain_order=True)
         for r in over_seeds.unique("testset", keep="first", maintain_order=True).iter_rows(named=True):
+            model = run_group_name(ModelRole(r["student"], r["objective"], r["variant"]))
             lines[r["testset"]] = (
-                f"{r['student']}-advdistill vs {r['student']}-sft on {r['testset']}, mean over {r['seeds']} seeds: "
+                f"{model} vs {r['versus']} on {r['testset']}, mean over {r['seeds']} seeds: "
                 f"{signed_points(r['vs_sft_points'])} points [95 % t-interval {signed_points(r['vs_sft_lower'])}, "
                 f"{signed_points(r['vs_sft_upper'])}], McNemar p = {r['mcnemar_p_pooled']:.2g} (pooled over seeds)")
     first = comparisons.filter(pl.col("n") > 0).unique("testset", keep="first", maintain_order=True)

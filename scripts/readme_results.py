@@ -1,11 +1,12 @@
 """The README's result sections, generated from a finished run's report so that they cannot drift from it.
 
-    python scripts/readme_results.py record default results/report     # after: snakemake --cores all
-    python scripts/readme_results.py record ablation results/ablation  # after: the ablation run (config/ablation.yaml)
+    python scripts/readme_results.py record default results/report --log .snakemake/log/<run>.snakemake.log
+    python scripts/readme_results.py record ablation results/ablation --log .snakemake/log/<run>.snakemake.log
     python scripts/readme_results.py check                             # README == what the records give
 
 ``record`` copies the report tables a section needs into ``docs/results/<name>/`` with ``machine.json`` (CPU,
-cores, torch, commit, date: the machine that ran it) and rewrites the README between
+cores, torch, commit, date: the machine that ran it; with ``--log``, the run's elapsed time from the Snakemake log
+of the run, which for concurrent jobs is less than their wall times' sum) and rewrites the README between
 ``<!-- results:<name> -->`` and ``<!-- /results:<name> -->``. ``check`` (run by tests/test_readme_results.py)
 renders every recorded section again and fails if the README differs, so a README edit by hand or a record
 without its README update is caught.
@@ -18,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 RECORDS = REPO / "docs" / "results"
 TABLES = {"default": ("accuracy.csv", "template_adherence.csv", "paired_comparisons.csv", "stage_costs.csv"),
-          "ablation": ("replicates.csv", "stage_costs.csv")}
+          "ablation": ("replicates.csv", "loss_terms.csv", "stage_costs.csv")}
+TELEMETRY = ("weighted_ce", "contrastive", "contrastive_share", "wrong_p_mean", "wrong_at_clamp", "grad_norm")
 
 
 def cpu_model() -> str:
@@ -42,11 +45,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict[str, object]:
+def elapsed_seconds(snakemake_log: Path) -> float:
+    """The ``Elapsed time: H:MM:SS`` Snakemake writes at the end of a finished run's log."""
+    match = re.search(r"^Elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)$", snakemake_log.read_text(), re.MULTILINE)
+    if match is None:
+        raise SystemExit(f"{snakemake_log}: no 'Elapsed time' line; is it the log of a finished run?")
+    hours, minutes, seconds = match.groups()
+    return round(3600 * int(hours) + 60 * int(minutes) + float(seconds), 1)
+
+
+def machine(snakemake_log: Path | None = None) -> dict[str, object]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
             "torch": torch.__version__, "commit": commit.stdout.strip() or None,
             "date": datetime.date.today().isoformat()}
+    if snakemake_log is not None:
+        info["elapsed_s"] = elapsed_seconds(snakemake_log)
+    return info
 
 
 def _interval(value: float | None, lower: float | None, upper: float | None, decimals: int = 1) -> str:
@@ -61,9 +76,10 @@ def _run_line(record: Path, what: str) -> str:
     info = json.loads((record / "machine.json").read_text())
     costs = pl.read_csv(record / "stage_costs.csv")
     minutes = costs["total_wall_s"].sum() / 60
+    elapsed = f"the run took {info['elapsed_s'] / 60:.1f} min; " if "elapsed_s" in info else ""
     return (f"{what}, at commit `{info['commit']}` on {info['date']}: {info['cpu']}, {info['cores']} cores, "
-            f"{'a GPU' if info['gpu'] else 'no GPU'}, torch {info['torch']}; the jobs' wall times add up to "
-            f"{minutes:.1f} min (`{record.relative_to(REPO).as_posix()}/stage_costs.csv`).")
+            f"{'a GPU' if info['gpu'] else 'no GPU'}, torch {info['torch']}; {elapsed}the jobs' wall times add up "
+            f"to {minutes:.1f} min (`{record.relative_to(REPO).as_posix()}/stage_costs.csv`).")
 
 
 def render_default(record: Path) -> str:
@@ -95,19 +111,37 @@ def render_ablation(record: Path) -> str:
     lines = [_run_line(record, "A fresh run of `config.yaml` with `config/ablation.yaml`"), ""]
     for testset in replicates["testset"].unique(maintain_order=True):
         rows = replicates.filter(pl.col("testset") == testset)
-        lines += [f"{testset}: accuracy in % as the mean over seeds with its Student-t 95 % interval; against SFT of "
-                  "the same seed, the mean difference in points with its t-interval and the exact McNemar p of the "
-                  "discordant prompts pooled over seeds:", "",
+        versus = ", ".join(f"`{name}`" for name in rows["versus"].drop_nulls().unique(maintain_order=True))
+        lines += [f"{testset}: accuracy in % as the mean over seeds with its Student-t 95 % interval; against the SFT "
+                  f"run of the same seed ({versus or 'none'}), the mean difference in points with its t-interval and "
+                  "the exact McNemar p of the discordant prompts pooled over seeds:", "",
                   "| objective | variant | seeds | accuracy | template adherence | vs SFT (points) | McNemar p |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows.iter_rows(named=True):
-            versus = _interval(r["vs_sft_points"], r["vs_sft_lower"], r["vs_sft_upper"])
+            difference = _interval(r["vs_sft_points"], r["vs_sft_lower"], r["vs_sft_upper"])
             p_value = "–" if r["mcnemar_p_pooled"] is None else f"{r['mcnemar_p_pooled']:.2g}"
             lines.append(f"| {r['objective']} | {r['variant'] or 'plain (mean, λ = 0.5)'} | {r['seeds']} | "
                          f"{_interval(r['accuracy'], r['lower'], r['upper'])} | "
-                         f"{_interval(r['template_adherence'], None, None)} | {versus} | {p_value} |")
+                         f"{_interval(r['template_adherence'], None, None)} | {difference} | {p_value} |")
         lines.append("")
+    lines += [render_telemetry(pl.read_csv(record / "loss_terms.csv")), ""]
     return "\n".join(lines).rstrip("\n")
+
+
+def render_telemetry(loss_terms: pl.DataFrame) -> str:
+    """The loss terms of each AdvDistill run (second half of its logged steps), averaged over its seeds."""
+    runs = (loss_terms.filter(pl.col("weighted_ce").is_not_null())
+            .with_columns(run=pl.col("model").str.replace(r"@seed\d+$", ""))
+            .group_by("run", maintain_order=True)
+            .agg(pl.len().alias("seeds"), *(pl.col(name).mean() for name in TELEMETRY)))
+    lines = ["Loss telemetry over the second half of each run's logged steps, mean over its seeds: the weighted CE "
+             "term, the λ-scaled contrastive term and its share of the loss, the mean p̄ of wrong responses, their "
+             "share at the clamp, and the gradient norm before clipping:", "",
+             "| run | seeds | " + " | ".join(TELEMETRY) + " |", "|---|---|" + "---|" * len(TELEMETRY)]
+    for r in runs.iter_rows(named=True):
+        cells = ["–" if r[name] is None else f"{r[name]:.3f}" for name in TELEMETRY]
+        lines.append(f"| {r['run']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 RENDERERS = {"default": render_default, "ablation": render_ablation}
@@ -127,7 +161,7 @@ def rendered_readme(readme: str) -> str:
     return readme
 
 
-def record(name: str, report: Path) -> None:
+def record(name: str, report: Path, snakemake_log: Path | None = None) -> None:
     missing = [table for table in TABLES[name] if not (report / table).is_file()]
     if missing:
         raise SystemExit(f"{report}: no {', '.join(missing)}; run the pipeline for '{name}' first")
@@ -135,7 +169,7 @@ def record(name: str, report: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for table in TABLES[name]:
         shutil.copyfile(report / table, target / table)
-    (target / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
+    (target / "machine.json").write_text(json.dumps(machine(snakemake_log), indent=2) + "\n")
     README.write_text(rendered_readme(README.read_text()))
 
 
@@ -145,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     recording = sub.add_parser("record", help="copy a report's tables into docs/results/NAME and update the README")
     recording.add_argument("name", choices=sorted(RENDERERS))
     recording.add_argument("report", type=Path, help="the report folder of that run")
+    recording.add_argument("--log", type=Path, help="that run's .snakemake/log file (for its elapsed time)")
     sub.add_parser("check", help="fail if the README differs from what docs/results gives")
     args = parser.parse_args(argv)
     if args.command == "record":
-        record(args.name, args.report)
+        record(args.name, args.report, args.log)
         return 0
     if rendered_readme(README.read_text()) != README.read_text():
         print("README.md results sections differ from docs/results; run scripts/readme_results.py record ...",

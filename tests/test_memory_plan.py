@@ -204,15 +204,19 @@ def test_cpu_default_prints_no_plan_and_is_not_checked(tmp_path):
 
 
 def test_gpu_resources_follow_tensor_parallel_size_and_processes(tmp_path):
+    """A variant that trains on other processes asks for its own GPUs and has its own memory estimate."""
     (tmp_path / "gpus.yaml").write_text(yaml.safe_dump({
         "sampling": {"tensor_parallel_size": 2}, "evaluation": {"tensor_parallel_size": 4},
-        "training": {"processes": 3, "fsdp": True}}))
+        "training": {"processes": 3, "fsdp": True},
+        "variants": {"two": {"objectives": ["advdistill"], "training": {"processes": 2}}}}))
     result = run_snakemake(tmp_path, PAPER, tmp_path / "gpus.yaml")
     assert result.returncode == 0, result.stderr
     assert "Memory plan (advdistill/memory_plan.py):" in result.stdout + result.stderr
+    plan = (result.stdout + result.stderr).split("Memory plan (advdistill/memory_plan.py):")[1]
+    assert re.search(r"train\s+qwen2.5-1.5b-advdistill@two\s+\S+\s+2\s", plan)
     gpus = {}
     for block in result.stdout.split("\nrule ")[1:]:
         found = re.search(r"resources: .*\bgpu=(\d+)", block)
         gpus.setdefault(block.split(":")[0], set()).add(int(found.group(1)) if found else None)
-    assert gpus["sample"] == {2} and gpus["evaluate"] == {4} and gpus["train"] == {3}
+    assert gpus["sample"] == {2} and gpus["evaluate"] == {4} and gpus["train"] == {3, 2}
     assert gpus["score"] == {None}

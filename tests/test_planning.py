@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from advdistill.planning import trained_runs
 from tests.helpers import REPO, copy_workflow
 
 CONFIGS = [REPO / ".test" / "config_basic.yaml", REPO / "config" / "paper" / "gsm8k.yaml"]
@@ -212,18 +213,23 @@ def set_key(path, value):
     (set_key(("variants",), {"low": {"training": {"loss": {"lam": -1}}}}),
      "config variants.low.training.loss.lam: -1 is less than the minimum of 0"),
     (set_key(("seeds",), [7, 7]), "config seeds: [7, 7] has non-unique elements"),
+    (set_key(("plain_runs",), False), "config plain_runs: false trains the variants only, but there are no variants"),
     (set_key(("report_name",), "train"), "config report_name: 'train' is the folder of a stage"),
     (set_key(("paper_reference",), {"accuracy": {"arith": {"student-dpo": 50.0}}}),
      "config paper_reference.accuracy.arith.student-dpo: not a model this configuration"),
 ], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
         "split-path", "dash-name", "student-sft-collision", "teacher-base-collision", "variant-path",
-        "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "report-stage-folder",
+        "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "variants-only-none",
+        "report-stage-folder",
         "paper-unknown-model"])
 @pytest.mark.failure_mode(
     "a training variant that is not a safe name, looks like a seed suffix, or overrides an unknown or invalid "
     "training key; a seed listed twice",
     sees="planning stops naming variants.<name>.training.<key> (or seeds) and what is wrong",
     kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "plain_runs: false (train the variants only) without any variant",
+    sees="planning stops naming plain_runs: nothing would be trained", kept="everything; no job starts")
 @pytest.mark.failure_mode(
     "paper_reference names a model or test set the configuration does not evaluate (a typo would hide a row)",
     sees="planning stops naming paper_reference.<table>.<set>.<model> and the models evaluated",
@@ -251,6 +257,19 @@ def test_bad_config_stops_planning_with_one_message_naming_the_key(tmp_path, cha
     output = assert_clean_stop(result)
     assert message in output
     assert not (tmp_path / "results").exists()
+
+
+def test_plain_runs_false_trains_the_variants_only():
+    config = yaml.safe_load(CONFIGS[0].read_text())
+    config.update(seeds=[config["seed"], 5], plain_runs=False,
+                  variants={"short": {"objectives": ["sft"], "training": {"optim": {"max_steps": 3}}},
+                            "lam0": {"training": {"loss": {"lam": 0.0}}}})
+    names = [run.name for run in trained_runs(config)]
+    assert names == ["student-sft@short", "student-sft@short@seed5", "student-sft@lam0", "student-sft@lam0@seed5",
+                     "student-advdistill@lam0", "student-advdistill@lam0@seed5"]
+    config["plain_runs"] = True
+    assert [run.name for run in trained_runs(config)][:4] == [
+        "student-sft", "student-sft@seed5", "student-advdistill", "student-advdistill@seed5"]
 
 
 def test_edge_values_plan(tmp_path):

@@ -34,12 +34,17 @@ def write_report(report: Path) -> None:
                   "total_cpu_s": [200.0, 100.0], "max_rss_mb": [900.0, 800.0]}).write_csv(report / "stage_costs.csv")
 
 
-def test_record_writes_the_section_and_check_catches_an_edit(tmp_path, monkeypatch):
-    readme = tmp_path / "README.md"
-    readme.write_text("# Title\n\n<!-- results:default -->\nold numbers\n<!-- /results:default -->\n\nAfter.\n")
-    monkeypatch.setattr(readme_results, "README", readme)
+@pytest.fixture
+def readme(tmp_path, monkeypatch) -> Path:
+    """A README in ``tmp_path`` that the script records into, with its records under ``tmp_path/docs/results``."""
+    monkeypatch.setattr(readme_results, "README", tmp_path / "README.md")
     monkeypatch.setattr(readme_results, "RECORDS", tmp_path / "docs" / "results")
     monkeypatch.setattr(readme_results, "REPO", tmp_path)
+    return tmp_path / "README.md"
+
+
+def test_record_writes_the_section_and_check_catches_an_edit(tmp_path, readme):
+    readme.write_text("# Title\n\n<!-- results:default -->\nold numbers\n<!-- /results:default -->\n\nAfter.\n")
     write_report(tmp_path / "report")
     readme_results.record("default", tmp_path / "report")
     text = readme.read_text()
@@ -58,3 +63,33 @@ def test_record_names_a_missing_report_table(tmp_path, monkeypatch):
     (tmp_path / "report").mkdir()
     with pytest.raises(SystemExit, match="no accuracy.csv, template_adherence.csv"):
         readme_results.record("default", tmp_path / "report")
+
+
+def test_ablation_section_names_the_reference_and_averages_the_telemetry_over_seeds(tmp_path, readme):
+    readme.write_text("<!-- results:ablation -->\n<!-- /results:ablation -->\n")
+    report = tmp_path / "report"
+    write_report(report)
+    pl.DataFrame({"testset": ["arith", "arith"], "student": ["student"] * 2, "objective": ["sft", "advdistill"],
+                  "variant": ["baseline", "sum-lam0"], "seeds": [3, 3], "accuracy": [40.0, 45.5],
+                  "lower": [35.0, 40.25], "upper": [45.0, 50.75], "template_adherence": [100.0, 99.0],
+                  "versus": [None, "student-sft@baseline"], "vs_sft_points": [None, 5.5], "vs_sft_lower": [None, 1.0],
+                  "vs_sft_upper": [None, 10.0], "b": [None, 30], "c": [None, 19], "mcnemar_p_pooled": [None, 0.15]}
+                 ).write_csv(report / "replicates.csv")
+    pl.DataFrame({"train_set": ["arith"] * 3, "model": ["student-sft@baseline", "student-advdistill@sum-lam0",
+                                                        "student-advdistill@sum-lam0@seed2"],
+                  "steps": [0, 8, 8], "weighted_ce": [None, 10.0, 20.0], "contrastive": [None, 0.0, 0.0],
+                  "contrastive_share": [None, 0.0, 0.0], "wrong_p_mean": [None, 0.5, 0.7],
+                  "wrong_at_clamp": [None, 0.0, 0.0], "grad_norm": [None, 1.0, 2.0]}
+                 ).write_csv(report / "loss_terms.csv")
+    log = tmp_path / "run.snakemake.log"
+    log.write_text("56 of 56 steps (100%) done\nElapsed time: 0:27:03.5\n")
+    readme_results.record("ablation", report, log)
+    text = readme.read_text()
+    assert "the run took 27.1 min; the jobs' wall times add up to 3.0 min" in text
+    assert "against the SFT run of the same seed (`student-sft@baseline`)" in text
+    assert "| advdistill | sum-lam0 | 3 | 45.5 [40.2, 50.8] | 99.0 | 5.5 [1.0, 10.0] | 0.15 |" in text
+    assert "| student-advdistill@sum-lam0 | 2 | 15.000 | 0.000 | 0.000 | 0.600 | 0.000 | 1.500 |" in text
+    assert readme_results.main(["check"]) == 0
+    log.write_text("Error in rule train\n")
+    with pytest.raises(SystemExit, match="no 'Elapsed time' line"):
+        readme_results.record("ablation", report, log)

@@ -352,7 +352,8 @@ def test_replicate_summary_over_seeds_by_hand():
     assert rows[("advdistill", None)] == {
         "testset": "arith", "student": "student", "objective": "advdistill", "variant": None, "seeds": 2,
         "accuracy": 62.5, "lower": round(62.5 - half, 2), "upper": round(62.5 + half, 2),
-        "template_adherence": 75.0, "vs_sft_points": 0.0, "vs_sft_lower": round(-12.706204736174705 * 25, 2),
+        "template_adherence": 75.0, "versus": "student-sft", "vs_sft_points": 0.0,
+        "vs_sft_lower": round(-12.706204736174705 * 25, 2),
         "vs_sft_upper": round(12.706204736174705 * 25, 2), "b": 1, "c": 1, "mcnemar_p_pooled": 1.0}
     assert rows[("sft", None)]["seeds"] == 2 and rows[("sft", None)]["vs_sft_points"] is None
     assert rows[("sft", None)]["accuracy"] == 62.5
@@ -379,6 +380,38 @@ def test_replicate_headline_names_the_seeds_and_the_pooled_test():
         "student-advdistill vs student-sft on arith, mean over 2 seeds: −62.5 points [95 % t-interval −221.3, "
         "+96.3], McNemar p = 0.062 (pooled over seeds)"]
     assert headlines(comparisons)[0].startswith("student-advdistill vs student-sft on arith: −75.0 points")
+
+
+VARIANT_ONLY_RUNS = {name: {"student": "student", "objective": objective, "variant": variant, "seed": seed}
+                     for name, objective, variant, seed in (
+                         ("student-sft@short", "sft", "short", 1), ("student-sft@long", "sft", "long", 1),
+                         ("student-advdistill@lam0", "advdistill", "lam0", 1),
+                         ("student-sft@short@seed2", "sft", "short", 2),
+                         ("student-advdistill@lam0@seed2", "advdistill", "lam0", 2))}
+
+
+def test_without_plain_runs_the_first_sft_variant_is_the_reference():
+    """plain_runs: false leaves no plain SFT run: each seed's runs are compared with its first SFT variant, and the
+    headline names both runs without their seeds."""
+    models = ["teacher", "student-base", *VARIANT_ONLY_RUNS]
+    assert comparison_pairs(models, VARIANT_ONLY_RUNS) == [
+        ("student-sft@long", "student-sft@short"), ("student-advdistill@lam0", "student-sft@short"),
+        ("student-advdistill@lam0@seed2", "student-sft@short@seed2")]
+    outcomes = {("student-sft@short", "arith"): judged_responses([T, T, T, T], [5] * 4),
+                ("student-sft@long", "arith"): judged_responses([T, T, T, F], [5] * 4),
+                ("student-sft@short@seed2", "arith"): judged_responses([T, T, F, F], [5] * 4),
+                ("student-advdistill@lam0", "arith"): judged_responses([T, F, F, F], [5] * 4),
+                ("student-advdistill@lam0@seed2", "arith"): judged_responses([T, T, F, F], [5] * 4)}
+    metrics = {key: {"accuracy": frame["correct"].mean()} for key, frame in outcomes.items()}
+    summary = replicate_summary(metrics, outcomes, list(VARIANT_ONLY_RUNS), ["arith"], VARIANT_ONLY_RUNS)
+    rows = {r["variant"]: r for r in summary.iter_rows(named=True)}
+    # lam0 against short: -75 and 0 points, b = 0, c = 3 pooled
+    assert (rows["lam0"]["versus"], rows["lam0"]["vs_sft_points"], rows["lam0"]["b"], rows["lam0"]["c"]) == (
+        "student-sft@short", -37.5, 0, 3)
+    assert rows["short"]["versus"] is None and rows["long"]["versus"] == "student-sft@short"
+    comparisons = paired_comparisons(outcomes, list(VARIANT_ONLY_RUNS), ["arith"], VARIANT_ONLY_RUNS)
+    assert headlines(comparisons, summary)[0].startswith(
+        "student-advdistill@lam0 vs student-sft@short on arith, mean over 2 seeds: −37.5 points")
 
 
 def test_loss_terms_table_averages_the_second_half_of_the_logged_steps():

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from advdistill.errors import InputError
-from advdistill.training.tokens import TokenizedPair, tokenize_pair
+from advdistill.training.tokens import TokenizedPair, tokenize_pairs
 
 
 @dataclass
@@ -32,8 +32,10 @@ def build_groups(prompts: dict[str, str], scored: Any, tokenizer: Any, max_lengt
     if unknown:
         raise InputError(f"scored groups of {len(unknown)} prompt(s) not in the training rows, e.g. {unknown[:3]}: "
                          "were the rows prepared again after scoring?")
+    all_pairs = iter(tokenize_pairs(tokenizer, [prompts[p] for p in kept["prompt_id"]], kept["response"].to_list(),
+                                    max_length))
     for (prompt_id,), frame in kept.group_by("prompt_id", maintain_order=True):
-        pairs = [tokenize_pair(tokenizer, prompts[prompt_id], response, max_length) for response in frame["response"]]
+        pairs = [next(all_pairs) for _ in range(frame.height)]
         truncated += sum(p.truncated for p in pairs)
         groups.append(Group(prompt_id, pairs, frame["advantage"].to_list(), frame["correct"].to_list()))
     return groups, truncated

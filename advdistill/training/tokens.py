@@ -20,19 +20,30 @@ class TokenizedPair:
     truncated: bool
 
 
-def tokenize_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -> TokenizedPair:
-    """Prompt and response token ids, prompt tokens masked in ``labels``, the response closed the way the
-    chat template closes an assistant turn (``<|im_end|>``; the EOS where the template has no such token).
+def tokenize_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
+                   max_length: int) -> list[TokenizedPair]:
+    """Prompt and response token ids of each pair, prompt tokens masked in ``labels``, each response closed the
+    way the chat template closes an assistant turn (``<|im_end|>``; the EOS where the template has no such token).
 
-    Sequences longer than ``max_length`` lose the end of the response (flagged ``truncated``).
+    Sequences longer than ``max_length`` lose the end of the response (flagged ``truncated``). The texts go to the
+    tokenizer in two batch calls: one call per text costs about 1 ms, seconds for a training set.
     """
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     turn_end = end_of_turn_id(tokenizer)
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [
-        tokenizer.eos_token_id if turn_end is None else turn_end]
-    input_ids = (prompt_ids + response_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
-    return TokenizedPair(input_ids, labels, truncated=len(prompt_ids) + len(response_ids) > max_length)
+    closing = [tokenizer.eos_token_id if turn_end is None else turn_end]
+    pairs = []
+    for prompt, response in zip(prompt_ids, response_ids, strict=True):
+        response = response + closing
+        pairs.append(TokenizedPair((prompt + response)[:max_length],
+                                   ([IGNORE_INDEX] * len(prompt) + response)[:max_length],
+                                   truncated=len(prompt) + len(response) > max_length))
+    return pairs
+
+
+def tokenize_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -> TokenizedPair:
+    """:func:`tokenize_pairs` of one pair."""
+    return tokenize_pairs(tokenizer, [prompt], [response], max_length)[0]
 
 
 def pad_sequences(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:

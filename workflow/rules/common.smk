@@ -193,9 +193,13 @@ def container_for(kind="cpu"):
 
 
 def gpu_resources(stage):
-    """On a GPU run, the GPUs of one job of ``stage`` (sample, evaluate, train): vLLM's tensor_parallel_size,
-    training.processes; none on a CPU run."""
-    return {"gpu": stage_gpus(config, stage)} if config.get("resources", {}).get("gpu_rules", False) else {}
+    """On a GPU run, the GPUs of one job of ``stage`` (sample, evaluate, train): vLLM's tensor_parallel_size, or
+    the training.processes of the job's run (its variant's); none on a CPU run."""
+    if not config.get("resources", {}).get("gpu_rules", False):
+        return {}
+    if stage == "train":
+        return {"gpu": lambda wc: run_training(wc.trained).get("processes", 1)}
+    return {"gpu": stage_gpus(config, stage)}
 
 
 def memory_plan():
