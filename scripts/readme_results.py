@@ -5,7 +5,7 @@
     python scripts/readme_results.py check                             # README == what the records give
 
 ``record`` copies the report tables a section needs into ``docs/results/<name>/`` with ``machine.json`` (CPU,
-cores, torch, commit, date: the machine that ran it; with ``--log``, the run's elapsed time from the Snakemake log
+its vector instructions as torch uses them, cores, torch, commit, date: the machine that ran it; with ``--log``, the run's elapsed time from the Snakemake log
 of the run, which for concurrent jobs is less than their wall times' sum) and rewrites the README between
 ``<!-- results:<name> -->`` and ``<!-- /results:<name> -->``. ``check`` (run by tests/test_readme_results.py)
 renders every recorded section again and fails if the README differs, so a README edit by hand or a record
@@ -56,7 +56,8 @@ def elapsed_seconds(snakemake_log: Path) -> float:
 
 def machine(snakemake_log: Path | None = None) -> dict[str, object]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
+    info = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
             "torch": torch.__version__, "commit": commit.stdout.strip() or None,
             "date": datetime.date.today().isoformat()}
     if snakemake_log is not None:
@@ -77,7 +78,8 @@ def _run_line(record: Path, what: str) -> str:
     costs = pl.read_csv(record / "stage_costs.csv")
     minutes = costs["total_wall_s"].sum() / 60
     elapsed = f"the run took {info['elapsed_s'] / 60:.1f} min; " if "elapsed_s" in info else ""
-    return (f"{what}, at commit `{info['commit']}` on {info['date']}: {info['cpu']}, {info['cores']} cores, "
+    cpu = f"{info['cpu']} ({info['cpu_capability']})" if info.get("cpu_capability") else info["cpu"]
+    return (f"{what}, at commit `{info['commit']}` on {info['date']}: {cpu}, {info['cores']} cores, "
             f"{'a GPU' if info['gpu'] else 'no GPU'}, torch {info['torch']}; {elapsed}the jobs' wall times add up "
             f"to {minutes:.1f} min (`{record.relative_to(REPO).as_posix()}/stage_costs.csv`).")
 
