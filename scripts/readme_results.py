@@ -4,12 +4,12 @@
     python scripts/readme_results.py record ablation results/ablation --log .snakemake/log/<run>.snakemake.log
     python scripts/readme_results.py check                             # README == what the records give
 
-``record`` copies the report tables a section needs into ``docs/results/<name>/`` with ``machine.json`` (CPU,
-its vector instructions as torch uses them, cores, torch, commit, date: the machine that ran it; with ``--log``, the run's elapsed time from the Snakemake log
-of the run, which for concurrent jobs is less than their wall times' sum) and rewrites the README between
-``<!-- results:<name> -->`` and ``<!-- /results:<name> -->``. ``check`` (run by tests/test_readme_results.py)
-renders every recorded section again and fails if the README differs, so a README edit by hand or a record
-without its README update is caught.
+``record`` copies the report tables a section needs into ``docs/results/<name>/`` with ``machine.json`` (the
+machine that ran it: CPU and the vector instructions torch uses there, cores, torch, commit, date; with ``--log``,
+the run's elapsed time from its Snakemake log, which for concurrent jobs is less than their wall times' sum) and
+rewrites the README between ``<!-- results:<name> -->`` and ``<!-- /results:<name> -->``. ``check`` (run by
+tests/test_readme_results.py) renders every recorded section again and fails if the README differs, so a README
+edit by hand or a record without its README update is caught.
 """
 
 from __future__ import annotations
