@@ -410,11 +410,10 @@ def plan_memory(config: dict[str, Any], sources: dict[str, str]) -> list[Estimat
             continue
         planned.add((run.student, run.objective, run.variant))
         arch, origin = shapes[run.student]
-        name = f"{run.student}-{run.objective}" + (f"@{run.variant}" if run.variant else "")
         training = from_dict(TrainingConfig, variant_training(config, run.variant), "training")
-        estimates.append(training_estimate(name, run.objective, arch, origin, training, sampling.n_samples,
-                                           gpu_rules, gpu_mem_gb)
-                         if arch else unknown("train", name, training.processes, origin))
+        estimates.append(training_estimate(run.name_without_seed, run.objective, arch, origin, training,
+                                           sampling.n_samples, gpu_rules, gpu_mem_gb)
+                         if arch else unknown("train", run.name_without_seed, training.processes, origin))
     evaluate_gpus = evaluation.tensor_parallel_size if evaluation.backend == "vllm" else 1
     for name, (arch, origin) in shapes.items():
         label = name if name == teacher["name"] else f"{name} (base and trained)"

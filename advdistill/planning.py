@@ -73,6 +73,11 @@ class TrainedRun:
     name: str
     config_key: str
 
+    @property
+    def name_without_seed(self) -> str:
+        """``<student>-<objective>[@<variant>]``: the name its runs of every seed share."""
+        return self.name.removesuffix(f"@seed{self.seed}")
+
 
 def run_seeds(config: dict[str, Any]) -> list[int]:
     """The replicate seeds of every training (``seeds``; the global seed when absent)."""

@@ -132,15 +132,15 @@ def test_chatml_answers_end_at_the_turn_end_not_only_at_a_base_models_eos(synthe
     from advdistill.prompts import end_of_turn_id
     from advdistill.sampling.hf import stop_token_ids
     from advdistill.standin import standin_tokenizer
-    from advdistill.training.tokens import tokenize_pair
+    from advdistill.training.tokens import tokenize_pairs
 
     tokenizer = standin_tokenizer(synthetic_rows[0].to_dicts())
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert tokenizer.eos_token == "<|endoftext|>" and end_of_turn_id(tokenizer) == im_end
     assert stop_token_ids(GenerationConfig(eos_token_id=tokenizer.eos_token_id), tokenizer) == {
         tokenizer.eos_token_id, im_end}
-    assert tokenize_pair(tokenizer, "q", "a", max_length=64).input_ids[-1] == im_end
+    assert tokenize_pairs(tokenizer, ["q"], ["a"], max_length=64)[0].input_ids[-1] == im_end
 
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert end_of_turn_id(tokenizer) is None
-    assert tokenize_pair(tokenizer, "q", "a", max_length=64).input_ids[-1] == tokenizer.eos_token_id
+    assert tokenize_pairs(tokenizer, ["q"], ["a"], max_length=64)[0].input_ids[-1] == tokenizer.eos_token_id

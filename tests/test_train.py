@@ -14,7 +14,7 @@ from advdistill.prompts import render_prompts
 from advdistill.train import run_train
 from advdistill.training.checkpoints import training_fingerprint
 from advdistill.training.groups import Group, best_pairs, build_groups, split_validation
-from advdistill.training.tokens import tokenize_pair
+from advdistill.training.tokens import tokenize_pairs
 from advdistill.training.trainer import advdistill_steps, build_trainer, fit, train_model
 
 TINY_OPTIM = OptimConfig(learning_rate=1e-3, max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
@@ -42,11 +42,11 @@ def write_scored_table(folder, synthetic_rows, kept=True):
 
 def test_tokenize_pair_masks_prompt_and_truncates(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    pair = tokenize_pair(tokenizer, "question here", "answer text", max_length=1000)
+    pair = tokenize_pairs(tokenizer, ["question here"], ["answer text"], max_length=1000)[0]
     prompt_len = len(tokenizer("question here", add_special_tokens=False)["input_ids"])
     assert pair.labels[:prompt_len] == [-100] * prompt_len
     assert pair.labels[-1] == tokenizer.eos_token_id and not pair.truncated
-    short = tokenize_pair(tokenizer, "question here", "answer text", max_length=prompt_len + 1)
+    short = tokenize_pairs(tokenizer, ["question here"], ["answer text"], max_length=prompt_len + 1)[0]
     assert short.truncated and len(short.input_ids) == prompt_len + 1
 
 

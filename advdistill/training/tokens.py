@@ -41,11 +41,6 @@ def tokenize_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[s
     return pairs
 
 
-def tokenize_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -> TokenizedPair:
-    """:func:`tokenize_pairs` of one pair."""
-    return tokenize_pairs(tokenizer, [prompt], [response], max_length)[0]
-
-
 def pad_sequences(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padding masked)."""
     width = max(len(p.input_ids) for p in pairs)

@@ -120,10 +120,10 @@ def onednn_runs(dtype: torch.dtype) -> bool:
 
     It decides at call time, by CPU features that differ between torch releases (torch 2.13 refuses even
     float32 on CPUs without AVX-512), so one tiny GEMM through the extension asks it instead of guessing.
+    False where the extension does not build (:func:`load_error` says why).
     """
-    if not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available() or load_error() is not None:
         return False
-    load_extension()
     gemm_dtype = torch.float32 if dtype == torch.float16 else dtype
     ones = torch.ones(4, 4, dtype=gemm_dtype)
     out = torch.empty(4, 4, dtype=gemm_dtype)
@@ -150,9 +150,9 @@ def gemm_provider(dtype: torch.dtype) -> str:
     if onednn_runs(dtype):
         return "onednn"
     if requested == "onednn":
-        raise BackendUnavailableError(f"ADVDISTILL_CPP_GEMM=onednn: ATen's oneDNN matmul does not take {dtype} "
-                                      f"tiles on this CPU ({platform.processor() or platform.machine()}); unset "
-                                      "it or use 'aten'")
+        why = load_error() or (f"ATen's oneDNN matmul does not take {dtype} tiles on this CPU "
+                               f"({platform.processor() or platform.machine()})")
+        raise BackendUnavailableError(f"ADVDISTILL_CPP_GEMM=onednn: {why}; unset it or use 'aten'")
     return "aten"
 
 
