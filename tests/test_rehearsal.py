@@ -1,7 +1,8 @@
 """Dress rehearsal of every paper configuration: the whole DAG, for real, on a CPU, in seconds per stage.
 
 Each ``config/paper/*.yaml`` runs as ``snakemake --cores 2 --configfile config/paper/X.yaml overrides.yaml``
-in a copy of the repository. The overrides file changes sizes and sources only:
+in a copy of the repository; a 3-response ablation reruns in its full configuration's copy, which must keep the
+teacher's evaluation. The overrides file changes sizes and sources only:
 
 - ``local_sources`` maps the Qwen2.5 hub ids to stand-ins saved like the releases (:mod:`advdistill.standin`)
   and each dataset hub id to its official file in ``../shared/data``, or, where that is absent (a user's
@@ -11,8 +12,8 @@ in a copy of the repository. The overrides file changes sizes and sources only:
 - the sampling and evaluation backend is ``hf``: the paper's ``vllm`` is not installed in the main environment
   (it has a venv of its own, docs/vllm.md), and ``tests/test_vllm_backend.py`` checks that both backends agree.
 
-Snakemake runs sample/train/evaluate jobs with one thread each (``--set-threads``), two at a time: the stand-ins
-are too small for two threads to help, and OpenMP threads that wait on a busy core are slower than one thread.
+Snakemake runs every job with one thread (``tests.helpers.ONE_THREAD``), two at a time: the stand-ins are too
+small for two threads to help, and OpenMP threads that wait on a busy core are slower than one thread.
 
 Everything else (responses per prompt, temperature, rewards, learning rate, lambda, tau, precision, few-shot
 turns) is the paper's, so a paper configuration that cannot run fails here. Run with ``pytest -k rehearsal -s``
@@ -60,8 +61,6 @@ SIZES = {
     "training": {"optim": {"max_steps": 2, "eval_steps": 1, "save_steps": 1}},
     "evaluation": {"backend": "hf", "max_prompts": 2, "max_new_tokens": 24},
 }
-
-ONE_THREAD = ("sample=1", "train=1", "evaluate=1")
 
 
 def dataset_file(hub_id: str) -> str | dict[str, str]:
@@ -124,16 +123,35 @@ def planned_outputs(paper: dict) -> tuple[list[Path], list[Path]]:
     return trained, metrics
 
 
+@pytest.fixture(scope="session")
+def workdirs(tmp_path_factory):
+    """One copy of the workflow per training set: a 3-response ablation runs in the folder its full
+    configuration ran in (when that ran first), as a user edits ``sampling.n_samples`` and reruns."""
+    made: dict[str, Path] = {}
+
+    def workdir(train_set: str) -> tuple[Path, bool]:
+        reused = train_set in made
+        if not reused:
+            made[train_set] = copy_workflow(tmp_path_factory.mktemp(f"rehearsal-{train_set}"))
+        return made[train_set], reused
+
+    return workdir
+
+
 @pytest.mark.parametrize("paper_config", PAPER_CONFIGS, ids=lambda path: path.stem)
-def test_rehearsal_of_paper_config(paper_config, standins, tmp_path, record_property):
+def test_rehearsal_of_paper_config(paper_config, standins, workdirs, tmp_path, record_property):
     paper = yaml.safe_load(paper_config.read_text())
     datasets = {spec["source"]: dataset_file(spec["source"]) for spec in paper["datasets"].values()}
     overrides = tmp_path / "overrides.yaml"
     overrides.write_text(yaml.safe_dump({"local_sources": {**datasets, **standins(paper, datasets)}, **SIZES}))
-    workdir = copy_workflow(tmp_path / "run")
+    (train_set,) = paper["experiments"]
+    workdir, reused = workdirs(train_set)
+    teacher = paper["teacher"]["name"]
+    teacher_metrics = [workdir / path for path in planned_outputs(paper)[1] if path.parts[3] == teacher]
+    teacher_evaluated = [path.stat().st_mtime_ns for path in teacher_metrics] if reused else []
 
     started = time.monotonic()
-    result = snakemake(workdir, "--set-threads", *ONE_THREAD, "--configfile", str(paper_config.relative_to(REPO)),
+    result = snakemake(workdir, "--configfile", str(paper_config.relative_to(REPO)),
                        str(overrides))
     wall = time.monotonic() - started
     record_property("wall_s", round(wall, 1))
@@ -141,6 +159,8 @@ def test_rehearsal_of_paper_config(paper_config, standins, tmp_path, record_prop
     print(f"\nrehearsal {paper_config.stem}: {wall:.1f} s (snakemake; stand-ins built beforehand), "
           f"fixtures for {', '.join(fixtures) or 'no dataset'}")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    if reused:  # fewer responses per prompt: new samples, scores and students, the same teacher evaluation
+        assert [path.stat().st_mtime_ns for path in teacher_metrics] == teacher_evaluated
 
     assert (workdir / "results/report/index.html").stat().st_size > 0
     for train_set in paper["experiments"]:

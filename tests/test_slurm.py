@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import ONE_THREAD, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +69,8 @@ def cluster(tmp_path_factory):
 
 
 def snakemake(workdir: Path, cluster, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=900, env=cluster.env)
+    return subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), *ONE_THREAD, *args], cwd=workdir,
+                          capture_output=True, text=True, timeout=900, env=cluster.env)
 
 
 def test_cluster_is_private(cluster):
