@@ -32,7 +32,8 @@ def copy_workflow(workdir: Path) -> Path:
 
 
 # Every rule that asks for two threads gets one: test models are tiny, so a job's time is mostly its imports
-# (about 10 s of torch and transformers on 2 cores), and two single-thread jobs at a time halve a run's wall time.
+# (about 10 s of torch and transformers on 2 cores), and two single-thread jobs at a time cut a run's wall time by
+# about 40 % (the workflow fixture run: 153 s -> 90 s).
 ONE_THREAD = ("--set-threads", "bootstrap_model=1", "sample=1", "train=1", "evaluate=1")
 
 

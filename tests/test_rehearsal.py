@@ -146,13 +146,13 @@ def test_rehearsal_of_paper_config(paper_config, standins, workdirs, tmp_path, r
     overrides.write_text(yaml.safe_dump({"local_sources": {**datasets, **standins(paper, datasets)}, **SIZES}))
     (train_set,) = paper["experiments"]
     workdir, reused = workdirs(train_set)
+    trained, metrics_files = planned_outputs(paper)
     teacher = paper["teacher"]["name"]
-    teacher_metrics = [workdir / path for path in planned_outputs(paper)[1] if path.parts[3] == teacher]
+    teacher_metrics = [workdir / path for path in metrics_files if path.parts[3] == teacher]
     teacher_evaluated = [path.stat().st_mtime_ns for path in teacher_metrics] if reused else []
 
     started = time.monotonic()
-    result = snakemake(workdir, "--configfile", str(paper_config.relative_to(REPO)),
-                       str(overrides))
+    result = snakemake(workdir, "--configfile", str(paper_config.relative_to(REPO)), str(overrides))
     wall = time.monotonic() - started
     record_property("wall_s", round(wall, 1))
     fixtures = sorted(hub_id for hub_id, source in datasets.items() if str(FIXTURES) in str(source))
@@ -165,7 +165,6 @@ def test_rehearsal_of_paper_config(paper_config, standins, workdirs, tmp_path, r
     assert (workdir / "results/report/index.html").stat().st_size > 0
     for train_set in paper["experiments"]:
         assert json.loads((workdir / f"results/score/{train_set}/summary.json").read_text())["groups_kept"] > 0
-    trained, metrics_files = planned_outputs(paper)
     for folder in trained:
         assert {"config.json", "model.safetensors", "tokenizer.json", "train_metrics.json"} <= {
             p.name for p in (workdir / folder).iterdir()}, folder
