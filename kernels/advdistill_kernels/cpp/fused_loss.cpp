@@ -5,14 +5,15 @@
 // Why one pass works: dloss/dlogp_t = c_t = a_i + b_i p_t depends only on token t and its own
 // response i (a_i = -w_i / T_i, b_i = lam [i wrong] [p_mean_i < p_max] / (T_i (1 - p_mean_i))).
 // The caller orders the unmasked tokens by response and plans tiles of whole responses
-// (backends/_tiles.py). For each tile one GEMM gives its full-vocabulary logits; one OpenMP region
-// turns them into log-sum-exp, per-response statistics, c_t and, in place,
-// dlogits = c_t (onehot(y_t) - softmax(z_t)); two GEMMs then give grad_hidden = dlogits W and
-// grad_weight += dlogits^T h: 6 N d V FLOPs in all.
+// (backends/_tiles.py). For each tile one GEMM gives its full-vocabulary logits; one OpenMP loop
+// turns them in place into exp(z - max) and the log-sum-exp; the per-response statistics give c_t; two
+// GEMMs then give grad_hidden = dlogits W and grad_weight += dlogits^T h, with the per-row factor of
+// dlogits = c_t (onehot(y_t) - softmax(z_t)) folded into them: 6 N d V FLOPs in all.
 //
 // Precision: float32 and float64 run in their own dtype. bfloat16 runs its GEMMs in bfloat16
-// (fp32 accumulation inside the GEMM; logits and dlogits stored in bfloat16, as autograd does) with
-// the softmax statistics in float32. float16 is upcast to float32 (this CPU class has no fast
+// (fp32 accumulation inside the GEMM; logits and dlogits stored in bfloat16, as autograd does, so its
+// per-row factor is applied in place rather than folded into the GEMMs) with the softmax statistics in
+// float32. float16 is upcast to float32 (this CPU class has no fast
 // float16 GEMM). GEMMs go to oneDNN (at::native::mkldnn_matmul) when requested, else to at::mm.
 
 #include <ATen/ATen.h>
@@ -26,6 +27,7 @@
 #include <limits>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace at {
@@ -40,8 +42,9 @@ namespace advdistill {
 namespace {
 
 // exp(x) for float32 written so that GCC vectorises the loops calling it (libm's expf is not
-// vectorised without -ffast-math): x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor
-// polynomial (relative error < 1e-8), 2^n assembled in the exponent bits.
+// vectorised without -ffast-math; the clamps and the underflow select need -fno-trapping-math, set by
+// backends/cpp.py): x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial (relative
+// error < 1e-8), 2^n assembled in the exponent bits.
 inline float vector_exp(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f;
@@ -59,9 +62,7 @@ inline float vector_exp(float x) {
   poly = 0.5f + r * poly;
   poly = 1.0f + r * poly;
   poly = 1.0f + r * poly;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
+  const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
   return underflow ? 0.0f : poly * scale;
 }
 
@@ -139,65 +140,73 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
   at::Tensor logits = buffer.narrow(0, 0, rows * vocab).view({rows, vocab});
   gemm(hidden_tile, pr.weight.t(), logits, false, pr.use_onednn);
   logit_t* data = logits.data_ptr<logit_t>();
-  // per row: 1 / sum_v exp(z_v - max) and the coefficient c_t
-  std::vector<acc_t> inverse_sum(rows), coefficient(rows);
+  // per row: sum_v exp(z_v - max) and the scale s_t = -c_t / sum of its exp row (dlogits = s_t E'_t)
+  std::vector<acc_t> row_sum(rows), row_scale(rows);
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
 
-  // One parallel region per tile: the row statistics (each row is overwritten with exp(z - max), so
-  // that dlogits needs no second exp), the serial per-response aggregation, then dlogits in place.
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      logit_t* row = data + r * vocab;
-      acc_t row_max = -std::numeric_limits<acc_t>::infinity();
+  // Each row is overwritten with E = exp(z - max) while its log-sum-exp is taken: one read-only pass
+  // for the max, one read-write pass for the exponentials.
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t r = 0; r < rows; ++r) {
+    logit_t* row = data + r * vocab;
+    acc_t row_max = -std::numeric_limits<acc_t>::infinity();
 #pragma omp simd reduction(max : row_max)
-      for (int64_t c = 0; c < vocab; ++c) row_max = std::max(row_max, to_acc(row[c]));
-      const acc_t target_logit = to_acc(row[pr.targets[tile.begin + r]]);
-      acc_t row_sum = 0;
-#pragma omp simd reduction(+ : row_sum)
-      for (int64_t c = 0; c < vocab; ++c) {
-        const acc_t shifted_exp = vector_exp(to_acc(row[c]) - row_max);
-        row[c] = from_acc<logit_t>(shifted_exp);
-        row_sum += shifted_exp;
-      }
-      inverse_sum[r] = acc_t(1) / row_sum;
-      token_logp[tile.begin + r] = target_logit - row_max - std::log(row_sum);
+    for (int64_t c = 0; c < vocab; ++c) row_max = std::max(row_max, to_acc(row[c]));
+    const acc_t target_logit = to_acc(row[pr.targets[tile.begin + r]]);
+    acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < vocab; ++c) {
+      const acc_t shifted_exp = vector_exp(to_acc(row[c]) - row_max);
+      row[c] = from_acc<logit_t>(shifted_exp);
+      sum += shifted_exp;
     }
-#pragma omp single
-    {
-      if (tile.accumulate_stats) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = pr.responses[tile.begin + r];
-          const double logp = static_cast<double>(token_logp[tile.begin + r]);
-          sums.logp[i] += logp;
-          sums.p[i] += std::exp(logp);
-        }
-      }
-      if (tile.compute_gradients) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = pr.responses[tile.begin + r];
-          const double p = std::exp(static_cast<double>(token_logp[tile.begin + r]));
-          coefficient[r] = static_cast<acc_t>(-pr.response_weights[i] / static_cast<double>(pr.counts[i]) +
-                                              sums.contrastive_factor(pr, i) * p);
-        }
-      }
-    }
-    if (tile.compute_gradients) {
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) {
-        logit_t* row = data + r * vocab;
-        const acc_t c = coefficient[r];
-        const acc_t scale = -c * inverse_sum[r];
-        const int64_t y = pr.targets[tile.begin + r];
-        const acc_t target_gradient = c + scale * to_acc(row[y]);
-#pragma omp simd
-        for (int64_t col = 0; col < vocab; ++col) row[col] = from_acc<logit_t>(scale * to_acc(row[col]));
-        row[y] = from_acc<logit_t>(target_gradient);
-      }
+    row_sum[r] = sum;
+    token_logp[tile.begin + r] = target_logit - row_max - std::log(sum);
+  }
+  if (tile.accumulate_stats) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = pr.responses[tile.begin + r];
+      const double logp = static_cast<double>(token_logp[tile.begin + r]);
+      sums.logp[i] += logp;
+      sums.p[i] += std::exp(logp);
     }
   }
   if (!tile.compute_gradients) return;
+
+  // dlogits_t = c_t (onehot(y_t) - E_t / sum_t) = s_t E'_t, s_t = -c_t / sum_t, E'_t = E_t - sum_t onehot(y_t)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = pr.responses[tile.begin + r];
+    const double p = std::exp(static_cast<double>(token_logp[tile.begin + r]));
+    const double coefficient = -pr.response_weights[i] / static_cast<double>(pr.counts[i]) +
+                               sums.contrastive_factor(pr, i) * p;
+    row_scale[r] = static_cast<acc_t>(-coefficient / static_cast<double>(row_sum[r]));
+  }
+  if constexpr (std::is_same_v<logit_t, acc_t>) {
+    // float32/float64: the tile becomes E' (one element per row) and s_t is folded into the GEMMs
+    // (grad_hidden rows scaled after E' W; grad_weight += E'^T (s h)) instead of rescaling the tile, a
+    // pass that would read and write every logit once more.
+    for (int64_t r = 0; r < rows; ++r) data[r * vocab + pr.targets[tile.begin + r]] -= row_sum[r];
+    const at::Tensor scale =
+        at::from_blob(row_scale.data(), {rows, 1}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    if (grad_rows.defined()) {
+      at::Tensor grad_rows_tile = grad_rows.narrow(0, tile.begin, rows);
+      gemm(logits, pr.weight, grad_rows_tile, false, pr.use_onednn);
+      grad_rows_tile.mul_(scale);
+    }
+    if (grad_weight.defined()) gemm(logits.t(), hidden_tile * scale, grad_weight, true, pr.use_onednn);
+    return;
+  }
+  // bfloat16: dlogits in place, rounded once as autograd's are (a folded s_t would round both gradients twice)
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t r = 0; r < rows; ++r) {
+    logit_t* row = data + r * vocab;
+    const acc_t scale = row_scale[r];
+    const int64_t y = pr.targets[tile.begin + r];
+    const acc_t target_gradient = scale * (to_acc(row[y]) - row_sum[r]);
+#pragma omp simd
+    for (int64_t col = 0; col < vocab; ++col) row[col] = from_acc<logit_t>(scale * to_acc(row[col]));
+    row[y] = from_acc<logit_t>(target_gradient);
+  }
   if (grad_rows.defined()) gemm(logits, pr.weight, grad_rows.narrow(0, tile.begin, rows), false, pr.use_onednn);
   if (grad_weight.defined()) gemm(logits.t(), hidden_tile, grad_weight, true, pr.use_onednn);
 }
