@@ -23,9 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
-#include <numeric>
 #include <tuple>
 #include <type_traits>
 #include <vector>
