@@ -8,8 +8,9 @@ lane-wise online max and sum of exponentials (float32 whatever the tile's dtype)
 import triton
 import triton.language as tl
 
-NEGATIVE_SENTINEL = -1.0e30
-"""Finite stand-in for -inf, so that lanes without a logit yet never compute inf - inf."""
+NEGATIVE_SENTINEL = tl.constexpr(-1.0e30)
+"""Finite stand-in for -inf, so that lanes without a logit yet never compute inf - inf (a ``tl.constexpr``:
+the only kind of global a ``@triton.jit`` function may read once compiled)."""
 
 
 @triton.jit
