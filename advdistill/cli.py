@@ -51,6 +51,12 @@ def _part(text: str) -> str:
     return text
 
 
+def _add_device(p) -> None:
+    p.add_argument("--device", choices=("auto", "cuda"), default="auto",
+                   help="cuda: stop at once unless a CUDA device is visible (the rules pass it under "
+                        "resources.gpu_rules: true); auto: a CUDA device if visible, else the CPU")
+
+
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="normalise one split of a dataset into rows parquet")
     p.add_argument("--dataset", required=True, help="adapter name, e.g. synthetic or gsm8k")
@@ -85,6 +91,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--part", type=_part, default="0/1", help="I/J: sample the I-th of J prompt ranges (0-based)")
+    _add_device(p)
     p.add_argument("--out", type=Path, required=True, help="output samples parquet")
 
     p = sub.add_parser("merge-samples", help="merge the parts of a sharded sampling run")
@@ -113,6 +120,7 @@ def _add_train(sub) -> None:
     p.add_argument("--checkpoints", type=Path,
                    help="checkpoint folder: the resume point of a killed run with the same inputs, settings, seed "
                         "and code; deleted once the model is saved (default beside --out)")
+    _add_device(p)
     p.add_argument("--out", type=Path, required=True, help="output model folder")
 
 
@@ -126,6 +134,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, required=True, help="output responses parquet")
     p.add_argument("--metrics", type=Path, required=True, help="output metrics JSON")
+    _add_device(p)
 
 
 def _add_report(sub) -> None:
@@ -184,11 +193,14 @@ def run(args: argparse.Namespace) -> None:
         run_bootstrap_model(args.rows, args.tokenizer, section_from_json("bootstrap", args.settings),
                             section_from_json("prompt", args.prompt), args.seed, args.out)
     elif args.stage == "sample":
+        from advdistill.devices import check_device
+
+        settings, prompt = section_from_json("sampling", args.settings), section_from_json("prompt", args.prompt)
+        check_device("sample", args.device)  # before the stage's imports and its model
         from advdistill.sample import run_sample
 
         part, parts = (int(x) for x in args.part.split("/"))
-        run_sample(args.model, args.rows, section_from_json("sampling", args.settings),
-                   section_from_json("prompt", args.prompt), args.seed, args.out, part, parts)
+        run_sample(args.model, args.rows, settings, prompt, args.seed, args.out, part, parts)
     elif args.stage == "merge-samples":
         from advdistill.sample import merge_samples
 
@@ -198,18 +210,23 @@ def run(args: argparse.Namespace) -> None:
 
         run_score(args.rows, args.samples, section_from_json("score", args.settings), args.out, args.summary)
     elif args.stage == "train":
+        from advdistill.devices import check_device
+
+        settings, prompt = section_from_json("training", args.settings), section_from_json("prompt", args.prompt)
+        check_device("train", args.device)  # before the stage's imports and its model
         from advdistill.train import run_train
 
         checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
-        run_train(args.model, args.rows, args.scored, args.objective,
-                  section_from_json("training", args.settings), section_from_json("prompt", args.prompt),
-                  args.seed, args.out, checkpoints)
+        run_train(args.model, args.rows, args.scored, args.objective, settings, prompt, args.seed, args.out,
+                  checkpoints)
     elif args.stage == "evaluate":
+        from advdistill.devices import check_device
+
+        settings, prompt = section_from_json("evaluation", args.settings), section_from_json("prompt", args.prompt)
+        check_device("evaluate", args.device)  # before the stage's imports and its model
         from advdistill.evaluate import run_evaluate
 
-        run_evaluate(args.model, args.rows, section_from_json("evaluation", args.settings),
-                     section_from_json("prompt", args.prompt), args.few_shot_rows, args.seed,
-                     args.out, args.metrics)
+        run_evaluate(args.model, args.rows, settings, prompt, args.few_shot_rows, args.seed, args.out, args.metrics)
     elif args.stage == "report":
         from advdistill.report import run_report
 

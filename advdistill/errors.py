@@ -32,6 +32,10 @@ class TrainingError(AdvDistillError, RuntimeError):
     """Training cannot go on: no data, or a non-finite loss."""
 
 
+class DeviceError(AdvDistillError, RuntimeError):
+    """A GPU stage sees no CUDA device although ``resources.gpu_rules`` asked for one."""
+
+
 class MemoryPlanError(ConfigError):
     """A stage does not fit the GPU memory of ``resources.gpu_mem_gb``."""
 

@@ -36,7 +36,7 @@ from advdistill.config import (
     from_dict,
 )
 from advdistill.errors import MemoryPlanError
-from advdistill.planning import trained_runs, variant_training
+from advdistill.planning import trained_runs, variant_training, without_dataset
 
 GIB = 1024**3
 
@@ -165,11 +165,14 @@ def find_architecture(source: str) -> tuple[Architecture | None, str]:
 
 
 def bootstrap_architecture(bootstrap: dict[str, Any], tokenizer: dict[str, Any]) -> Architecture:
-    """A model the pipeline builds itself (``advdistill.bootstrap.build_model``): tied Qwen2 of the given shape."""
+    """A model the pipeline builds itself (``advdistill.bootstrap.build_model``): tied Qwen2 of the given shape.
+
+    ``tokenizer`` is the config's ``tokenizer`` section as written, with the ``dataset`` its rule reads (the
+    dataclass holds only what the tokenizer stage takes, see :func:`advdistill.planning.without_dataset`)."""
     shape = from_dict(ModelShape, bootstrap.get("shape"), "bootstrap.shape")
+    vocab_size = from_dict(TokenizerConfig, without_dataset(tokenizer), "tokenizer").vocab_size
     return Architecture(shape.hidden_size, shape.num_hidden_layers, shape.num_attention_heads,
-                        shape.num_key_value_heads, shape.intermediate_size,
-                        from_dict(TokenizerConfig, tokenizer, "tokenizer").vocab_size, True,
+                        shape.num_key_value_heads, shape.intermediate_size, vocab_size, True,
                         shape.hidden_size // shape.num_attention_heads, True, shape.max_position_embeddings)
 
 

@@ -3,7 +3,9 @@ the GPU recipe's pip requirements, and the image digest in the provenance manife
 
 import hashlib
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -143,3 +145,46 @@ def test_stage_outputs_compare_bytes_then_content_without_the_run_description(tm
     verdicts = chroot_build.compare_outputs(host.parent, image.parent)
     assert verdicts == {"results/rows.parquet": "bytes", "results/metrics.json": "content",
                         "results/answer.json": "DIFFERENT", "results/only-here.txt": "MISSING in image"}
+
+
+def gpu_test_script() -> tuple[str, str]:
+    """The GPU recipe's %test: its shell lines and the Python of its heredoc."""
+    test = chroot_build.parse_definition(REPO / "containers" / "advdistill-gpu.def").sections["test"]
+    shell, heredoc = test.split("python - <<'EOF'\n")
+    script, rest = heredoc.split("\nEOF\n")
+    assert not rest.strip(), "nothing may follow the heredoc"
+    return shell, script
+
+
+def run_gpu_test(tmp_path, driver_version: int | None) -> subprocess.CompletedProcess:
+    """The %test Python here, with the CUDA 13.0 of the image's torch and a driver reporting ``driver_version``
+    (None: no libcuda.so.1 bound, as without --nv); no GPU is visible on this machine."""
+    prelude = ("import ctypes, torch\ntorch.version.cuda = '13.0'\n" + (
+        "" if driver_version is None else
+        "class Driver:\n    def cuDriverGetVersion(self, ref):\n"
+        f"        ref._obj.value = {driver_version}\n        return 0\n"
+        "ctypes.CDLL = lambda name: Driver()\n"))
+    (tmp_path / "gpu_test.py").write_text(prelude + gpu_test_script()[1])
+    return subprocess.run([sys.executable, str(tmp_path / "gpu_test.py")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'kernels'}"})
+
+
+def test_gpu_image_test_checks_driver_device_and_a_triton_kernel():
+    shell, script = gpu_test_script()
+    assert "set -eu" in shell and "advdistill --help" in shell
+    assert 'ctypes.CDLL("libcuda.so.1").cuDriverGetVersion' in script and "torch.version.cuda" in script
+    assert "cuda_report()" in script and 'device="cuda"' in script
+    assert re.search(r"advdistill_kernels\.advdistill_loss\(.*\n.*for backend in \(\"triton\", \"torch\"\)", script)
+    compile(script, "advdistill-gpu.def %test", "exec")
+
+
+@pytest.mark.parametrize(("driver", "message"), [
+    (None, "GPU test: no NVIDIA driver in the container (no libcuda.so.1): run it with --nv on a GPU node"),
+    (12040, "GPU test: the host driver supports CUDA 12.4, older than the image's CUDA 13.0: it needs a driver of "
+            "R580 or newer"),
+    (13000, "GPU test: torch sees no CUDA device (0 CUDA device(s) visible, CUDA_VISIBLE_DEVICES="),
+])
+def test_gpu_image_test_names_what_is_missing(tmp_path, driver, message):
+    done = run_gpu_test(tmp_path, driver)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(message), done.stderr

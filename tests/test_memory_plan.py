@@ -159,6 +159,30 @@ def test_plan_of_the_paper_config_and_unknown_models():
     assert "unknown" in format_plan(plan)
 
 
+@pytest.mark.parametrize("config_file", [REPO / "config.yaml", REPO / ".test" / "config_basic.yaml"],
+                         ids=["embedded-default", "test-fixture"])
+def test_plan_of_a_bootstrapped_config_with_gpu_rules(config_file):
+    """The tokenizer section keeps the ``dataset`` its rule reads; the plan takes only its vocabulary size."""
+    config = yaml.safe_load(config_file.read_text())
+    config["resources"] = {"gpu_rules": True, "gpu_mem_gb": 80}
+    plan = plan_memory(config, {})
+    assert {e.stage for e in plan} == {"sample", "train", "evaluate"}
+    assert all(e.origin == "bootstrap settings" and e.gib is not None and e.fits for e in plan)
+    shape, vocab = config["teacher"]["bootstrap"]["shape"], config["tokenizer"]["vocab_size"]
+    d, layers, inter = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"]
+    kv = shape["num_key_value_heads"] * d // shape["num_attention_heads"]
+    layer = 2 * d * d + 2 * d * kv + (d + 2 * kv) + 3 * d * inter + 2 * d
+    weights_gib = 2 * (layers * layer + vocab * d + d) / 1024**3  # bf16 on a GPU, tied embeddings
+    assert plan[0].stage == "sample" and plan[0].parts["weights"] == round(weights_gib, 2)
+
+
+def test_plan_of_a_bootstrapped_config_rejects_unknown_tokenizer_keys():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["tokenizer"]["vocab"] = 300
+    with pytest.raises(ValueError, match=r"tokenizer.vocab: unknown key"):
+        plan_memory(config, {})
+
+
 def test_module_stays_free_of_torch_and_transformers():
     code = "import sys, advdistill.memory_plan; print('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -220,3 +244,12 @@ def test_gpu_resources_follow_tensor_parallel_size_and_processes(tmp_path):
         gpus.setdefault(block.split(":")[0], set()).add(int(found.group(1)) if found else None)
     assert gpus["sample"] == {2} and gpus["evaluate"] == {4} and gpus["train"] == {3, 2}
     assert gpus["score"] == {None}
+
+
+def test_gpu_rules_on_the_embedded_default_plans(tmp_path):
+    (tmp_path / "gpu.yaml").write_text("resources: {gpu_rules: true}\n")
+    result = run_snakemake(tmp_path, REPO / "config.yaml", tmp_path / "gpu.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    plan = output.split("Memory plan (advdistill/memory_plan.py):")[1]
+    assert re.search(r"train\s+student-advdistill\s+\S+\s+1\s+\?\s+bootstrap settings", plan)

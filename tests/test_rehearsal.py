@@ -2,7 +2,7 @@
 
 Each ``config/paper/*.yaml`` runs as ``snakemake --cores 2 --configfile config/paper/X.yaml overrides.yaml``
 in a copy of the repository; a 3-response ablation reruns in its full configuration's copy, which must keep the
-teacher's evaluation. The overrides file changes sizes and sources only:
+teacher's evaluation. The overrides file changes sizes, sources and the CPU run only:
 
 - ``local_sources`` maps the Qwen2.5 hub ids to stand-ins saved like the releases (:mod:`advdistill.standin`)
   and each dataset hub id to its official file in ``../shared/data``, or, where that is absent (a user's
@@ -11,6 +11,8 @@ teacher's evaluation. The overrides file changes sizes and sources only:
   and training steps;
 - the sampling and evaluation backend is ``hf``: the paper's ``vllm`` is not installed in the main environment
   (it has a venv of its own, docs/vllm.md), and ``tests/test_vllm_backend.py`` checks that both backends agree.
+- ``resources.gpu_rules: false``: under the paper's ``true`` the GPU stages refuse to run without CUDA
+  (``advdistill/devices.py``); the GPU plan of the paper configs is checked in ``tests/test_memory_plan.py``.
 
 Snakemake runs every job with one thread (``tests.helpers.ONE_THREAD``), two at a time: the stand-ins are too
 small for two threads to help, and OpenMP threads that wait on a busy core are slower than one thread.
@@ -60,6 +62,7 @@ SIZES = {
     "score": {"cosine": {"max_length": 192}},
     "training": {"optim": {"max_steps": 2, "eval_steps": 1, "save_steps": 1}},
     "evaluation": {"backend": "hf", "max_prompts": 2, "max_new_tokens": 24},
+    "resources": {"gpu_rules": False},
 }
 
 

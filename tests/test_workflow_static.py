@@ -1,6 +1,9 @@
 """Fast workflow checks: lint, and the DAG the default configuration plans on a fresh directory."""
 
+import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -93,6 +96,31 @@ def test_slurm_profile_names_only_existing_rules(tmp_path):
              "evaluate", "report"}
     assert set(profile["set-resources"]) <= rules
     assert profile["executor"] == "slurm" and profile["software-deployment-method"] == "apptainer"
+
+
+APPTAINER_ARGS = re.compile(r"""apptainer-args(?::\s*|[ =])(["'])(.*?)\1""")
+"""``apptainer-args: "..."`` in a profile, ``--apptainer-args "..."`` (or ``='...'``) in a doc or a comment."""
+
+
+def text_files(root: Path) -> list[Path]:
+    """Docs, configs, profiles and scripts of the checkout: no hidden folder (.venv, .git), no results."""
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d != "results" and (not d.startswith(".") or d == ".test")]
+        files += [Path(folder) / n for n in names if n.endswith((".md", ".yaml", ".yml", ".sh", ".def"))]
+    return files
+
+
+def test_every_documented_apptainer_args_keeps_nv():
+    """A command-line --apptainer-args replaces the profile's value as a whole: one without --nv hides the GPUs."""
+    found = {(path.relative_to(REPO).as_posix(), value) for path in text_files(REPO)
+             for _, value in APPTAINER_ARGS.findall(path.read_text(errors="replace"))}
+    assert {path for path, _ in found} >= {"config/paper/README.md", "profiles/slurm/config.yaml",
+                                           "profiles/default/config.yaml"}, found
+    assert [(path, value) for path, value in sorted(found) if "--nv" not in value.split()] == []
+    for name in ("default", "slurm"):
+        profile = yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text())
+        assert "--nv" in profile["apptainer-args"].split(), name
 
 
 def local_sources_config(tmp_path, **changes):

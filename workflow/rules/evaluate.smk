@@ -15,6 +15,7 @@ rule evaluate:
         settings=as_json(config["evaluation"]),
         prompt=lambda wc: evaluation_prompt(wc.model),
         seed=config["seed"],
+        device="cuda" if gpu_resources("evaluate") else "auto",  # no silent CPU fallback on a GPU run
         code=stage_code("evaluate"),
     threads: 2
     resources:
@@ -26,4 +27,4 @@ rule evaluate:
     shell:
         "advdistill evaluate --model {params.model:q} --rows {input.rows:q} --few-shot-rows {input.few_shot_rows:q}"
         " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed:q}"
-        " --out {output.responses:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        " --device {params.device:q} --out {output.responses:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -13,6 +13,7 @@ rule sample:
         settings=as_json(config["sampling"]),
         prompt=as_json(config.get("prompt", {})),
         part=lambda wc: f"{wc.part}/{config['sampling']['jobs']}",
+        device="cuda" if gpu_resources("sample") else "auto",  # no silent CPU fallback on a GPU run
         seed=config["seed"],
         code=stage_code("sample"),
     threads: 2
@@ -25,7 +26,7 @@ rule sample:
     shell:
         "advdistill sample --model {params.model:q} --rows {input.rows:q}"
         " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed:q}"
-        " --part {params.part:q} --out {output:q} > {log:q} 2>&1"
+        " --device {params.device:q} --part {params.part:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule merge_samples:

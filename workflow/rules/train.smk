@@ -17,6 +17,7 @@ rule train:
         seed=lambda wc: TRAINED_RUNS[wc.trained].seed,
         launcher=lambda wc: training_launcher(wc.trained),
         checkpoints=lambda wc: f"results/train/{wc.dataset}/.checkpoints/{wc.trained}",
+        device="cuda" if gpu_resources("train") else "auto",  # no silent CPU fallback on a GPU run
         code=stage_code("train"),
     threads: 2
     resources:
@@ -28,4 +29,5 @@ rule train:
     shell:
         "{params.launcher:q} train --model {params.model:q} --rows {input.rows:q} --scored {input.scored:q}"
         " --objective {params.objective:q} --settings {params.settings:q} --prompt {params.prompt:q}"
-        " --seed {params.seed:q} --checkpoints {params.checkpoints:q} --out {output:q} > {log:q} 2>&1"
+        " --seed {params.seed:q} --device {params.device:q} --checkpoints {params.checkpoints:q}"
+        " --out {output:q} > {log:q} 2>&1"

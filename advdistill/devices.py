@@ -1,0 +1,91 @@
+"""The device check of the GPU stages (``sample``, ``train``, ``evaluate``), run before any model is loaded.
+
+Without a visible CUDA device the stages run on the CPU: the HF sampler picks ``cpu``, the trainer sets
+``use_cpu`` and ``training.precision: auto`` resolves to fp32. On a CPU run that is what is wanted, and it is
+logged once. Under ``resources.gpu_rules: true`` the rules pass ``--device cuda``, and a job that asked for a GPU
+but sees none (no GPU granted, a container started without ``--nv``, a driver older than torch's CUDA) stops
+here at once with a :class:`~advdistill.errors.DeviceError` naming what it saw, instead of spending its whole
+time limit on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import warnings
+from functools import cache
+from pathlib import Path
+
+from advdistill.errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")
+"""The kernel module's version line, where the driver is loaded: "NVRM version: NVIDIA UNIX x86_64 Kernel
+Module  550.54.15  Tue Mar 5 ..." (read when ``nvidia-smi`` is not on the PATH, as in some containers)."""
+
+
+def driver_version() -> str:
+    """The NVIDIA driver's version from ``nvidia-smi`` or :data:`NVIDIA_PROC_VERSION`, else ``unknown``."""
+    if shutil.which("nvidia-smi"):
+        try:
+            done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            done = None
+        versions = sorted(set(done.stdout.split())) if done is not None and done.returncode == 0 else []
+        if versions:
+            return ", ".join(versions)
+    try:
+        words = NVIDIA_PROC_VERSION.read_text().split()
+        return next(w for w in words if w[:1].isdigit() and "." in w)
+    except (OSError, StopIteration):
+        return "unknown"
+
+
+def cuda_report() -> tuple[bool, str]:
+    """Whether torch sees a CUDA device, and what it saw: device count, ``CUDA_VISIBLE_DEVICES``, driver and
+    torch CUDA versions, and torch's own warning (e.g. a driver too old for its CUDA)."""
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+        count = torch.cuda.device_count() if available else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
+    seen = (f"{count} CUDA device(s) visible, CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)}, "
+            f"NVIDIA driver {driver_version()}, torch {torch.__version__} built for {built}")
+    reasons = [" ".join(str(w.message).split()) for w in caught if "cuda" in str(w.message).lower()]
+    if reasons:
+        seen += f"; torch says: {reasons[0]}"
+    return available and count > 0, seen
+
+
+def require_cuda(stage: str) -> None:
+    """Stop with a :class:`DeviceError` unless a CUDA device is visible to stage ``stage``."""
+    available, seen = cuda_report()
+    if not available:
+        raise DeviceError(f"resources.gpu_rules is true (--device cuda) but the {stage} stage sees no CUDA device "
+                          f"({seen}); it will not fall back to the CPU: check the job's GPU request, apptainer's "
+                          f"--nv and the driver, or set resources.gpu_rules: false to run on the CPU")
+
+
+@cache
+def _log_cpu_fallback(stage: str) -> None:
+    log.info("no CUDA device: running on CPU (the %s stage)", stage)
+
+
+def check_device(stage: str, device: str = "auto") -> None:
+    """The check at the start of a GPU stage, by its ``--device``: ``cuda`` (what the rules pass under
+    ``resources.gpu_rules: true``) requires a device (:func:`require_cuda`); ``auto`` uses one when visible
+    and logs the CPU fallback once when there is none."""
+    if device == "cuda":
+        require_cuda(stage)
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        _log_cpu_fallback(stage)
