@@ -3,16 +3,30 @@
 Providers (``setup_<provider>`` returns a function that runs the forward pass and returns the loss):
 
 * ``limit``           not a loss: the 6 N d V FLOPs of logits, grad_hidden and grad_weight as large
-  GEMMs (1,024 tokens at a time) on the fastest GEMM here (the cpp backend's provider)
+  GEMMs (1,024 tokens at a time) on the fastest GEMM here (the cpp backend's provider on CPU,
+  cuBLAS on CUDA); every other provider's ``full/limit`` is its full step over this one's (over
+  ``limit_torch_mm``'s where ``limit`` is not run)
 * ``limit_torch_mm``  the same GEMMs through ``torch.mm``
 * ``naive``           full ``[N, V]`` logits, then :func:`advdistill_loss_from_logits` (autograd)
 * ``naive_compiled``  ``torch.compile`` of the same function
 * ``torch``, ``cpp``, ``triton``  ``advdistill_loss(backend=...)``
 * ``cpp_plain_ce``    ``cpp`` on the plain cross-entropy problem, to compare with the next two
 * ``cce``, ``liger``  cut-cross-entropy's ``linear_cross_entropy`` (its ``torch_compile`` impl on
-  CPU, the Triton kernels on CUDA) and Liger-Kernel's fused linear CE (CUDA only). They compute
-  plain token-mean cross-entropy: AdvDistill with ``lam = 0``, uniform weights and equal-length
-  responses (the benchmark's responses all have the same length).
+  CPU, the Triton kernels on CUDA) and Liger-Kernel's fused linear CE (CUDA only)
+* ``torch_lce``       PyTorch's own ``F.linear_cross_entropy`` with ``LinearCrossEntropyOptions()``
+  (its chunked path; skipped on a torch that lacks it)
+
+The plain-CE providers compute token-mean cross-entropy: AdvDistill with ``lam = 0``, uniform
+weights and equal-length responses (the benchmark's responses all have the same length).
+
+A provider that fails (at set-up, in a run, out of memory) is reported as failed with its error,
+and the others go on; the exit status is 1 when any failed.
+
+Accuracy: after the timed rounds, one more step of each provider is compared with the float64
+value of the same function on the provider's own inputs upcast to float64 (the ``torch``
+backend's AdvDistill loss, which is plain token-mean CE on the plain-CE inputs): the loss's
+absolute error, and the relative Frobenius error of ``grad_hidden`` and ``grad_weight``
+(``--no-accuracy`` skips it).
 
 Time: all providers live in one process and are run in alternating rounds (the order rotates each
 round), after one discarded warm-up run each (which also compiles), so a change in machine load
@@ -20,9 +34,10 @@ hits every provider alike. Each run times the forward call and ``loss.backward()
 ``full`` is their sum. Reported: median over ``--rounds`` and the spread (min-max). Fused
 backends compute their gradients in the forward call, so their ``backward`` is near zero.
 
-Peak memory: each provider in a fresh subprocess, one full step after a warm-up, gradients cleared
-beforehand (the inputs are the baseline, the new ``.grad`` tensors count). CUDA:
-``max_memory_allocated`` minus ``memory_allocated`` before. CPU: the kernel's peak-RSS counter is
+Peak memory: one full step after a warm-up, gradients cleared beforehand (the inputs are the
+baseline, the new ``.grad`` tensors count). CUDA, in the accuracy step: ``max_memory_allocated``
+minus ``memory_allocated`` before (the allocator counts tensors exactly, whatever ran before).
+CPU, each provider in a fresh subprocess: the kernel's peak-RSS counter is
 reset (``5`` to ``/proc/self/clear_refs``) after ``malloc_trim(0)`` has handed the memory freed by
 the warm-up back to the system, and ``VmHWM`` after the step minus ``VmRSS`` before is reported.
 The allocator keeps its default settings; the figure counts everything the step touches (tensors,
@@ -67,13 +82,14 @@ from advdistill_kernels import LossInputs, advdistill_loss, advdistill_loss_from
 from advdistill_kernels.backends import cpp as cpp_backend
 
 PROVIDERS = ("limit", "limit_torch_mm", "naive", "naive_compiled", "torch", "cpp", "cpp_plain_ce", "cce", "liger",
-             "triton")
+             "triton", "torch_lce")
 DEFAULT_PROVIDERS = ("limit", "limit_torch_mm", "naive", "naive_compiled", "cpp", "cpp_plain_ce", "cce", "triton",
-                     "liger")
-PLAIN_CE = {"cpp_plain_ce", "cce", "liger"}
+                     "liger", "torch_lce")
+PLAIN_CE = {"cpp_plain_ce", "cce", "liger", "torch_lce"}
 CUDA_ONLY = {"triton", "liger"}
-CPU_ONLY = {"cpp", "cpp_plain_ce", "limit", "limit_torch_mm"}
-NO_MEMORY = {"limit", "limit_torch_mm"}
+CPU_ONLY = {"cpp", "cpp_plain_ce"}
+GEMMS_ONLY = {"limit", "limit_torch_mm"}
+"""Not losses: no memory or accuracy figure."""
 MODES = ("forward", "backward", "full")
 DEFAULT_CSV = Path(__file__).parent / "data" / "fused_loss.csv"
 
@@ -158,14 +174,15 @@ LIMIT_TILE_TOKENS = 1024
 def _limit(x: LossInputs, use_onednn: bool) -> Forward:
     """The three GEMMs of the loss (6 N d V FLOPs) in large tiles, nothing else; returns a dummy loss."""
     hidden, weight = x.hidden.detach(), x.weight.detach()
-    if hidden.dtype == torch.float16:
+    if hidden.dtype == torch.float16 and not hidden.is_cuda:
         hidden, weight = hidden.float(), weight.float()
     tile = min(LIMIT_TILE_TOKENS, hidden.shape[0])
-    logits = torch.empty(tile, weight.shape[0], dtype=hidden.dtype)
+    logits = torch.empty(tile, weight.shape[0], dtype=hidden.dtype, device=hidden.device)
     grad_hidden = torch.empty_like(hidden)
     grad_weight = torch.zeros_like(weight)
-    cpp_backend.load_extension()
-    gemm = torch.ops.advdistill_kernels.gemm
+    if use_onednn:
+        cpp_backend.load_extension()
+        gemm = torch.ops.advdistill_kernels.gemm
 
     def run() -> torch.Tensor:
         for start in range(0, hidden.shape[0], tile):
@@ -198,13 +215,23 @@ def _liger(x: LossInputs) -> Forward:
     return lambda: loss_module(x.weight, x.hidden, x.targets)
 
 
+def _torch_lce(x: LossInputs) -> Forward:
+    options = torch.nn.LinearCrossEntropyOptions()
+    return lambda: torch.nn.functional.linear_cross_entropy(x.hidden, x.weight, x.targets, options=options)
+
+
+def _fastest_gemm_is_onednn(x: LossInputs) -> bool:
+    return not x.hidden.is_cuda and cpp_backend.gemm_provider(x.hidden.dtype) == "onednn"
+
+
 SETUPS: dict[str, Callable[[LossInputs], Forward]] = {
-    "limit": lambda x: _limit(x, use_onednn=cpp_backend.gemm_provider(x.hidden.dtype) == "onednn"),
+    "limit": lambda x: _limit(x, use_onednn=_fastest_gemm_is_onednn(x)),
     "limit_torch_mm": lambda x: _limit(x, use_onednn=False),
     "naive": setup_naive,
     "naive_compiled": setup_naive_compiled,
     "cce": _cce,
     "liger": _liger,
+    "torch_lce": _torch_lce,
 }
 
 
@@ -224,7 +251,10 @@ def skip_reason(provider: str, device: str) -> str | None:
     module = {"triton": "triton", "liger": "liger_kernel", "cce": "cut_cross_entropy"}.get(provider)
     if module is not None and importlib.util.find_spec(module) is None:
         return f"{module} not installed (pip install {module.replace('_', '-')})"
-    if provider in CPU_ONLY and cpp_backend.load_error() is not None:
+    if provider == "torch_lce" and not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        return f"torch {torch.__version__} has no F.linear_cross_entropy with LinearCrossEntropyOptions"
+    needs_extension = provider in CPU_ONLY or (provider == "limit" and device == "cpu")
+    if needs_extension and cpp_backend.load_error() is not None:
         return f"cpp extension unavailable: {cpp_backend.load_error()}"
     return None
 
@@ -253,23 +283,108 @@ def timed_run(forward: Forward, x: LossInputs, device: str) -> tuple[float, floa
     return (middle - start) * 1e3, (time.perf_counter() - middle) * 1e3
 
 
+def _failure(provider: str, stage: str, error: BaseException, x: LossInputs) -> str:
+    """The one-line reason a provider is dropped; frees what a failed CUDA step left behind."""
+    _clear_grads(x)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    message = f"{stage}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    print(f"  {provider} failed at {message}", file=sys.stderr)
+    return message
+
+
+@dataclass
+class Measurements:
+    """What one size and dtype gave: times per provider and mode, the providers that failed and why, and the
+    accuracy step's figures (errors against float64, CUDA peak memory)."""
+
+    times: dict[str, dict[str, list[float]]]
+    failed: dict[str, str]
+    step: dict[str, dict[str, float]]
+
+
 def time_providers(providers: list[str], size: Size, dtype: torch.dtype, device: str, rounds: int,
-                   chunk_size: int | None) -> dict[str, dict[str, list[float]]]:
-    """Per provider and mode, the times (ms) of ``rounds`` alternating rounds after a warm-up each."""
+                   chunk_size: int | None, accuracy: bool) -> Measurements:
+    """Per provider and mode, the times (ms) of ``rounds`` alternating rounds after a warm-up each; then the
+    accuracy (and, on CUDA, memory) step. A provider that raises is dropped with its reason."""
     inputs = {plain: make_inputs(size, dtype, device, plain) for plain in (False, True)}
-    forwards = {p: make_forward(p, inputs[p in PLAIN_CE], chunk_size) for p in providers}
+    forwards, failed = {}, {}
     for provider in providers:
-        timed_run(forwards[provider], inputs[provider in PLAIN_CE], device)
-    times = {p: {mode: [] for mode in MODES} for p in providers}
+        x = inputs[provider in PLAIN_CE]
+        try:
+            forwards[provider] = make_forward(provider, x, chunk_size)
+            timed_run(forwards[provider], x, device)
+        except Exception as error:  # noqa: BLE001 - one provider's failure must not cost the table
+            failed[provider] = _failure(provider, "warm-up", error, x)
+            forwards.pop(provider, None)
+    running = [p for p in providers if p in forwards]
+    times = {p: {mode: [] for mode in MODES} for p in running}
     for round_index in range(rounds):
-        shift = round_index % len(providers)
-        for provider in providers[shift:] + providers[:shift]:
-            forward_ms, backward_ms = timed_run(forwards[provider], inputs[provider in PLAIN_CE], device)
+        shift = round_index % max(len(running), 1)
+        for provider in running[shift:] + running[:shift]:
+            if provider in failed:
+                continue
+            x = inputs[provider in PLAIN_CE]
+            try:
+                forward_ms, backward_ms = timed_run(forwards[provider], x, device)
+            except Exception as error:  # noqa: BLE001
+                failed[provider] = _failure(provider, f"round {round_index + 1}", error, x)
+                continue
             times[provider]["forward"].append(forward_ms)
             times[provider]["backward"].append(backward_ms)
             times[provider]["full"].append(forward_ms + backward_ms)
         print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
-    return times
+    step = {}
+    for provider in running:
+        if provider in failed or provider in GEMMS_ONLY or not (accuracy or device == "cuda"):
+            continue
+        x = inputs[provider in PLAIN_CE]
+        try:
+            step[provider] = accuracy_step(forwards[provider], x, device, accuracy)
+        except Exception as error:  # noqa: BLE001
+            failed[provider] = _failure(provider, "accuracy step", error, x)
+    return Measurements({p: t for p, t in times.items() if p not in failed}, failed, step)
+
+
+def float64_reference(x: LossInputs) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """(loss, grad_hidden, grad_weight) of the AdvDistill loss on ``x``'s inputs upcast to float64."""
+    hidden = x.hidden.detach().double().requires_grad_()
+    weight = x.weight.detach().double().requires_grad_()
+    loss = advdistill_loss(hidden, weight, x.targets, x.response_index, x.response_weights.double(), x.wrong,
+                           lam=x.lam, p_max=x.p_max, backend="torch")
+    loss.backward()
+    return loss.item(), hidden.grad, weight.grad
+
+
+def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value.double() - reference).norm() / reference.norm().clamp(min=1e-300)).item()
+
+
+def accuracy_step(forward: Forward, x: LossInputs, device: str, accuracy: bool) -> dict[str, float]:
+    """One full step: its errors against float64 (when ``accuracy``) and, on CUDA, its peak memory (MB)."""
+    _clear_grads(x)
+    figures = {}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    loss = forward()
+    loss.backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        figures["peak_mb"] = (torch.cuda.max_memory_allocated() - baseline) / 2**20
+    if accuracy:
+        value, grad_hidden, grad_weight = loss.item(), x.hidden.grad, x.weight.grad
+        _clear_grads(x)
+        ref_loss, ref_hidden, ref_weight = float64_reference(x)
+        figures.update(loss=value, loss_ref=ref_loss, loss_abs_err=abs(value - ref_loss),
+                       grad_hidden_rel_err=_relative_error(grad_hidden, ref_hidden),
+                       grad_weight_rel_err=_relative_error(grad_weight, ref_weight),
+                       grad_max_abs_err=max((grad_hidden.double() - ref_hidden).abs().max().item(),
+                                            (grad_weight.double() - ref_weight).abs().max().item()))
+        del ref_hidden, ref_weight
+    _clear_grads(x)
+    return figures
 
 
 def _proc_status_kib(field: str) -> int:
@@ -279,33 +394,25 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_memory_mb(provider: str, size: Size, dtype: torch.dtype, device: str,
-                   chunk_size: int | None) -> float | None:
-    """Peak memory of one full step (method in the module docstring); run in a fresh process."""
-    x = make_inputs(size, dtype, device, provider in PLAIN_CE)
+def cpu_peak_memory_mb(provider: str, size: Size, dtype: torch.dtype, chunk_size: int | None) -> float | None:
+    """Peak memory of one full step on the CPU (method in the module docstring); run in a fresh process."""
+    x = make_inputs(size, dtype, "cpu", provider in PLAIN_CE)
     forward = make_forward(provider, x, chunk_size)
-    timed_run(forward, x, device)
+    timed_run(forward, x, "cpu")
     _clear_grads(x)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        baseline = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        timed_run(forward, x, device)
-        return (torch.cuda.max_memory_allocated() - baseline) / 2**20
     ctypes.CDLL(None).malloc_trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return None
     baseline_kib = _proc_status_kib("VmRSS")
-    timed_run(forward, x, device)
+    timed_run(forward, x, "cpu")
     return (_proc_status_kib("VmHWM") - baseline_kib) / 1024
 
 
-def _memory_in_subprocess(provider: str, size_name: str, dtype: str, device: str,
-                          chunk_size: int | None) -> float | None:
-    command = [sys.executable, __file__, "--memory-worker", provider, "--sizes", size_name, "--dtypes", dtype,
-               "--device", device] + (["--chunk-size", str(chunk_size)] if chunk_size else [])
+def _memory_in_subprocess(provider: str, size_name: str, dtype: str, chunk_size: int | None) -> float | None:
+    command = [sys.executable, __file__, "--memory-worker", provider, "--sizes", size_name, "--dtypes", dtype] + (
+        ["--chunk-size", str(chunk_size)] if chunk_size else [])
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         print(f"  memory of {provider} failed: {completed.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -359,66 +466,108 @@ def summarize(times: list[float]) -> tuple[float, float, float]:
     return statistics.median(times), min(times), max(times)
 
 
-def report(size_name: str, dtype_name: str, providers: list[str], times: dict, memory: dict, skipped: dict,
-           info: dict, load: int, rounds: int, chunk_size: int | None) -> list[dict]:
-    """Prints the table for one size and dtype; returns the CSV rows."""
+def _cell(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else format(value, pattern)
+
+
+def report(size_name: str, dtype_name: str, providers: list[str], measured: Measurements, memory: dict,
+           skipped: dict, info: dict, load: int, rounds: int, chunk_size: int | None) -> list[dict]:
+    """Prints the table for one size and dtype; returns the CSV rows (a failed provider's row has its error)."""
     size = SIZES[size_name]
+    times = measured.times
     print(f"\nAdvDistill loss, {size_name}: N={size.num_tokens} ({size.responses}x{size.tokens_per_response}), "
-          f"d={size.hidden_dim}, V={size.vocab_size}, {dtype_name}; {info['cpu']} ({info['threads']} threads), "
-          f"torch {info['torch']}, GEMM: {info['gemm_provider']}; chunk_size: {chunk_size or 'default'}; "
+          f"d={size.hidden_dim}, V={size.vocab_size}, {dtype_name}; {info['cpu']} ({info['threads']} threads) "
+          f"{info['gpu']}, torch {info['torch']}, GEMM: {info['gemm_provider']}; "
+          f"chunk_size: {chunk_size or 'default'}; "
           f"load: {load} GEMM process(es), 1-min load average {info['loadavg_1min']} at the end; "
-          f"median [min-max] of {rounds} alternating rounds")
+          f"median [min-max] of {rounds} alternating rounds; errors against float64 of the same inputs")
     header = (f"{'provider':<28}{'forward ms':>22}{'backward ms':>22}{'full ms':>24}{'TFLOP/s':>9}"
-              f"{'peak MB':>10}{'full/naive':>11}{'mem/naive':>10}")
+              f"{'full/limit':>11}{'peak MB':>10}{'full/naive':>11}{'mem/naive':>10}{'loss':>10}{'loss err':>10}"
+              f"{'dh rel err':>11}{'dW rel err':>11}")
     print(header)
     print("-" * len(header))
-    naive_full = statistics.median(times["naive"]["full"]) if "naive" in times else None
+
+    def full_median(provider: str) -> float | None:
+        return statistics.median(times[provider]["full"]) if provider in times else None
+
+    naive_full = full_median("naive")
+    limit_full = full_median("limit") or full_median("limit_torch_mm")
     naive_memory = memory.get("naive")
     rows = []
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    base = {"timestamp": stamp, "size": size_name, "num_tokens": size.num_tokens, "hidden_dim": size.hidden_dim,
+            "vocab_size": size.vocab_size, "dtype": dtype_name}
     for provider in providers:
         name = provider + (" (plain CE)" if provider in PLAIN_CE else "")
         if provider in skipped:
             print(f"{name:<28}skipped: {skipped[provider]}")
             continue
+        if provider in measured.failed:
+            print(f"{name:<28}FAILED at {measured.failed[provider]}")
+            rows.append({**base, "provider": provider, "plain_ce": provider in PLAIN_CE, "mode": "full",
+                         "error": measured.failed[provider], "load_processes": load, **info})
+            continue
         cells = []
         for mode in MODES:
             median, low, high = summarize(times[provider][mode])
             cells.append(f"{median:>9.1f} [{low:.0f}-{high:.0f}]")
-        full = statistics.median(times[provider]["full"])
-        peak = memory.get(provider)
+        full = full_median(provider)
+        step = measured.step.get(provider, {})
+        peak = memory.get(provider, step.get("peak_mb"))
         tflops = size.flops / (full * 1e-3) / 1e12
-        time_ratio = f"{full / naive_full:.2f}x" if naive_full else "n/a"
-        memory_ratio = f"{peak / naive_memory:.3f}x" if peak is not None and naive_memory else "n/a"
-        peak_text = f"{peak:.0f}" if peak is not None else "n/a"
-        print(f"{name:<28}{cells[0]:>22}{cells[1]:>22}{cells[2]:>24}{tflops:>9.3f}{peak_text:>10}"
-              f"{time_ratio:>11}{memory_ratio:>10}")
+        ratios = {"full/limit": full / limit_full if limit_full else None,
+                  "full/naive": full / naive_full if naive_full else None,
+                  "mem/naive": peak / naive_memory if peak is not None and naive_memory else None}
+        print(f"{name:<28}{cells[0]:>22}{cells[1]:>22}{cells[2]:>24}{tflops:>9.3f}"
+              f"{_cell(ratios['full/limit'], '.2f'):>11}{_cell(peak, '.0f'):>10}"
+              f"{_cell(ratios['full/naive'], '.2f'):>11}"
+              f"{_cell(ratios['mem/naive'], '.3f'):>10}{_cell(step.get('loss'), '.4f'):>10}"
+              f"{_cell(step.get('loss_abs_err'), '.1e'):>10}{_cell(step.get('grad_hidden_rel_err'), '.1e'):>11}"
+              f"{_cell(step.get('grad_weight_rel_err'), '.1e'):>11}")
         for mode in MODES:
             median, low, high = summarize(times[provider][mode])
-            rows.append({"timestamp": stamp, "size": size_name, "num_tokens": size.num_tokens,
-                         "hidden_dim": size.hidden_dim, "vocab_size": size.vocab_size, "dtype": dtype_name,
-                         "provider": provider, "plain_ce": provider in PLAIN_CE, "mode": mode,
+            rows.append({**base, "provider": provider, "plain_ce": provider in PLAIN_CE, "mode": mode,
                          "ms_median": round(median, 2), "ms_min": round(low, 2), "ms_max": round(high, 2),
                          "rounds": rounds, "chunk_size": chunk_size or "", "tflops_full": round(tflops, 4),
-                         "peak_mb": round(peak, 1) if peak is not None else "", "load_processes": load, **info})
+                         "full_over_limit": round(ratios["full/limit"], 4) if ratios["full/limit"] else "",
+                         "peak_mb": round(peak, 1) if peak is not None else "", "load_processes": load,
+                         **{key: f"{step[key]:.6g}" for key in ACCURACY_COLUMNS if key in step}, **info})
+    if measured.failed:
+        print(f"failed: {', '.join(sorted(measured.failed))}")
     return rows
 
 
+ACCURACY_COLUMNS = ("loss", "loss_ref", "loss_abs_err", "grad_hidden_rel_err", "grad_weight_rel_err",
+                    "grad_max_abs_err")
+CSV_COLUMNS = ("timestamp", "size", "num_tokens", "hidden_dim", "vocab_size", "dtype", "provider", "plain_ce", "mode",
+               "ms_median", "ms_min", "ms_max", "rounds", "chunk_size", "tflops_full", "full_over_limit", "peak_mb",
+               *ACCURACY_COLUMNS, "error", "load_processes", "cpu", "cores", "threads", "loadavg_1min", "gpu", "torch",
+               "gemm_provider")
+
+
 def append_csv(path: Path, rows: list[dict]) -> None:
+    """Appends ``rows``; a file with fewer columns (an older benchmark's) is rewritten with the new ones empty."""
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not path.exists()
-    if not new_file:
-        with path.open() as handle:
-            header = next(csv.reader(handle), [])
-        if header != list(rows[0]):
-            raise ValueError(f"{path}: expected columns {list(rows[0])}, the file has {header}; use another --csv")
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new_file:
+    old_rows = []
+    if path.exists():
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            unknown = set(reader.fieldnames or ()) - set(CSV_COLUMNS)
+            if unknown:
+                raise ValueError(f"{path}: columns {sorted(unknown)} are not this benchmark's; use another --csv")
+            if list(reader.fieldnames or ()) != list(CSV_COLUMNS):
+                old_rows = list(reader)
+    if old_rows or not path.exists():
+        partial = path.with_name(path.name + ".partial")
+        with partial.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
             writer.writeheader()
-        writer.writerows(rows)
+            writer.writerows(old_rows)
+        partial.replace(path)
+    with path.open("a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=CSV_COLUMNS).writerows(rows)
 
 
 def main() -> None:
@@ -430,35 +579,39 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (after one warm-up)")
     parser.add_argument("--load", type=int, default=0, help="competing single-threaded GEMM processes")
     parser.add_argument("--chunk-size", type=int, help="tokens per logits tile of the fused backends")
-    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory runs")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory runs (CPU)")
+    parser.add_argument("--no-accuracy", action="store_true", help="skip the errors against float64")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="append the results here")
     parser.add_argument("--memory-worker", choices=PROVIDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.memory_worker:
         dtype = getattr(torch, args.dtypes[0])
-        print(json.dumps(peak_memory_mb(args.memory_worker, SIZES[args.sizes[0]], dtype, args.device,
-                                        args.chunk_size)))
+        print(json.dumps(cpu_peak_memory_mb(args.memory_worker, SIZES[args.sizes[0]], dtype, args.chunk_size)))
         return
 
     stop_load = start_load(args.load) if args.load else None
+    any_failed = False
     try:
         for size_name in args.sizes:
             for dtype_name in args.dtypes:
                 dtype = getattr(torch, dtype_name)
                 skipped = {p: r for p in args.providers if (r := skip_reason(p, args.device))}
                 providers = [p for p in args.providers if p not in skipped]
-                times = time_providers(providers, SIZES[size_name], dtype, args.device, args.rounds,
-                                       args.chunk_size)
-                memory = {} if args.no_memory else {
-                    p: _memory_in_subprocess(p, size_name, dtype_name, args.device, args.chunk_size)
-                    for p in providers if p not in NO_MEMORY}
-                rows = report(size_name, dtype_name, args.providers, times, memory, skipped,
+                measured = time_providers(providers, SIZES[size_name], dtype, args.device, args.rounds,
+                                          args.chunk_size, accuracy=not args.no_accuracy)
+                memory = {} if args.no_memory or args.device == "cuda" else {
+                    p: _memory_in_subprocess(p, size_name, dtype_name, args.chunk_size)
+                    for p in measured.times if p not in GEMMS_ONLY}
+                rows = report(size_name, dtype_name, args.providers, measured, memory, skipped,
                               machine(args.device, dtype), args.load, args.rounds, args.chunk_size)
                 append_csv(args.csv, rows)
+                any_failed = any_failed or bool(measured.failed)
     finally:
         if stop_load is not None:
             stop_load()
+    if any_failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
