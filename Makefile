@@ -22,7 +22,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 endif
 PIP ?= $(ENV_PYTHON) -m pip
 
-.PHONY: install pipeline test test-vllm vllm-venv container-check gpu-deps-check
+.PHONY: install pipeline test test-vllm vllm-venv container-check gpu-deps-check gpu-wheelhouse gpu-acceptance
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "make: '$(PYTHON) -m venv $(VENV)' failed;" \
@@ -74,3 +74,15 @@ container-check: install
 # Resolves the pinned packages of containers/advdistill-gpu.def's %post against PyPI (pip --dry-run).
 gpu-deps-check: install
 	$(ENV_PYTHON) containers/gpu_deps_check.py containers/advdistill-gpu.def
+
+# The GPU acceptance run (scripts/gpu_acceptance.py), for a bare GPU node without a package index:
+#   make gpu-wheelhouse   where PyPI is reachable: the CPython 3.12 wheels the node lacks, into $(WHEELHOUSE)
+#   make gpu-acceptance   on the node, with its own python3 (torch, triton, transformers, accelerate); OUT=folder
+# scripts/gpu_acceptance.py run --rehearse goes through the same stages on a CPU (tests/test_gpu_acceptance.py).
+WHEELHOUSE ?= .gpu-wheelhouse
+gpu-wheelhouse: $(ENV_MADE)
+	$(PIP) install --quiet packaging
+	$(ENV_PYTHON) scripts/gpu_acceptance.py wheelhouse --dir "$(WHEELHOUSE)"
+
+gpu-acceptance:
+	$(PYTHON) scripts/gpu_acceptance.py run --wheelhouse "$(WHEELHOUSE)" $(if $(OUT),--out "$(OUT)")

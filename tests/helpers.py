@@ -4,11 +4,15 @@ Fixtures built on them are in ``conftest.py``."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 from advdistill import cli
 from advdistill.config import ModelShape, TokenizerConfig
@@ -53,6 +57,20 @@ def run_cli_process(*argv: str, cwd: Path, prefix: tuple[str, ...] = (), **kwarg
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([*prefix, sys.executable, "-m", "advdistill.cli", *map(str, argv)], cwd=cwd, text=True,
                           capture_output=True, timeout=300, env=env, **kwargs)
+
+
+@contextmanager
+def loaded_script(path: Path) -> Iterator[ModuleType]:
+    """A script (not a package module) imported as a module, registered in ``sys.modules`` while in use (its
+    dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
 
 
 def files_under(folder: Path) -> set[str]:

@@ -4,7 +4,6 @@ provider's error against float64, and keeps going when one provider fails."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +12,15 @@ import pytest
 import torch
 from advdistill_kernels.backends import cpp as cpp_backend
 
+from tests.helpers import loaded_script
+
 BENCHMARK = Path(__file__).resolve().parents[2] / "kernels" / "benchmarks" / "bench_fused_loss.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_fused_loss", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with loaded_script(BENCHMARK) as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def test_benchmark_writes_one_row_per_provider_and_mode(tmp_path):
