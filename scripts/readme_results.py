@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from advdistill.report import signed_points
+from advdistill.report.comparisons import signed_points
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

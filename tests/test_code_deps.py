@@ -25,7 +25,9 @@ def test_each_stage_runs_what_it_imports_and_not_the_other_stages():
             "kernels/advdistill_kernels/api.py", "kernels/advdistill_kernels/cpp/fused_loss.cpp"} <= train
     assert {"advdistill/score.py", "advdistill/rewards.py", "advdistill/advantages.py"} <= score
     assert {"advdistill/rewards.py", "advdistill/metrics.py", "advdistill/sampling/hf.py"} <= names("evaluate")
-    assert not {"advdistill/report.py", "advdistill/score.py", "advdistill/evaluate.py"} & train
+    report_package = {path.relative_to(REPO).as_posix() for path in (REPO / "advdistill" / "report").glob("*.py")}
+    assert {"advdistill/report/__init__.py", "advdistill/report/plots.py"} <= report_package <= report
+    assert not (report_package | {"advdistill/score.py", "advdistill/evaluate.py"}) & train
     assert not {"advdistill/train.py", "advdistill/sampling/__init__.py"} & score
     assert "advdistill/rewards.py" not in names("sample")
     with pytest.raises(ValueError, match="no stage 'trian'"):
@@ -51,7 +53,7 @@ def test_a_module_edit_changes_the_digest_of_exactly_the_stages_that_run_it(tmp_
     assert edited("advdistill/losses.py") == {"train"}
     kernel_edit = edited("kernels/advdistill_kernels/cpp/fused_loss.cpp")
     assert "train" in kernel_edit and not {"prepare", "score", "report"} & kernel_edit
-    assert edited("advdistill/report.py") == {"report"}
+    assert edited("advdistill/report/plots.py") == {"report"}
 
 
 @pytest.mark.slow

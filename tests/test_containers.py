@@ -101,7 +101,7 @@ def image(tmp_path, monkeypatch):
 
 def test_manifest_records_the_image_digest_and_the_report_shows_it(image, tmp_path):
     from advdistill.provenance import stage_manifest, write_manifest
-    from advdistill.report import provenance_table
+    from advdistill.report.tables import provenance_table
 
     manifest = stage_manifest("score", {"a": 1}, 7, 0.0, [])
     digest = hashlib.sha256(b"SIF image bytes").hexdigest()

@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
+import warnings
+
 import polars as pl
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from advdistill.errors import InputError
 from advdistill.io import read_json, write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
-from advdistill.report import (
-    accuracy_cells,
-    accuracy_table,
-    behaviour_tables,
-    build_report,
+from advdistill.report import build_report, run_report
+from advdistill.report.comparisons import (
     comparison_pairs,
     has_replicates,
     headlines,
-    loss_terms_table,
-    markdown_table,
     paired_comparison,
     paired_comparisons,
+    replicate_summary,
+)
+from advdistill.report.page import markdown_table, write_markdown_table
+from advdistill.report.plots import loss_terms_figure
+from advdistill.report.tables import (
+    accuracy_cells,
+    accuracy_table,
+    behaviour_tables,
+    loss_terms_table,
     paper_accuracy,
     paper_lengths,
     paper_training_hours,
-    replicate_summary,
-    run_report,
     stage_costs,
     training_compute,
-    write_markdown_table,
 )
 
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -294,7 +298,7 @@ def test_run_report_reads_the_declared_inputs_of_its_plan(tmp_path):
 
 def test_provenance_table_lists_each_manifest(tmp_path):
     from advdistill.provenance import stage_manifest, write_manifest
-    from advdistill.report import provenance_table
+    from advdistill.report.tables import provenance_table
 
     output = tmp_path / "scored.parquet"
     path = write_manifest(output, stage_manifest("score", {"settings": {"a": 1}}, 7, 0.0, ["rows.parquet"]))
@@ -423,6 +427,19 @@ def test_loss_terms_table_averages_the_second_half_of_the_logged_steps():
                               ("arith", "s-sft"): {"log_history": [{"step": 1, "loss": 2.0}]}})
     assert table.rows() == [("arith", "s-advdistill", 2, 1.5, 2.0, round(2.0 / 3.5, 3), 0.85, None, 3.0),
                             ("arith", "s-sft", 0, None, None, None, None, None, None)]
+
+
+def test_loss_terms_legend_names_the_contrastive_term_with_its_lambda():
+    history = [{"step": step, "loss": 2.0 / step, "weighted_ce": 1.5 / step, "contrastive": 0.5 / step,
+                "wrong_p_mean": 0.8} for step in (1, 2, 3)]
+    figure = loss_terms_figure(history, "s-advdistill on arith")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a glyph missing from the font only warns, and is drawn as a box
+        FigureCanvasAgg(figure).draw()
+    loss_axes, wrong_p_axes = figure.axes
+    assert [text.get_text() for text in loss_axes.get_legend().get_texts()] == [
+        "loss", "weighted cross-entropy", "λ·Σ contrastive"]
+    assert [text.get_text() for text in wrong_p_axes.get_legend().get_texts()] == ["mean p of wrong responses"]
 
 
 def test_paper_reference_tables():

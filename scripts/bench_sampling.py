@@ -1,6 +1,6 @@
 """Sampling throughput: Hugging Face ``generate`` vs vLLM on the same prompts and model, in one run.
 
-    python kernels/benchmarks/bench_sampling.py --model results/models/teacher \\
+    python scripts/bench_sampling.py --model results/models/teacher \\
         --rows results/prepare/arith/train.parquet --prompts 64 --n 8 --max-new-tokens 160 [--json out.json]
 
 Each backend loads the model, runs one discarded warm-up batch, then samples every prompt ``n`` times

@@ -1,0 +1,158 @@
+"""The report stage itself: read the run's outputs, write every table, figure and the page."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from advdistill.errors import InputError
+from advdistill.io import atomic_write, manifest_path, read_json, read_parquet, write_json
+from advdistill.report.comparisons import has_replicates, headlines, paired_comparisons, replicate_summary
+from advdistill.report.page import few_shot_notes, html_page, write_markdown_table
+from advdistill.report.plots import (
+    plot_accuracy_bars,
+    plot_advantage_histogram,
+    plot_correct_per_group,
+    plot_length_distributions,
+    plot_loss_terms,
+)
+from advdistill.report.tables import (
+    NOT_RECORDED,
+    accuracy_cells,
+    accuracy_table,
+    behaviour_tables,
+    loss_terms_table,
+    memory_plan_table,
+    paper_accuracy,
+    paper_lengths,
+    paper_training_hours,
+    stage_costs,
+    training_compute,
+)
+
+# Per-prompt columns of responses.parquet the report reads: outcomes for the paired tests, lengths for the plots.
+RESPONSE_COLUMNS = {"prompt_id": pl.String, "n_tokens": pl.Int64, "correct": pl.Boolean}
+
+
+def read_responses(path: Path) -> pl.DataFrame:
+    """The :data:`RESPONSE_COLUMNS` of an evaluation's ``responses.parquet``. A repeated ``prompt_id`` is an
+    error: joining on it would count that prompt several times in the paired comparisons."""
+    responses = read_parquet(path, RESPONSE_COLUMNS).select(*RESPONSE_COLUMNS)
+    repeated = responses.filter(pl.col("prompt_id").is_duplicated())["prompt_id"]
+    if repeated.len():
+        raise InputError(f"{path}: prompt_id {repeated[0]!r} occurs more than once")
+    return responses
+
+
+def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Mapping[str, Path],
+                 responses_files: Mapping[tuple[str, str], Path], benchmark_files: Mapping[str, list[Path]],
+                 manifests: list[Path] | None, out_dir: Path, models: list[str],
+                 testsets: list[str], memory_plan: list[dict[str, Any]] | None = None,
+                 train_metrics_files: Mapping[tuple[str, str], Path] | None = None,
+                 runs: Mapping[str, Mapping[str, Any]] | None = None,
+                 paper: Mapping[str, Any] | None = None) -> Path:
+    """Write the report's tables (``<name>.md`` and ``<name>.csv``), figures (``plots/*.png``) and
+    ``index.html`` under ``out_dir``; return the path of ``index.html``.
+
+    ``metrics_files`` and ``responses_files`` are keyed by (model, test set), ``scored_files`` by
+    training dataset and ``benchmark_files`` by stage. Models and test sets appear in the given order;
+    (model, test set) pairs without files are left as empty cells. ``memory_plan`` (rows of
+    ``advdistill.memory_plan.plan_rows``, a GPU run's) is written as ``memory_plan.json`` and a table.
+    ``train_metrics_files`` (``train_metrics.json`` keyed by (training dataset, model)) give the training
+    compute table. ``runs`` describes trained runs by name (``student``, ``objective``, ``variant``, ``seed``;
+    plain names are understood without it); with several seeds or variants the report adds the replicate
+    summary. ``paper`` is a config's ``paper_reference`` (the paper's own numbers, shown beside ours).
+    """
+    out_dir = Path(out_dir)
+    plots_dir = out_dir / "plots"
+    metrics = {key: read_json(path) for key, path in metrics_files.items()}
+    responses = {key: read_responses(path) for key, path in responses_files.items()}
+    paper = paper or {}
+
+    accuracy = accuracy_table(metrics, models, testsets)
+    comparisons = paired_comparisons(responses, models, testsets, runs)
+    replicates = replicate_summary(metrics, responses, models, testsets, runs)
+    tables = {"accuracy": accuracy_cells(accuracy, testsets)}
+    csv_tables = {"accuracy": accuracy}
+    if has_replicates(replicates):
+        tables["replicates"] = replicates
+    if comparisons.height:
+        tables["paired_comparisons"] = comparisons
+    if paper.get("accuracy"):
+        tables["paper_accuracy"] = paper_accuracy(accuracy, paper["accuracy"])
+    tables.update(behaviour_tables(metrics, models, testsets))
+    if paper.get("mean_tokens"):
+        tables["paper_lengths"] = paper_lengths(metrics, paper["mean_tokens"])
+    train_metrics = {key: read_json(path) for key, path in (train_metrics_files or {}).items()}
+    compute = training_compute(train_metrics) if train_metrics else None
+    if compute is not None:
+        tables["training_compute"] = compute.with_columns(pl.col("tokens_seen").cast(pl.String)
+                                                          .fill_null(NOT_RECORDED))
+        csv_tables["training_compute"] = compute
+        terms = loss_terms_table(train_metrics)
+        if terms["weighted_ce"].drop_nulls().len():
+            tables["loss_terms"] = terms
+    if paper.get("training_hours"):
+        tables["paper_training_hours"] = paper_training_hours(compute, paper["training_hours"])
+    if benchmark_files:
+        tables["stage_costs"] = stage_costs(benchmark_files)
+    if memory_plan:
+        write_json(memory_plan, out_dir / "memory_plan.json")
+        tables["memory_plan"] = memory_plan_table(memory_plan)
+    table_files = {name: write_markdown_table(df, out_dir / f"{name}.md", csv_tables.get(name))
+                   for name, df in tables.items()}
+
+    figures = [("Accuracy (%) per test set and model, Wilson 95 % intervals",
+                plot_accuracy_bars(accuracy, testsets, plots_dir / "accuracy.png"))]
+    for dataset, path in scored_files.items():
+        scored = read_parquet(path).select("prompt_id", "correct", "advantage", "kept")
+        caption = f"{dataset}: advantages of the responses in kept groups"
+        figures.append((caption, plot_advantage_histogram(scored, plots_dir / f"advantages_{dataset}.png",
+                                                          title=caption)))
+        caption = f"{dataset}: correct teacher responses per group"
+        figures.append((caption, plot_correct_per_group(scored, plots_dir / f"correct_per_group_{dataset}.png",
+                                                        title=caption)))
+    for (train_set, model), trained in train_metrics.items():
+        caption = f"{model} on {train_set}: training loss and its terms per logged step"
+        figures.append((caption, plot_loss_terms(trained.get("log_history", []),
+                                                 plots_dir / f"loss_terms_{train_set}_{model}.png", caption)))
+    for testset in testsets:
+        by_model = {model: responses[(model, testset)] for model in models if (model, testset) in responses}
+        if by_model:
+            caption = f"{testset}: response tokens of correct and wrong answers"
+            figures.append((caption, plot_length_distributions(by_model, plots_dir / f"lengths_{testset}.png",
+                                                               title=caption)))
+
+    notes = {"accuracy": few_shot_notes(metrics, models, testsets)}
+    if paper.get("notes"):
+        notes["paper_accuracy"] = list(paper["notes"])
+    page = html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir, notes,
+                      headlines(comparisons, replicates))
+    return atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+
+
+def run_report(plan: dict[str, Any], benchmarks: Path, out_dir: Path) -> Path:
+    """The run's report from the files the report rule declares as its inputs, as ``plan`` lists them.
+
+    ``plan`` has ``models`` (row order), ``testsets`` (column order), ``evaluations`` (``model``, ``testset``,
+    ``metrics`` and ``responses`` paths), ``scored`` (training dataset -> scored.parquet), ``trained`` (one per
+    trained run: ``train_set``, ``model``, ``student``, ``objective``, ``variant``, ``seed`` and its ``path``,
+    a folder holding ``train_metrics.json``), ``provenance`` (files whose ``.manifest.json`` the provenance
+    table lists), optionally ``memory`` (a GPU run's memory plan rows) and ``paper`` (the config's
+    ``paper_reference``). Benchmarks are read from every ``*.tsv`` under ``benchmarks``, per stage folder.
+    """
+    metrics_files = {(e["model"], e["testset"]): Path(e["metrics"]) for e in plan["evaluations"]}
+    responses_files = {(e["model"], e["testset"]): Path(e["responses"]) for e in plan["evaluations"]}
+    scored_files = {name: Path(path) for name, path in plan["scored"].items()}
+    stage_dirs = sorted(d for d in benchmarks.iterdir() if d.is_dir()) if benchmarks.is_dir() else []
+    benchmark_files = {d.name: sorted(d.rglob("*.tsv")) for d in stage_dirs if any(d.rglob("*.tsv"))}
+    manifests = [path for output in plan.get("provenance", []) if (path := manifest_path(Path(output))).is_file()]
+    train_metrics_files = {(run["train_set"], run["model"]): Path(run["path"]) / "train_metrics.json"
+                           for run in plan.get("trained", [])}
+    runs = {run["model"]: run for run in plan.get("trained", [])}
+    return build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, out_dir,
+                        plan["models"], plan["testsets"], plan.get("memory"), train_metrics_files, runs,
+                        plan.get("paper"))

@@ -1,0 +1,131 @@
+"""Tables as Markdown and HTML, and ``index.html``: every table with its caption and files, every figure and the
+provenance on one page."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from advdistill.io import atomic_write
+from advdistill.report.tables import CORRECT_MARK, WRONG_MARK, provenance_table
+
+MISSING_CELL = "–"
+
+TABLE_CAPTIONS = {
+    "accuracy": ("Accuracy (%) of each model on each test set (layout of the paper's §5.1 results table), with its "
+                 "Wilson 95 % interval in brackets; the CSV has the bounds as '<test set> lower' and "
+                 "'<test set> upper'."),
+    "paired_comparisons": ("Each trained student against the other trained students of its base, its base model "
+                           "and the teacher, per test set, on the prompts both answered (n): accuracy difference "
+                           "model − versus in points with its 95 % Wald interval of a paired difference, b (model "
+                           "right, versus wrong), c (the reverse) and the exact two-sided McNemar p-value."),
+    "replicates": ("Per trained student, objective and variant over its seeds: accuracy (%) as the mean with its "
+                   "Student-t 95 % interval, mean template adherence (%), and against the plain SFT run of the same "
+                   "seed the mean accuracy difference in points with its t-interval, the discordant counts b and c "
+                   "summed over seeds and the exact McNemar p of those pooled counts (the same prompts recur "
+                   "across seeds, so this p-value is on the optimistic side). Bounds need two seeds or more."),
+    "loss_terms": ("AdvDistill loss telemetry per trained model (train_metrics.json, log_history), averaged over the "
+                   "second half of the logged steps: the weighted cross-entropy term, the λ·Σ contrastive term, the "
+                   "contrastive share of the loss, the mean p of wrong responses, the share of wrong responses at "
+                   "the clamp p_max (no gradient there) and the gradient norm before clipping."),
+    "paper_accuracy": ("The paper's accuracy (%, its Table 2) beside the reproduced one with its Wilson 95 % "
+                       "interval, the difference reproduced − paper in points and whether the paper's value lies "
+                       "inside our interval."),
+    "paper_lengths": (f"The paper's mean response tokens of correct ({CORRECT_MARK}) and wrong ({WRONG_MARK}) "
+                      "answers (its Table 7) beside the reproduced ones."),
+    "paper_training_hours": ("The paper's training hours (its Table 3, hardware not named) beside the measured "
+                             "wall-clock hours of each training run here."),
+    "training_compute": ("Per trained student (train_metrics.json): optimizer steps, tokens seen (n/a where the "
+                         "trainer did not record them), training items (SFT pairs or AdvDistill groups) and "
+                         "wall-clock seconds of the whole training run."),
+    "verbosity": (f"Mean response tokens of correct ({CORRECT_MARK}) and wrong ({WRONG_MARK}) answers and "
+                  f"their ratio {WRONG_MARK}/{CORRECT_MARK} (paper Table 7 and Figure 6)."),
+    "degeneracy": (f"Mean repeated word n-gram rate of correct ({CORRECT_MARK}) and wrong ({WRONG_MARK}) "
+                   "answers (layout of paper Table 6; our rate is a 0-1 share defined in "
+                   "advdistill.metrics and is not on the scale of the paper's values)."),
+    "template_adherence": "Share (%) of answers that follow the requested format (paper Figure 4).",
+    "stage_costs": ("Compute per pipeline stage from Snakemake benchmarks: jobs, summed wall-clock and "
+                    "CPU seconds, peak resident memory (compare paper Table 3)."),
+    "memory_plan": ("Planned peak memory per GPU of each GPU stage (advdistill/memory_plan.py, at planning time), "
+                    "against resources.gpu_mem_gb (vLLM: its gpu_memory_utilization share); also memory_plan.json."),
+}
+
+
+def _markdown_cell(value: Any) -> str:
+    return MISSING_CELL if value is None else str(value).replace("|", "\\|")
+
+
+def markdown_table(df: pl.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``df``; nulls are shown as an en dash."""
+    lines = ["| " + " | ".join(_markdown_cell(c) for c in df.columns) + " |",
+             "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown_table(df: pl.DataFrame, path: Path, csv: pl.DataFrame | None = None) -> Path:
+    """Write ``df`` as Markdown to ``path`` and ``csv`` (default ``df``; e.g. the numbers behind text cells)
+    as CSV beside it (same name, ``.csv``); return ``path``."""
+    path = Path(path)
+    atomic_write(path.with_suffix(".csv"), (df if csv is None else csv).write_csv)
+    return atomic_write(path, lambda tmp: tmp.write_text(markdown_table(df), encoding="utf-8"))
+
+
+def html_table(df: pl.DataFrame) -> str:
+    """An HTML table of ``df`` with escaped cells; nulls are shown as an en dash."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(MISSING_CELL if v is None else str(v))}</td>" for v in row)
+        + "</tr>" for row in df.iter_rows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+PAGE_STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 75em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+figure { display: inline-block; margin: 0.5em; }
+img { max-width: 100%; }
+pre { background: #f4f4f4; padding: 0.8em; overflow-x: auto; }
+"""
+
+
+def few_shot_notes(metrics: Mapping[tuple[str, str], dict], models: list[str], testsets: list[str]) -> list[str]:
+    """One line per (model, test set) evaluated zero-shot although few-shot turns were requested."""
+    return [f"{model} on {testset}: {metrics[(model, testset)]['few_shot_note']}"
+            for model in models for testset in testsets
+            if metrics.get((model, testset), {}).get("few_shot_note")]
+
+
+def html_page(tables: Mapping[str, pl.DataFrame], table_files: Mapping[str, Path],
+               figures: list[tuple[str, Path]], manifests: list[Path], out_dir: Path,
+               notes: Mapping[str, list[str]], headline: list[str]) -> str:
+    """The text of ``index.html``: the headline sentences, each table with its caption, notes and links to its
+    Markdown and CSV files, each figure, and the provenance of ``manifests``."""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>AdvDistill report</title>", f"<style>{PAGE_STYLE}</style></head><body>",
+             "<h1>AdvDistill report</h1>", *(f'<p class="headline">{html.escape(line)}</p>' for line in headline),
+             "<h2>Tables</h2>"]
+    for name, df in tables.items():
+        markdown = table_files[name].relative_to(out_dir).as_posix()
+        csv = table_files[name].with_suffix(".csv").relative_to(out_dir).as_posix()
+        parts += [f"<h3>{html.escape(name.replace('_', ' ').capitalize())}</h3>",
+                  (f"<p>{html.escape(TABLE_CAPTIONS[name])} "
+                   f'(<a href="{html.escape(markdown)}">Markdown</a>, <a href="{html.escape(csv)}">CSV</a>)</p>'),
+                  html_table(df)]
+        if notes.get(name):
+            parts.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes[name]) + "</ul>")
+    parts.append("<h2>Figures</h2>")
+    for caption, path in figures:
+        source = html.escape(path.relative_to(out_dir).as_posix())
+        parts.append(f'<figure><img src="{source}" alt="{html.escape(caption)}">'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if manifests:
+        parts += ["<h2>Provenance</h2>", html_table(provenance_table(manifests))]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

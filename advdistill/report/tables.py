@@ -1,0 +1,241 @@
+"""The report's tables as data frames: accuracy with Wilson intervals, behaviour per model and test set, training
+compute and loss terms, the paper's numbers beside ours, stage costs from Snakemake benchmarks, the memory plan
+and the provenance of the run's outputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from advdistill.io import read_json
+from advdistill.stats import wilson_interval
+
+MODEL_COLUMN = "model"
+CORRECT_MARK = "✓"
+WRONG_MARK = "✗"
+NOT_RECORDED = "n/a"
+
+# Snakemake benchmark column -> report column; max_rss is already in MB.
+BENCHMARK_COLUMNS = {"s": "wall_s", "cpu_time": "cpu_s", "max_rss": "max_rss_mb"}
+
+# (column name, test set, metrics key, scale, decimals) of one column of a model x test set table.
+ColumnSpec = tuple[str, str, str, float, int]
+
+
+def _cell(metrics: Mapping[tuple[str, str], dict], model: str, spec: ColumnSpec) -> float | None:
+    _, testset, key, scale, decimals = spec
+    value = metrics.get((model, testset), {}).get(key)
+    return None if value is None else round(value * scale, decimals)
+
+
+def _model_table(metrics: Mapping[tuple[str, str], dict], models: list[str],
+                 columns: list[ColumnSpec]) -> pl.DataFrame:
+    """One row per model (in the given order) and one float column per spec; missing cells null."""
+    schema = {MODEL_COLUMN: pl.String, **{spec[0]: pl.Float64 for spec in columns}}
+    rows = [[model, *(_cell(metrics, model, spec) for spec in columns)] for model in models]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _accuracy_with_interval(metrics: dict) -> list[float | None]:
+    """Accuracy and its Wilson 95 % bounds in % (2 decimals); bounds null without ``n`` in the metrics."""
+    accuracy, n = metrics.get("accuracy"), metrics.get("n")
+    if accuracy is None or n is None:
+        return [None if accuracy is None else round(100 * accuracy, 2), None, None]
+    return [round(100 * value, 2) for value in (accuracy, *wilson_interval(round(accuracy * n), n))]
+
+
+def accuracy_table(metrics: Mapping[tuple[str, str], dict], models: list[str],
+                   testsets: list[str]) -> pl.DataFrame:
+    """Accuracy in % (2 decimals) with its Wilson 95 % interval: one row per model and, per test set, the
+    columns ``<testset>``, ``<testset> lower`` and ``<testset> upper``; null where not evaluated."""
+    schema = {MODEL_COLUMN: pl.String,
+              **{f"{t}{suffix}": pl.Float64 for t in testsets for suffix in ("", " lower", " upper")}}
+    rows = [[model, *(cell for t in testsets for cell in _accuracy_with_interval(metrics.get((model, t), {})))]
+            for model in models]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _accuracy_cell(accuracy: float | None, lower: float | None, upper: float | None) -> str | None:
+    if accuracy is None:
+        return None
+    return f"{accuracy:.2f}" if lower is None else f"{accuracy:.2f} [{lower:.2f}, {upper:.2f}]"
+
+
+def accuracy_cells(accuracy: pl.DataFrame, testsets: list[str]) -> pl.DataFrame:
+    """An :func:`accuracy_table` as shown: one text cell per test set, e.g. ``75.00 [30.06, 95.44]``."""
+    rows = [[row[MODEL_COLUMN], *(_accuracy_cell(row[t], row[f"{t} lower"], row[f"{t} upper"]) for t in testsets)]
+            for row in accuracy.iter_rows(named=True)]
+    return pl.DataFrame(rows, schema={MODEL_COLUMN: pl.String, **{t: pl.String for t in testsets}}, orient="row")
+
+
+def training_compute(train_metrics: Mapping[tuple[str, str], dict]) -> pl.DataFrame:
+    """One row per trained model, keyed by (training dataset, model), from its ``train_metrics.json``:
+    ``optimizer_steps`` (``global_step``), ``tokens_seen`` (null where not recorded), ``train_items`` and
+    ``wall_s`` (``train_runtime``: the whole run, resumed segments included; 1 decimal)."""
+    schema = {"train_set": pl.String, "model": pl.String, "optimizer_steps": pl.Int64, "tokens_seen": pl.Int64,
+              "train_items": pl.Int64, "wall_s": pl.Float64}
+    rows = [[train_set, model, m.get("global_step"), m.get("tokens_seen"), m.get("train_items"),
+             None if m.get("train_runtime") is None else round(m["train_runtime"], 1)]
+            for (train_set, model), m in train_metrics.items()]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+LOSS_TERM_KEYS = ("weighted_ce", "contrastive", "wrong_p_mean", "wrong_at_clamp", "grad_norm")
+
+
+def loss_terms_table(train_metrics: Mapping[tuple[str, str], dict]) -> pl.DataFrame:
+    """Per trained model, the loss telemetry of its ``log_history`` over the second half of its logged steps (after
+    the early transient): the mean weighted-CE term, the mean λ·Σ contrastive term, the contrastive share of the
+    loss, the mean p of wrong responses, the share of them at the clamp and the gradient norm before clipping.
+    SFT logs no terms; its cells are null."""
+    rows = []
+    for (train_set, model), metrics in train_metrics.items():
+        logged = [entry for entry in metrics.get("log_history", []) if entry.get("weighted_ce") is not None]
+        late = logged[len(logged) // 2:]
+        means = {key: (None if not (values := [e[key] for e in late if e.get(key) is not None])
+                       else math.fsum(values) / len(values)) for key in LOSS_TERM_KEYS}
+        total = (means["weighted_ce"] or 0.0) + (means["contrastive"] or 0.0)
+        share = None if means["contrastive"] is None or not total else means["contrastive"] / total
+        rows.append([train_set, model, len(late), *(None if means[key] is None else round(means[key], 4)
+                                                    for key in LOSS_TERM_KEYS[:2]),
+                     None if share is None else round(share, 3),
+                     *(None if means[key] is None else round(means[key], 4) for key in LOSS_TERM_KEYS[2:])])
+    return pl.DataFrame(rows, schema={"train_set": pl.String, "model": pl.String, "steps": pl.Int64,
+                                      "weighted_ce": pl.Float64, "contrastive": pl.Float64,
+                                      "contrastive_share": pl.Float64, "wrong_p_mean": pl.Float64,
+                                      "wrong_at_clamp": pl.Float64, "grad_norm": pl.Float64}, orient="row")
+
+
+def paper_accuracy(accuracy: pl.DataFrame, reference: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
+    """The paper's accuracy (``reference``: test set -> model -> %, its Table 2) beside the reproduced one of an
+    :func:`accuracy_table`: the Wilson 95 % bounds, the difference reproduced − paper in points and whether the
+    paper's value lies inside the interval; a model or test set not evaluated here has null cells."""
+    ours = {row[MODEL_COLUMN]: row for row in accuracy.iter_rows(named=True)}
+    rows = []
+    for testset, models in reference.items():
+        for model, paper in models.items():
+            row = ours.get(model, {})
+            value, lower, upper = (row.get(f"{testset}{suffix}") for suffix in ("", " lower", " upper"))
+            rows.append([testset, model, paper, value, lower, upper,
+                         None if value is None else round(value - paper, 2),
+                         None if lower is None else lower <= paper <= upper])
+    return pl.DataFrame(rows, schema={"testset": pl.String, "model": pl.String, "paper": pl.Float64,
+                                      "reproduced": pl.Float64, "lower": pl.Float64, "upper": pl.Float64,
+                                      "difference_points": pl.Float64, "paper_in_interval": pl.Boolean},
+                        orient="row")
+
+
+def paper_lengths(metrics: Mapping[tuple[str, str], dict],
+                  reference: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pl.DataFrame:
+    """The paper's mean response tokens of correct and wrong answers (``reference``: test set -> model ->
+    ``correct``/``wrong``, its Table 7) beside the reproduced ones."""
+    rows = [[testset, model, paper.get("correct"), metrics.get((model, testset), {}).get("mean_tokens_correct"),
+             paper.get("wrong"), metrics.get((model, testset), {}).get("mean_tokens_wrong")]
+            for testset, models in reference.items() for model, paper in models.items()]
+    return pl.DataFrame(rows, schema={"testset": pl.String, "model": pl.String,
+                                      f"paper {CORRECT_MARK}": pl.Float64, f"reproduced {CORRECT_MARK}": pl.Float64,
+                                      f"paper {WRONG_MARK}": pl.Float64, f"reproduced {WRONG_MARK}": pl.Float64},
+                        orient="row").with_columns(pl.col(f"reproduced {CORRECT_MARK}", f"reproduced {WRONG_MARK}")
+                                                   .round(1))
+
+
+def paper_training_hours(compute: pl.DataFrame | None,
+                         reference: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
+    """The paper's training hours (``reference``: training set -> model -> hours, its Table 3, on hardware it
+    does not name) beside the measured wall hours of a :func:`training_compute` table."""
+    measured = {} if compute is None else {(r["train_set"], r["model"]): r["wall_s"]
+                                           for r in compute.iter_rows(named=True)}
+    rows = [[train_set, model, hours, None if measured.get((train_set, model)) is None
+             else round(measured[(train_set, model)] / 3600, 3)]
+            for train_set, models in reference.items() for model, hours in models.items()]
+    return pl.DataFrame(rows, schema={"train_set": pl.String, "model": pl.String, "paper_hours": pl.Float64,
+                                      "measured_hours": pl.Float64}, orient="row")
+
+
+def behaviour_tables(metrics: Mapping[tuple[str, str], dict], models: list[str],
+                     testsets: list[str]) -> dict[str, pl.DataFrame]:
+    """The verbosity, degeneracy and template adherence tables, keyed by those names.
+
+    ``verbosity`` has the columns ``<testset> ✓``, ``<testset> ✗`` (mean tokens of correct and wrong
+    answers, 1 decimal) and ``<testset> ratio`` (wrong/correct, 2 decimals); ``degeneracy`` has
+    ``<testset> ✓`` and ``<testset> ✗`` (3 decimals); ``template_adherence`` has one column per
+    test set in % (2 decimals).
+    """
+    verbosity = [spec for t in testsets for spec in (
+        (f"{t} {CORRECT_MARK}", t, "mean_tokens_correct", 1.0, 1),
+        (f"{t} {WRONG_MARK}", t, "mean_tokens_wrong", 1.0, 1),
+        (f"{t} ratio", t, "verbosity_ratio", 1.0, 2))]
+    degeneracy = [spec for t in testsets for spec in (
+        (f"{t} {CORRECT_MARK}", t, "degeneracy_correct", 1.0, 3),
+        (f"{t} {WRONG_MARK}", t, "degeneracy_wrong", 1.0, 3))]
+    adherence = [(t, t, "template_adherence", 100.0, 2) for t in testsets]
+    return {
+        "verbosity": _model_table(metrics, models, verbosity),
+        "degeneracy": _model_table(metrics, models, degeneracy),
+        "template_adherence": _model_table(metrics, models, adherence),
+    }
+
+
+def read_benchmark(path: Path) -> pl.DataFrame:
+    """Wall seconds, CPU seconds and max RSS (MB) of each run in a Snakemake benchmark TSV.
+
+    'NA', '-' and other non-numeric values, and columns an older Snakemake does not write, become null.
+    """
+    raw = pl.read_csv(path, separator="\t", infer_schema=False)
+    return raw.select(
+        (pl.col(source).cast(pl.Float64, strict=False) if source in raw.columns
+         else pl.lit(None, dtype=pl.Float64)).alias(target)
+        for source, target in BENCHMARK_COLUMNS.items())
+
+
+def memory_plan_table(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """One row per planned stage and model (``advdistill.memory_plan.plan_rows``): GPUs, GiB per GPU, budget,
+    whether it fits (null: unknown shape or no ``gpu_mem_gb``), where the shape came from and the settings."""
+    schema = {"stage": pl.String, "model": pl.String, "gpus": pl.Int64, "gib_per_gpu": pl.Float64,
+              "budget_gib": pl.Float64, "fits": pl.Boolean, "shape": pl.String, "note": pl.String}
+    return pl.DataFrame([[r["stage"], r["model"], r["gpus"], r["gib"], r["budget_gib"], r["fits"], r["origin"],
+                          r["note"]] for r in rows], schema=schema, orient="row")
+
+
+def _total_or_none(values: pl.Series) -> float | None:
+    return None if values.null_count() == values.len() else round(float(values.sum()), 2)
+
+
+def stage_costs(benchmark_files: Mapping[str, list[Path]]) -> pl.DataFrame:
+    """Per stage: ``jobs`` (benchmark files), ``total_wall_s`` and ``total_cpu_s`` (summed over every
+    run recorded in them) and ``max_rss_mb``; a total is null when no run recorded a value."""
+    schema = {"stage": pl.String, "jobs": pl.Int64, "total_wall_s": pl.Float64,
+              "total_cpu_s": pl.Float64, "max_rss_mb": pl.Float64}
+    empty_runs = pl.DataFrame(schema={target: pl.Float64 for target in BENCHMARK_COLUMNS.values()})
+    rows = []
+    for stage, paths in benchmark_files.items():
+        runs = pl.concat([empty_runs, *(read_benchmark(Path(p)) for p in paths)])
+        rows.append([stage, len(paths), _total_or_none(runs["wall_s"]), _total_or_none(runs["cpu_s"]),
+                     runs["max_rss_mb"].max()])
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def provenance_table(manifests: list[Path]) -> pl.DataFrame:
+    """One row per stage manifest: output, settings hash, code version, image and its sha256, seed, wall time."""
+    rows = []
+    for path in manifests:
+        manifest = read_json(path)
+        output = str(path).removesuffix(".manifest.json")
+        rows.append({
+            "stage": manifest.get("stage"),
+            "output": output,
+            "settings_sha256": (manifest.get("settings_sha256") or "")[:12],
+            "version": manifest.get("package_version"),
+            "git_commit": (manifest.get("git_commit") or "")[:10] or None,
+            "container": manifest.get("container"),
+            "container_sha256": (manifest.get("container_sha256") or "")[:12] or None,
+            "seed": manifest.get("seed"),
+            "wall_s": manifest.get("wall_seconds"),
+        })
+    return pl.DataFrame(rows, schema={"stage": pl.String, "output": pl.String, "settings_sha256": pl.String,
+                                      "version": pl.String, "git_commit": pl.String, "container": pl.String,
+                                      "container_sha256": pl.String, "seed": pl.Int64, "wall_s": pl.Float64})
