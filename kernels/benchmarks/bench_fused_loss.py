@@ -334,13 +334,16 @@ def time_providers(providers: list[str], size: Size, dtype: torch.dtype, device:
             times[provider]["backward"].append(backward_ms)
             times[provider]["full"].append(forward_ms + backward_ms)
         print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
-    step = {}
+    step, references = {}, {}
     for provider in running:
         if provider in failed or provider in GEMMS_ONLY or not (accuracy or device == "cuda"):
             continue
-        x = inputs[provider in PLAIN_CE]
+        plain = provider in PLAIN_CE
+        x = inputs[plain]
         try:
-            step[provider] = accuracy_step(forwards[provider], x, device, accuracy)
+            if accuracy and plain not in references:
+                references[plain] = float64_reference(x)
+            step[provider] = accuracy_step(forwards[provider], x, device, references.get(plain))
         except Exception as error:  # noqa: BLE001
             failed[provider] = _failure(provider, "accuracy step", error, x)
     return Measurements({p: t for p, t in times.items() if p not in failed}, failed, step)
@@ -360,8 +363,10 @@ def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return ((value.double() - reference).norm() / reference.norm().clamp(min=1e-300)).item()
 
 
-def accuracy_step(forward: Forward, x: LossInputs, device: str, accuracy: bool) -> dict[str, float]:
-    """One full step: its errors against float64 (when ``accuracy``) and, on CUDA, its peak memory (MB)."""
+def accuracy_step(forward: Forward, x: LossInputs, device: str,
+                  reference: tuple[float, torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+    """One full step: its errors against the float64 ``reference`` (when given) and, on CUDA, its peak memory
+    (MB)."""
     _clear_grads(x)
     figures = {}
     if device == "cuda":
@@ -373,16 +378,14 @@ def accuracy_step(forward: Forward, x: LossInputs, device: str, accuracy: bool) 
     if device == "cuda":
         torch.cuda.synchronize()
         figures["peak_mb"] = (torch.cuda.max_memory_allocated() - baseline) / 2**20
-    if accuracy:
+    if reference is not None:
         value, grad_hidden, grad_weight = loss.item(), x.hidden.grad, x.weight.grad
-        _clear_grads(x)
-        ref_loss, ref_hidden, ref_weight = float64_reference(x)
+        ref_loss, ref_hidden, ref_weight = reference
         figures.update(loss=value, loss_ref=ref_loss, loss_abs_err=abs(value - ref_loss),
                        grad_hidden_rel_err=_relative_error(grad_hidden, ref_hidden),
                        grad_weight_rel_err=_relative_error(grad_weight, ref_weight),
                        grad_max_abs_err=max((grad_hidden.double() - ref_hidden).abs().max().item(),
                                             (grad_weight.double() - ref_weight).abs().max().item()))
-        del ref_hidden, ref_weight
     _clear_grads(x)
     return figures
 
