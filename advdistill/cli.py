@@ -125,7 +125,7 @@ def _add_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="greedy answers of one model on one test set, with metrics")
+    p = sub.add_parser("evaluate", help="greedy or sampled answers of one model on one test set, with metrics")
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--rows", type=Path, required=True, help="test rows parquet")
     p.add_argument("--few-shot-rows", type=Path, help="training rows for few-shot turns")

@@ -138,6 +138,13 @@ class EngineConfig:
     max_model_len: int | None = None
 
 
+def check_samples_differ(section: str, n_samples: int, temperature: float) -> None:
+    """Several responses per prompt need a temperature above 0: greedy decoding would write them all the same."""
+    if temperature == 0 and n_samples > 1:
+        raise ConfigError(f"config {section}.n_samples: {n_samples} responses per prompt at {section}.temperature 0 "
+                          f"(greedy decoding) would all be the same; set n_samples to 1 or a temperature above 0")
+
+
 @dataclass(frozen=True)
 class SamplingConfig(EngineConfig):
     """Teacher sampling (paper: 8 samples, T=0.9, top_p=1.0, 2048 new tokens)."""
@@ -149,10 +156,7 @@ class SamplingConfig(EngineConfig):
     max_prompts: int | None = None
 
     def __post_init__(self):
-        if self.temperature == 0 and self.n_samples > 1:
-            raise ConfigError(f"config sampling.n_samples: {self.n_samples} responses per prompt at "
-                              f"sampling.temperature 0 (greedy decoding) would all be the same; set n_samples to 1 "
-                              f"or a temperature above 0")
+        check_samples_differ("sampling", self.n_samples, self.temperature)
 
 
 @dataclass(frozen=True)
@@ -183,11 +187,18 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig(EngineConfig):
-    """Greedy evaluation of every model on every test set."""
+    """Evaluation of every model on every test set: greedy by default, or ``n_samples`` sampled responses per
+    prompt (pass@1, majority and pass@k in :func:`advdistill.metrics.evaluation_metrics`)."""
 
     max_prompts: int | None = None
     base_few_shot: int = 3
     degeneracy_ngram: int = 4
+    n_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        check_samples_differ("evaluation", self.n_samples, self.temperature)
 
 
 @dataclass(frozen=True)

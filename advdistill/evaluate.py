@@ -1,8 +1,10 @@
-"""The evaluate stage: greedy answers of one model on one test set, judged and summarised.
+"""The evaluate stage: answers of one model on one test set, judged and summarised.
 
 Responses are generated through the same sampling backends and resumable shards as the teacher's
-samples (one greedy sample per prompt), judged with the same answer checker and format reward as
-the scorer, and kept per response so that any metric can be recomputed later.
+samples: one greedy response per prompt by default, or ``evaluation.n_samples`` responses sampled at
+``evaluation.temperature`` (seeded from the stage's seed, so a fixed seed gives the same responses). They
+are judged with the same answer checker and format reward as the scorer, and kept per response (one row
+per prompt and ``sample_idx``) so that any metric can be recomputed later.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def judge(rows: pl.DataFrame, responses: pl.DataFrame) -> pl.DataFrame:
-    """Add ``predicted``, ``correct`` and ``format_ok`` to greedy responses."""
+    """Add ``predicted``, ``correct`` and ``format_ok`` to responses (one row per prompt and sample)."""
     joined = responses.join(rows.select("id", "answer", "kind", "choices"), left_on="prompt_id",
                             right_on="id", how="inner")
     texts = joined["response"].to_list()
@@ -33,7 +35,7 @@ def judge(rows: pl.DataFrame, responses: pl.DataFrame) -> pl.DataFrame:
         pl.Series("predicted", predicted, dtype=pl.String),
         pl.Series("correct", correct, dtype=pl.Boolean),
         pl.Series("format_ok", [r == 1.0 for r in format_reward(texts)], dtype=pl.Boolean),
-    ).drop("answer", "kind", "choices", "sample_idx")
+    ).drop("answer", "kind", "choices")
 
 
 def few_shot_setting(prompt_cfg: PromptConfig, few_shot_rows: list[dict]) -> tuple[PromptConfig, dict]:
@@ -69,9 +71,10 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     texts = render_prompts(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)
     ids = rows["id"].to_list()
-    params = GenerationParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
+    params = GenerationParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_new_tokens=cfg.max_new_tokens)
     engine = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EngineConfig)}
-    sampling_cfg = SamplingConfig(**engine, n_samples=1, temperature=0.0)
+    sampling_cfg = SamplingConfig(**engine, n_samples=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p)
     fingerprint = run_fingerprint(model_path, ids, texts, params, sampling_cfg, seed)
     raw = out.with_name(out.stem + ".raw.parquet")
     responses = sample_prompts(lambda: get_backend(cfg, model_path), ids, texts,
@@ -79,8 +82,11 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     judged = judge(rows, responses)
     metrics = evaluation_metrics(judged, ngram=cfg.degeneracy_ngram)
     metrics.update({"model": model_path, "testset": str(rows_path), **few_shot})
+    if cfg.temperature > 0:
+        metrics.update(temperature=cfg.temperature, top_p=cfg.top_p)
     write_parquet(judged, out)
     write_json(metrics, metrics_path)
     raw.unlink(missing_ok=True)
-    log.info("%s on %s: accuracy %.3f over %d prompts", model_path, rows_path, metrics["accuracy"], metrics["n"])
+    log.info("%s on %s: accuracy %.3f over %d prompts (%d responses each)", model_path, rows_path,
+             metrics["accuracy"], metrics["n"], cfg.n_samples)
     return metrics

@@ -420,8 +420,8 @@ def plan_memory(config: dict[str, Any], sources: dict[str, str]) -> list[Estimat
     evaluate_gpus = evaluation.tensor_parallel_size if evaluation.backend == "vllm" else 1
     for name, (arch, origin) in shapes.items():
         label = name if name == teacher["name"] else f"{name} (base and trained)"
-        estimates.append(inference_estimate("evaluate", label, arch, origin, evaluation, evaluation.batch_size,
-                                            gpu_rules, gpu_mem_gb)
+        estimates.append(inference_estimate("evaluate", label, arch, origin, evaluation,
+                                            evaluation.batch_size * evaluation.n_samples, gpu_rules, gpu_mem_gb)
                          if arch else unknown("evaluate", label, evaluate_gpus, origin))
     return estimates
 

@@ -4,6 +4,7 @@
 * :func:`mean_t_interval`: the mean of replicate runs (e.g. seeds) with its Student-t interval.
 * :func:`paired_difference`: the Wald interval of the accuracy difference of two models on the same prompts.
 * :func:`mcnemar_exact`: the exact (binomial) two-sided McNemar test on the same paired outcomes.
+* :func:`pass_at_k`: the unbiased pass@k estimate of one prompt from its n samples (Chen et al. 2021).
 
 Everything is computed from the standard library: normal quantiles with :class:`statistics.NormalDist`,
 Student-t quantiles by inverting the closed-form t distribution for integer degrees of freedom (so no
@@ -153,3 +154,20 @@ def mcnemar_exact(b: int, c: int) -> float:
         tail += term
         term = term * (n - i) // (i + 1)
     return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k of one prompt from ``n`` samples of which ``c`` are correct (Chen et al. 2021,
+    "Evaluating Large Language Models Trained on Code", eq. 1).
+
+    The chance that ``k`` samples drawn without replacement from the ``n`` include a correct one::
+
+        pass@k = 1 − C(n − c, k) / C(n, k)
+
+    which is c/n at k = 1 and 1 when fewer than k samples are wrong (n − c < k). Averaged over prompts it
+    estimates the chance that k fresh samples solve a prompt, without the downward bias of 1 − (1 − c/n)^k.
+    Computed with exact integers.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return float(1 - Fraction(math.comb(n - c, k), math.comb(n, k)))

@@ -14,9 +14,17 @@ import pytest
 import yaml
 
 from advdistill import cli
-from advdistill.config import SCHEMA_PARTS, SamplingConfig, ScoreConfig, TrainingConfig, from_dict, from_json
+from advdistill.config import (
+    SCHEMA_PARTS,
+    EvaluationConfig,
+    SamplingConfig,
+    ScoreConfig,
+    TrainingConfig,
+    from_dict,
+    from_json,
+)
 from advdistill.errors import ConfigError
-from advdistill.planning import check_config, check_model_names
+from advdistill.planning import check_config, check_model_names, check_stage_sections
 from advdistill.rewards import REWARD_FUNCTIONS
 from advdistill.schema import declared_properties, load_schema, read_config_file, validate
 from tests.helpers import REPO
@@ -199,6 +207,10 @@ def test_colliding_derived_model_names_name_both_keys():
     ("sampling", SamplingConfig, {"temperature": 0, "n_samples": 4},
      "config sampling.n_samples: 4 responses per prompt at sampling.temperature 0 (greedy decoding)"),
     ("sampling", SamplingConfig, {"temperature": 0}, "config sampling.n_samples: 8 responses per prompt"),
+    ("evaluation", EvaluationConfig, {"n_samples": 4},
+     "config evaluation.n_samples: 4 responses per prompt at evaluation.temperature 0 (greedy decoding)"),
+    ("evaluation", EvaluationConfig, {"n_samples": 2, "temperature": 0.5, "top_p": 0},
+     "config evaluation.top_p: 0 is less than or equal to the minimum of 0"),
     ("score", ScoreConfig, {"reward_weights": {"cosine": 0.0, "format": 0}},
      "config score.reward_weights: no reward has a non-zero weight"),
     ("score", ScoreConfig, {"reward_weights": {}}, "config score.reward_weights: no reward has a non-zero weight"),
@@ -208,8 +220,8 @@ def test_colliding_derived_model_names_name_both_keys():
      "config training.optim.lr_scheduler: 'cosine_warmup' is not one of"),
     ("training", TrainingConfig, {"optim": {"learning_rate": 0}},
      "config training.optim.learning_rate: 0 is less than or equal to the minimum of 0"),
-], ids=["temperature-0-n-4", "temperature-0-default-n", "zero-weights", "no-weights", "unknown-reward",
-        "unknown-scheduler", "zero-lr"])
+], ids=["temperature-0-n-4", "temperature-0-default-n", "evaluation-greedy-n-4", "evaluation-top-p-0", "zero-weights",
+        "no-weights", "unknown-reward", "unknown-scheduler", "zero-lr"])
 def test_sections_are_checked_as_the_cli_takes_them(section, cls, settings, message):
     with pytest.raises(ConfigError) as raised:
         from_dict(cls, settings, section)
@@ -218,10 +230,21 @@ def test_sections_are_checked_as_the_cli_takes_them(section, cls, settings, mess
 
 def test_valid_edge_values_are_accepted():
     assert from_dict(SamplingConfig, {"temperature": 0, "n_samples": 1}, "sampling").n_samples == 1
+    assert from_dict(EvaluationConfig, {"n_samples": 4, "temperature": 0.8}, "evaluation").n_samples == 4
+    assert from_dict(EvaluationConfig, {"temperature": 0.8}, "evaluation").n_samples == 1
     assert from_dict(ScoreConfig, {"reward_weights": {"cosine": 0, "correctness": 1}}, "score").reward_weights
     assert from_dict(TrainingConfig, {"optim": {"lr_scheduler": "inverse_sqrt"}}, "training").optim.lr_scheduler
     validate(0, "/properties/seed", "seed")
     validate(2**32 - 1, "/properties/seed", "seed")
+
+
+def test_planning_rejects_several_greedy_evaluation_samples():
+    config = copy.deepcopy(BASIC)
+    config["evaluation"] = {**config.get("evaluation", {}), "n_samples": 8, "temperature": 0}
+    with pytest.raises(ConfigError, match=r"config evaluation.n_samples: 8 responses per prompt at "
+                                          r"evaluation.temperature 0 \(greedy decoding\)"):
+        check_stage_sections(config)
+    check_stage_sections({**config, "evaluation": {**config["evaluation"], "temperature": 0.6}})
 
 
 def test_planning_checks_parse_every_stage_section(tmp_path):

@@ -38,11 +38,40 @@ def test_evaluate_writes_responses_and_metrics(tiny_model_dir, synthetic_rows, r
                               rows_file, 0, tmp_path / "responses.parquet", tmp_path / "metrics.json")
     responses = pl.read_parquet(tmp_path / "responses.parquet")
     assert responses.height == synthetic_rows[1].height == metrics["n"]
-    expected_columns = {"prompt_id", "response", "n_tokens", "truncated", "predicted", "correct", "format_ok"}
-    assert expected_columns <= set(responses.columns)
+    assert responses.columns == ["prompt_id", "sample_idx", "response", "n_tokens", "truncated", "predicted",
+                                 "correct", "format_ok"]
+    assert responses["sample_idx"].unique().to_list() == [0]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert (written["few_shot"], written["few_shot_requested"]) == (1, 1) and "few_shot_note" not in written
+    # greedy (the default) writes the metrics it always has: no sampling settings, pass@k or majority
+    assert set(written) == {"n", "accuracy", "mean_tokens_correct", "mean_tokens_wrong", "verbosity_ratio",
+                            "degeneracy_correct", "degeneracy_wrong", "degeneracy", "degeneracy_ngram",
+                            "template_adherence", "truncated_share", "model", "testset", "few_shot",
+                            "few_shot_requested"}
     assert not (tmp_path / "responses.raw.parquet").exists()
+
+
+def test_sampled_evaluation_writes_every_sample_and_pass_at_k(tiny_model_dir, synthetic_rows, tmp_path):
+    """4 samples per prompt at temperature 0.8: one row per (prompt, sample), pass@1 as the mean over samples, the
+    same responses again for the same seed."""
+    write_parquet(synthetic_rows[1], tmp_path / "test.parquet")
+    cfg = EvaluationConfig(max_new_tokens=6, batch_size=2, max_prompts=3, n_samples=4, temperature=0.8)
+    runs = []
+    for name in ("first", "again"):
+        metrics = run_evaluate(str(tiny_model_dir), tmp_path / "test.parquet", cfg, PromptConfig(), None, 5,
+                               tmp_path / name / "responses.parquet", tmp_path / name / "metrics.json")
+        runs.append((pl.read_parquet(tmp_path / name / "responses.parquet"), metrics))
+    (responses, metrics), (again, _) = runs
+    ids = synthetic_rows[1]["id"].head(3).to_list()
+    assert responses.select("prompt_id", "sample_idx").rows() == [(i, j) for i in ids for j in range(4)]
+    assert responses.equals(again)
+    assert responses.group_by("prompt_id").agg(pl.col("response").n_unique())["response"].min() > 1  # sampled
+    assert (metrics["n"], metrics["n_samples"], metrics["temperature"], metrics["top_p"]) == (3, 4, 0.8, 1.0)
+    assert metrics["accuracy"] == pytest.approx(responses["correct"].mean())
+    assert list(metrics["pass_at_k"]) == ["1", "2", "4"]
+    assert metrics["pass_at_k"]["1"] == pytest.approx(metrics["accuracy"])
+    assert json.loads((tmp_path / "first" / "metrics.json").read_text())["majority_accuracy"] == \
+        metrics["majority_accuracy"]
 
 
 @pytest.mark.failure_mode(

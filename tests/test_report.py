@@ -123,6 +123,7 @@ def test_markdown_table_shows_nulls_and_writes_csv_beside(tmp_path):
 def judged_responses(correct: list[bool], n_tokens: list[int]) -> pl.DataFrame:
     return pl.DataFrame({
         "prompt_id": [f"p{i}" for i in range(len(correct))],
+        "sample_idx": [0] * len(correct),
         "response": ["<think>step step step step</think><answer>\\boxed{1}</answer>"] * len(correct),
         "n_tokens": n_tokens,
         "truncated": [False] * len(correct),
@@ -252,6 +253,63 @@ def test_build_report_without_trained_students(report_inputs):
     assert not (report_inputs["out_dir"] / "paired_comparisons.csv").exists()
 
 
+SAMPLED_METRICS = {
+    ("teacher", "arith"): {"n": 4, "accuracy": 0.75},
+    ("teacher", "logic"): {"n": 2, "accuracy": 0.5},
+    ("student-sft", "arith"): {"n": 5, "n_samples": 4, "accuracy": 0.4, "accuracy_lower": 0.0460713,
+                               "accuracy_upper": 0.7539287, "majority_accuracy": 0.2,
+                               "pass_at_k": {"1": 0.4, "2": 19 / 30, "4": 0.8}, "temperature": 0.8, "top_p": 1.0},
+    ("student-base", "arith"): {"n": 2, "n_samples": 2, "accuracy": 0.5, "accuracy_lower": 0.0,
+                                "accuracy_upper": 1.0, "majority_accuracy": 0.0,
+                                "pass_at_k": {"1": 0.5, "2": 1.0}, "temperature": 0.8, "top_p": 1.0},
+}
+
+
+def test_accuracy_table_with_sampled_evaluations():
+    """pass@1 with the interval of metrics.json; majority and pass@k columns only for arith, where models sampled;
+    the greedy teacher's majority is its accuracy (Wilson 3/4: [30.06, 95.44]) and it has no pass@k for k > 1;
+    student-base (2 samples) has no pass@4."""
+    table = accuracy_table(SAMPLED_METRICS, ["teacher", "student-base", "student-sft"], ["arith", "logic"])
+    assert table.columns == ["model", "arith", "arith lower", "arith upper", "arith majority", "arith pass@2",
+                             "arith pass@4", "logic", "logic lower", "logic upper"]
+    assert table.rows() == [("teacher", 75.0, 30.06, 95.44, 75.0, None, None, 50.0, 9.45, 90.55),
+                            ("student-base", 50.0, 0.0, 100.0, 0.0, 100.0, None, None, None, None),
+                            ("student-sft", 40.0, 4.61, 75.39, 20.0, 63.33, 80.0, None, None, None)]
+    assert accuracy_cells(table, ["arith", "logic"]).rows() == [
+        ("teacher", "75.00 [30.06, 95.44]", "75.00", None, None, "50.00 [9.45, 90.55]"),
+        ("student-base", "50.00 [0.00, 100.00]", "0.00", "100.00", None, None),
+        ("student-sft", "40.00 [4.61, 75.39]", "20.00", "63.33", "80.00", None)]
+
+
+def sampled_judged(correct: list[list[bool]]) -> pl.DataFrame:
+    """Prompts p0, p1, ... with ``correct[i][j]`` the outcome of sample j of prompt i (the same count each)."""
+    return pl.concat([judged_responses(list(column), [5] * len(column)).with_columns(sample_idx=pl.lit(j))
+                      for j, column in enumerate(zip(*correct))]).sort("prompt_id", "sample_idx")
+
+
+def test_build_report_pairs_sampled_prompts_by_majority(report_inputs):
+    """student-sft answers p0-p3 with 4 samples each, c = 4, 3, 2, 0: pass@1 0.5625, pass@2 (1 + 1 + 5/6 + 0)/4
+    = 70.83 %, pass@4 75 %, majority T, T, F (a tie), F = 50 %; shares 1, 0.75, 0.5, 0 give a t-interval (half
+    3.182·0.427/2 = 0.68) clipped to [0, 100]. Against student-base (T, F, F, F): b = 1 (p1), c = 0, +25 points
+    [−17.43, 67.43], p = 1."""
+    frame = sampled_judged([[T, T, T, T], [T, T, F, T], [F, T, F, T], [F, F, F, F]])
+    write_parquet(frame, report_inputs["responses_files"][("student-sft", "arith")])
+    write_json({**evaluation_metrics(frame), "temperature": 0.8, "top_p": 1.0},
+               report_inputs["metrics_files"][("student-sft", "arith")])
+    page = build_report(**report_inputs).read_text()
+    out_dir = report_inputs["out_dir"]
+    accuracy = pl.read_csv(out_dir / "accuracy.csv")
+    assert accuracy.columns[:7] == ["model", "arith", "arith lower", "arith upper", "arith majority", "arith pass@2",
+                                    "arith pass@4"]
+    assert accuracy.row(2)[:7] == ("student-sft", 56.25, 0.0, 100.0, 50.0, 70.83, 75.0)
+    assert accuracy.row(0)[:7] == ("teacher", 75.0, 30.06, 95.44, 75.0, None, None)
+    comparisons = pl.read_csv(out_dir / "paired_comparisons.csv")
+    assert comparisons.filter(model="student-sft", versus="student-base").row(0) == (
+        "arith", "student-sft", "student-base", 4, 25.0, -17.43, 67.43, 1, 0, 1.0, None)
+    assert "4 sample(s) per prompt at temperature 0.8, top_p 1.0: student-sft on arith" in page
+    assert "a tie counts as wrong" in page and "Student-t over prompts for several samples per prompt" in page
+
+
 @pytest.mark.failure_mode(
     "evaluation responses with a repeated prompt id",
     sees="the report stops naming the file instead of double-counting",
@@ -259,7 +317,7 @@ def test_build_report_without_trained_students(report_inputs):
 def test_repeated_prompt_id_stops_the_report(report_inputs):
     path = report_inputs["responses_files"][("teacher", "logic")]
     write_parquet(judged_responses([T, F], [1, 2]).with_columns(pl.lit("p0").alias("prompt_id")), path)
-    with pytest.raises(InputError, match="prompt_id 'p0' occurs more than once"):
+    with pytest.raises(InputError, match="prompt_id 'p0' sample_idx 0 occurs more than once"):
         build_report(**report_inputs)
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from advdistill.stats import mcnemar_exact, mean_t_interval, paired_difference, t_quantile, wilson_interval
+from advdistill.stats import mcnemar_exact, mean_t_interval, paired_difference, pass_at_k, t_quantile, wilson_interval
 
 Z = 1.959963984540054  # the 0.975 normal quantile
 Z2 = Z * Z  # 3.841458820694124
@@ -88,3 +88,23 @@ def test_paired_difference_wald_interval():
     assert paired_difference(0, 0, 5) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         paired_difference(3, 3, 5)
+
+
+@pytest.mark.parametrize(("n", "c", "k", "expected"), [
+    (4, 2, 1, 0.5),            # k = 1: c/n
+    (4, 2, 2, 1 - 1 / 6),      # 1 − C(2, 2)/C(4, 2)
+    (4, 1, 2, 1 - 3 / 6),      # 1 − C(3, 2)/C(4, 2)
+    (5, 2, 3, 1 - 1 / 10),     # 1 − C(3, 3)/C(5, 3)
+    (8, 1, 4, 1 - 35 / 70),    # 1 − C(7, 4)/C(8, 4)
+    (4, 3, 2, 1.0),            # one wrong sample cannot fill a draw of two
+    (4, 0, 4, 0.0),
+    (1, 1, 1, 1.0),
+])
+def test_pass_at_k_hand_values(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-15)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    for n, c, k in ((4, 5, 1), (4, -1, 1), (4, 2, 0), (4, 2, 5)):
+        with pytest.raises(ValueError, match="need 0 <= c <= n and 1 <= k <= n"):
+            pass_at_k(n, c, k)

@@ -6,10 +6,12 @@ mean response length of correct and wrong answers (Appendix C.2, Table 7) with t
 (Figure 4) and the compute cost of each stage (Table 3, here measured by Snakemake benchmarks).
 Figures show the advantages of the kept training groups (Figure 2a), the number of correct teacher
 responses per group (Figure 2b), accuracy as grouped bars and response lengths of correct and wrong
-answers. Each accuracy comes with its Wilson 95 % interval; paired comparisons of the trained students with
-each other, their base model and the teacher give the accuracy difference with its 95 % interval and an exact
-McNemar p-value on the prompts both models answered (:mod:`advdistill.stats`), and the first comparison per test
-set heads the page; a training compute table lists optimizer steps, items and wall time per trained student.
+answers. Each accuracy comes with its Wilson 95 % interval; an evaluation with several samples per prompt reports
+pass@1 with a Student-t interval over prompts, its majority accuracy and pass@k (:mod:`advdistill.metrics`). Paired
+comparisons of the trained students with each other, their base model and the teacher give the accuracy difference
+with its 95 % interval and an exact McNemar p-value on the prompts both models answered (:mod:`advdistill.stats`;
+a sampled prompt's outcome is the majority of its samples), and the first comparison per test set heads the page;
+a training compute table lists optimizer steps, items and wall time per trained student.
 Each table is written as Markdown and CSV, each figure as PNG, and ``index.html`` shows them
 all on one page with the run manifests as provenance. Every file is written to a temporary sibling
 and moved into place, so an interrupted run leaves no half-written artefact.

@@ -10,8 +10,9 @@ import polars as pl
 
 from advdistill.errors import InputError
 from advdistill.io import atomic_write, manifest_path, read_json, read_parquet, write_json
+from advdistill.metrics import prompt_outcomes
 from advdistill.report.comparisons import has_replicates, headlines, paired_comparisons, replicate_summary
-from advdistill.report.page import few_shot_notes, html_page, write_markdown_table
+from advdistill.report.page import few_shot_notes, html_page, sampling_notes, write_markdown_table
 from advdistill.report.plots import (
     plot_accuracy_bars,
     plot_advantage_histogram,
@@ -33,17 +34,18 @@ from advdistill.report.tables import (
     training_compute,
 )
 
-# Per-prompt columns of responses.parquet the report reads: outcomes for the paired tests, lengths for the plots.
-RESPONSE_COLUMNS = {"prompt_id": pl.String, "n_tokens": pl.Int64, "correct": pl.Boolean}
+# Per-response columns of responses.parquet the report reads: outcomes for the paired tests, lengths for the plots.
+RESPONSE_COLUMNS = {"prompt_id": pl.String, "sample_idx": pl.Int64, "n_tokens": pl.Int64, "correct": pl.Boolean}
 
 
 def read_responses(path: Path) -> pl.DataFrame:
-    """The :data:`RESPONSE_COLUMNS` of an evaluation's ``responses.parquet``. A repeated ``prompt_id`` is an
-    error: joining on it would count that prompt several times in the paired comparisons."""
+    """The :data:`RESPONSE_COLUMNS` of an evaluation's ``responses.parquet``. A repeated (``prompt_id``,
+    ``sample_idx``) is an error: it would count that response twice in the prompt's outcome."""
     responses = read_parquet(path, RESPONSE_COLUMNS).select(*RESPONSE_COLUMNS)
-    repeated = responses.filter(pl.col("prompt_id").is_duplicated())["prompt_id"]
-    if repeated.len():
-        raise InputError(f"{path}: prompt_id {repeated[0]!r} occurs more than once")
+    repeated = responses.filter(pl.struct("prompt_id", "sample_idx").is_duplicated())
+    if repeated.height:
+        raise InputError(f"{path}: prompt_id {repeated['prompt_id'][0]!r} sample_idx {repeated['sample_idx'][0]} "
+                         f"occurs more than once")
     return responses
 
 
@@ -70,11 +72,12 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     plots_dir = out_dir / "plots"
     metrics = {key: read_json(path) for key, path in metrics_files.items()}
     responses = {key: read_responses(path) for key, path in responses_files.items()}
+    outcomes = {key: prompt_outcomes(frame) for key, frame in responses.items()}
     paper = paper or {}
 
     accuracy = accuracy_table(metrics, models, testsets)
-    comparisons = paired_comparisons(responses, models, testsets, runs)
-    replicates = replicate_summary(metrics, responses, models, testsets, runs)
+    comparisons = paired_comparisons(outcomes, models, testsets, runs)
+    replicates = replicate_summary(metrics, outcomes, models, testsets, runs)
     tables = {"accuracy": accuracy_cells(accuracy, testsets)}
     csv_tables = {"accuracy": accuracy}
     if has_replicates(replicates):
@@ -105,7 +108,10 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     table_files = {name: write_markdown_table(df, out_dir / f"{name}.md", csv_tables.get(name))
                    for name, df in tables.items()}
 
-    figures = [("Accuracy (%) per test set and model, Wilson 95 % intervals",
+    notes = {"accuracy": [*few_shot_notes(metrics, models, testsets), *sampling_notes(metrics, models, testsets)]}
+    intervals = ("95 % intervals (Wilson; Student-t over prompts for several samples per prompt)"
+                 if any("accuracy_lower" in m for m in metrics.values()) else "Wilson 95 % intervals")
+    figures = [(f"Accuracy (%) per test set and model, {intervals}",
                 plot_accuracy_bars(accuracy, testsets, plots_dir / "accuracy.png"))]
     for dataset, path in scored_files.items():
         scored = read_parquet(path).select("prompt_id", "correct", "advantage", "kept")
@@ -126,7 +132,6 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
             figures.append((caption, plot_length_distributions(by_model, plots_dir / f"lengths_{testset}.png",
                                                                title=caption)))
 
-    notes = {"accuracy": few_shot_notes(metrics, models, testsets)}
     if paper.get("notes"):
         notes["paper_accuracy"] = list(paper["notes"])
     page = html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir, notes,

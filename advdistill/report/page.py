@@ -102,6 +102,30 @@ def few_shot_notes(metrics: Mapping[tuple[str, str], dict], models: list[str], t
             if metrics.get((model, testset), {}).get("few_shot_note")]
 
 
+SAMPLED_ACCURACY_NOTE = (
+    "Sampled evaluations: with several samples per prompt the accuracy is pass@1, the mean over prompts of each "
+    "prompt's share of correct samples, with a Student-t 95 % interval over prompts; 'majority' counts a prompt "
+    "right when more than half of its samples are (a tie counts as wrong), the per-prompt outcome that the paired "
+    "comparisons, their McNemar tests and the replicate summary pair; 'pass@k' is the unbiased estimator of Chen et "
+    "al. (2021), 1 − C(n − c, k)/C(n, k) averaged over prompts. A one-sample evaluation's majority is its accuracy.")
+
+
+def sampling_notes(metrics: Mapping[tuple[str, str], dict], models: list[str], testsets: list[str]) -> list[str]:
+    """Where some evaluation sampled (a ``temperature`` in its metrics): :data:`SAMPLED_ACCURACY_NOTE`, then one
+    line per setting (samples per prompt, temperature, top_p) naming the evaluations that used it."""
+    settings: dict[tuple[int, float, float], list[str]] = {}
+    for model in models:
+        for testset in testsets:
+            evaluation = metrics.get((model, testset), {})
+            if evaluation.get("temperature"):
+                setting = (evaluation.get("n_samples", 1), evaluation["temperature"], evaluation.get("top_p"))
+                settings.setdefault(setting, []).append(f"{model} on {testset}")
+    if not settings:
+        return []
+    return [SAMPLED_ACCURACY_NOTE, *(f"{n} sample(s) per prompt at temperature {temperature}, top_p {top_p}: "
+                                     f"{', '.join(names)}" for (n, temperature, top_p), names in settings.items())]
+
+
 def html_page(tables: Mapping[str, pl.DataFrame], table_files: Mapping[str, Path],
                figures: list[tuple[str, Path]], manifests: list[Path], out_dir: Path,
                notes: Mapping[str, list[str]], headline: list[str]) -> str:

@@ -1,6 +1,6 @@
-"""The report's tables as data frames: accuracy with Wilson intervals, behaviour per model and test set, training
-compute and loss terms, the paper's numbers beside ours, stage costs from Snakemake benchmarks, the memory plan
-and the provenance of the run's outputs."""
+"""The report's tables as data frames: accuracy with its intervals (and majority and pass@k for sampled
+evaluations), behaviour per model and test set, training compute and loss terms, the paper's numbers beside ours,
+stage costs from Snakemake benchmarks, the memory plan and the provenance of the run's outputs."""
 
 from __future__ import annotations
 
@@ -40,21 +40,59 @@ def _model_table(metrics: Mapping[tuple[str, str], dict], models: list[str],
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
+MAJORITY_SUFFIX = " majority"
+PASS_AT_K_SUFFIX = " pass@"
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
 def _accuracy_with_interval(metrics: dict) -> list[float | None]:
-    """Accuracy and its Wilson 95 % bounds in % (2 decimals); bounds null without ``n`` in the metrics."""
+    """Accuracy and its 95 % bounds in % (2 decimals): those of ``metrics.json`` for several samples per prompt
+    (a t-interval over prompts), else the Wilson interval; bounds null without ``n`` in the metrics."""
     accuracy, n = metrics.get("accuracy"), metrics.get("n")
+    if "accuracy_lower" in metrics:
+        return [_percent(metrics[key]) for key in ("accuracy", "accuracy_lower", "accuracy_upper")]
     if accuracy is None or n is None:
-        return [None if accuracy is None else round(100 * accuracy, 2), None, None]
-    return [round(100 * value, 2) for value in (accuracy, *wilson_interval(round(accuracy * n), n))]
+        return [_percent(accuracy), None, None]
+    return [_percent(value) for value in (accuracy, *wilson_interval(round(accuracy * n), n))]
+
+
+def _sampled_sizes(metrics: Mapping[tuple[str, str], dict], models: list[str], testset: str) -> list[int]:
+    """The k >= 2 that some model's pass@k is reported for on ``testset`` (none: every evaluation has one
+    sample per prompt)."""
+    return sorted({int(k) for model in models for k in metrics.get((model, testset), {}).get("pass_at_k", {})}
+                  - {1})
+
+
+def _sampled_suffixes(sizes: list[int]) -> list[str]:
+    return [MAJORITY_SUFFIX, *(f"{PASS_AT_K_SUFFIX}{k}" for k in sizes)] if sizes else []
+
+
+def _sampled_cells(metrics: dict, sizes: list[int]) -> list[float | None]:
+    """Majority accuracy (a one-sample evaluation's accuracy) and pass@k per k of ``sizes`` in %, null where
+    the evaluation has fewer samples than k."""
+    if not sizes:
+        return []
+    one_sample = metrics.get("n_samples", 1) == 1
+    majority = metrics.get("majority_accuracy", metrics.get("accuracy") if one_sample else None)
+    return [_percent(majority), *(_percent(metrics.get("pass_at_k", {}).get(str(k))) for k in sizes)]
 
 
 def accuracy_table(metrics: Mapping[tuple[str, str], dict], models: list[str],
                    testsets: list[str]) -> pl.DataFrame:
-    """Accuracy in % (2 decimals) with its Wilson 95 % interval: one row per model and, per test set, the
-    columns ``<testset>``, ``<testset> lower`` and ``<testset> upper``; null where not evaluated."""
+    """Accuracy in % (2 decimals) with its 95 % interval (:func:`_accuracy_with_interval`): one row per model
+    and, per test set, the columns ``<testset>``, ``<testset> lower`` and ``<testset> upper``; null where not
+    evaluated. Where some model answered a test set with several samples per prompt, the accuracy is pass@1,
+    followed by ``<testset> majority`` (:func:`advdistill.metrics.prompt_outcomes`) and ``<testset> pass@k``
+    for each k >= 2 reported there."""
+    sizes = {t: _sampled_sizes(metrics, models, t) for t in testsets}
     schema = {MODEL_COLUMN: pl.String,
-              **{f"{t}{suffix}": pl.Float64 for t in testsets for suffix in ("", " lower", " upper")}}
-    rows = [[model, *(cell for t in testsets for cell in _accuracy_with_interval(metrics.get((model, t), {})))]
+              **{f"{t}{suffix}": pl.Float64 for t in testsets
+                 for suffix in ("", " lower", " upper", *_sampled_suffixes(sizes[t]))}}
+    rows = [[model, *(cell for t in testsets for cell in (*_accuracy_with_interval(metrics.get((model, t), {})),
+                                                          *_sampled_cells(metrics.get((model, t), {}), sizes[t])))]
             for model in models]
     return pl.DataFrame(rows, schema=schema, orient="row")
 
@@ -66,10 +104,17 @@ def _accuracy_cell(accuracy: float | None, lower: float | None, upper: float | N
 
 
 def accuracy_cells(accuracy: pl.DataFrame, testsets: list[str]) -> pl.DataFrame:
-    """An :func:`accuracy_table` as shown: one text cell per test set, e.g. ``75.00 [30.06, 95.44]``."""
-    rows = [[row[MODEL_COLUMN], *(_accuracy_cell(row[t], row[f"{t} lower"], row[f"{t} upper"]) for t in testsets)]
+    """An :func:`accuracy_table` as shown: one text cell per test set, e.g. ``75.00 [30.06, 95.44]``, followed by
+    its majority and pass@k cells where the table has them."""
+    sampled = {t: [column for column in accuracy.columns
+                   if column == f"{t}{MAJORITY_SUFFIX}" or column.startswith(f"{t}{PASS_AT_K_SUFFIX}")]
+               for t in testsets}
+    rows = [[row[MODEL_COLUMN], *(cell for t in testsets for cell in (
+                _accuracy_cell(row[t], row[f"{t} lower"], row[f"{t} upper"]),
+                *(None if row[column] is None else f"{row[column]:.2f}" for column in sampled[t])))]
             for row in accuracy.iter_rows(named=True)]
-    return pl.DataFrame(rows, schema={MODEL_COLUMN: pl.String, **{t: pl.String for t in testsets}}, orient="row")
+    schema = {MODEL_COLUMN: pl.String, **{column: pl.String for t in testsets for column in (t, *sampled[t])}}
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def training_compute(train_metrics: Mapping[tuple[str, str], dict]) -> pl.DataFrame:
