@@ -87,7 +87,8 @@ def _run_line(record: Path, what: str) -> str:
 def render_default(record: Path) -> str:
     accuracy = pl.read_csv(record / "accuracy.csv")
     adherence = pl.read_csv(record / "template_adherence.csv")
-    testsets = [c for c in accuracy.columns[1:] if not c.endswith((" lower", " upper"))]
+    # a test set's column has its interval beside it (sampled runs add majority and pass@k columns too)
+    testsets = [c for c in accuracy.columns[1:] if f"{c} lower" in accuracy.columns]
     first = testsets[0]
     lines = [_run_line(record, "A fresh run of `config.yaml` (`snakemake --cores all`)"), "",
              f"Greedy accuracy in % with its Wilson 95 % interval ({first}: in-distribution test set; template "

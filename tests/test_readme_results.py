@@ -22,7 +22,8 @@ def test_readme_matches_the_recorded_results():
 def write_report(report: Path) -> None:
     report.mkdir(parents=True)
     pl.DataFrame({"model": ["teacher", "student-sft", "student-advdistill"], "arith": [85.0, 40.5, 11.0],
-                  "arith lower": [79.41, 33.95, 7.39], "arith upper": [89.28, 47.38, 16.07]}).write_csv(
+                  "arith lower": [79.41, 33.95, 7.39], "arith upper": [89.28, 47.38, 16.07],
+                  "arith majority": [85.0, 40.5, 11.0]}).write_csv(  # a sampled run's extra column
         report / "accuracy.csv")
     pl.DataFrame({"model": ["teacher", "student-sft", "student-advdistill"], "arith": [100.0, 99.5, 38.5]}).write_csv(
         report / "template_adherence.csv")
