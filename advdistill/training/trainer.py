@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from advdistill.config import TrainingConfig
@@ -88,7 +90,8 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, has_eva
 
 
 class FusedLossTrainer(Trainer):
-    """``Trainer`` of a :class:`StudentWithLoss`; checkpoints hold the student alone, as ``save_pretrained`` writes it.
+    """``Trainer`` of a :class:`StudentWithLoss`; checkpoints hold the student alone, as ``save_pretrained`` writes it,
+    beside the optimizer, scheduler and RNG states, in one layout with or without FSDP.
 
     SFT is a token-mean cross-entropy over the whole accumulated batch of every process (so that any
     split into processes and accumulation steps gives the same update); AdvDistill is a mean over groups.
@@ -129,15 +132,42 @@ class FusedLossTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Under FSDP ``save_model`` hands in the full state dict, gathered on process 0 (FULL_STATE_DICT).
         if self.args.should_save:
             save_student(self.model.student, Path(output_dir or self.args.output_dir), state_dict)
 
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under FSDP, the optimizer and scheduler only: the Trainer would also write a second full copy of the
+        model in FSDP's own layout (``pytorch_model_fsdp.bin``) beside the student ``save_model`` wrote."""
+        if not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import save_fsdp_optimizer
+
+        # The full optimizer state, gathered on process 0 (``optimizer.bin``); the Trainer loads it back itself.
+        save_fsdp_optimizer(self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model,
+                            output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+        return None
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        if self.is_fsdp_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        """The student of a checkpoint (``save_pretrained`` layout), into the plain or the FSDP-sharded model.
+
+        Under FSDP process 0 reads the checkpoint and each process receives its shards of the full state.
+        """
         student = self.model.student
-        saved = AutoModelForCausalLM.from_pretrained(resume_from_checkpoint, dtype=student.dtype)
-        student.load_state_dict(saved.state_dict())
+        if not self.is_fsdp_enabled:
+            saved = AutoModelForCausalLM.from_pretrained(resume_from_checkpoint, dtype=student.dtype)
+            student.load_state_dict(saved.state_dict())
+            return None
+        model = model if model is not None else self.model_wrapped
+        state = {}
+        if self.accelerator.is_main_process:
+            saved = AutoModelForCausalLM.from_pretrained(resume_from_checkpoint, dtype=student.dtype)
+            state = {f"student.{name}": tensor for name, tensor in saved.state_dict().items()}
+        self.accelerator.wait_for_everyone()
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        self.accelerator.wait_for_everyone()
         return None
 
 
@@ -195,11 +225,12 @@ def fit(trainer: FusedLossTrainer, checkpoints: Path, save_checkpoints: bool = T
     """Train, resuming from the newest complete checkpoint in ``checkpoints``; returns metrics of the whole
     run (loss and runtime over every segment) beside the trainer's metrics of this segment."""
     incomplete, checkpoint = [], None
-    if save_checkpoints and checkpoints.is_dir():
-        if trainer.is_world_process_zero():
+    if save_checkpoints:
+        # Every process waits here, whether or not it sees the folder yet: process 0 may create it meanwhile.
+        if trainer.is_world_process_zero() and checkpoints.is_dir():
             incomplete = set_aside_incomplete_checkpoints(checkpoints)
         trainer.accelerator.wait_for_everyone()
-        checkpoint = get_last_checkpoint(str(checkpoints))
+        checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     clock_file = Path(checkpoint) / CLOCK_FILE if checkpoint else None
     clock = RunClock(read_json(clock_file)["seconds"] if clock_file and clock_file.exists() else 0.0)
     trainer.add_callback(clock)
