@@ -38,6 +38,20 @@ def judge(rows: pl.DataFrame, responses: pl.DataFrame) -> pl.DataFrame:
     ).drop("answer", "kind", "choices")
 
 
+def with_unanswered_prompts(responses: pl.DataFrame, prompt_ids: list[str],
+                            n_samples: int) -> tuple[pl.DataFrame, int]:
+    """Responses with empty ones for the prompts the backend skipped (too long for vLLM's ``max_model_len``),
+    so that such a prompt counts as wrong instead of leaving the test set; and how many there were."""
+    answered = set(responses["prompt_id"].to_list())
+    missing = [pid for pid in prompt_ids if pid not in answered]
+    if not missing:
+        return responses, 0
+    empty = pl.DataFrame({"prompt_id": [pid for pid in missing for _ in range(n_samples)],
+                          "sample_idx": [i for _ in missing for i in range(n_samples)],
+                          "response": "", "n_tokens": 0, "truncated": False})
+    return pl.concat([responses, empty.cast(responses.schema)]), len(missing)
+
+
 def few_shot_setting(prompt_cfg: PromptConfig, few_shot_rows: list[dict]) -> tuple[PromptConfig, dict]:
     """The prompt settings to evaluate with, and what ``metrics.json`` records about few-shot turns.
 
@@ -79,9 +93,12 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     raw = out.with_name(out.stem + ".raw.parquet")
     responses = sample_prompts(lambda: get_backend(cfg, model_path), ids, texts,
                                params, sampling_cfg, seed, raw, fingerprint)
+    responses, unanswered = with_unanswered_prompts(responses, ids, cfg.n_samples)
     judged = judge(rows, responses)
     metrics = evaluation_metrics(judged, ngram=cfg.degeneracy_ngram)
     metrics.update({"model": model_path, "testset": str(rows_path), **few_shot})
+    if unanswered:
+        metrics["prompts_without_response"] = unanswered
     if cfg.temperature > 0:
         metrics.update(temperature=cfg.temperature, top_p=cfg.top_p)
     write_parquet(judged, out)

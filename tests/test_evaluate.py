@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from advdistill.config import EvaluationConfig, PromptConfig
-from advdistill.evaluate import judge, run_evaluate
+from advdistill.evaluate import judge, run_evaluate, with_unanswered_prompts
 from advdistill.io import write_parquet
 from advdistill.prompts import build_messages, choose_few_shot
 
@@ -92,3 +92,21 @@ def test_base_models_fall_back_to_zero_shot_without_worked_solutions(tiny_model_
     assert (metrics["few_shot"], metrics["few_shot_requested"]) == (0, 2)
     assert "1 rows with a worked solution" in metrics["few_shot_note"]
     assert metrics["few_shot_note"] in caplog.text
+
+
+@pytest.mark.failure_mode(
+    "a test prompt the backend skips (too long for vLLM's max_model_len)",
+    sees="a warning naming the prompts; metrics.json counts them in prompts_without_response",
+    kept="the evaluation runs; each skipped prompt counts as wrong, not as absent")
+def test_a_prompt_without_response_counts_as_wrong(synthetic_rows):
+    test = synthetic_rows[1].head(3)
+    ids = test["id"].to_list()
+    responses = pl.DataFrame({"prompt_id": [ids[0], ids[0]], "sample_idx": [0, 1], "response": ["a", "b"],
+                              "n_tokens": [1, 1], "truncated": [False, False]},
+                             schema_overrides={"sample_idx": pl.Int32, "n_tokens": pl.Int32})
+    completed, unanswered = with_unanswered_prompts(responses, ids, n_samples=2)
+    assert unanswered == 2 and completed.schema == responses.schema
+    assert completed.filter(pl.col("prompt_id") == ids[2])["sample_idx"].to_list() == [0, 1]
+    judged = judge(test, completed)
+    assert judged.height == 6 and not judged.filter(pl.col("prompt_id") != ids[0])["correct"].any()
+    assert with_unanswered_prompts(responses, ids[:1], n_samples=2) == (responses, 0)

@@ -98,6 +98,11 @@ def sample_prompts(
     progress.close()
     parts = [pl.read_parquet(parts_dir / f"shard-{i:05d}.parquet") for i in range(len(shard_starts))]
     samples = pl.concat(parts) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
+    answered = set(samples["prompt_id"].to_list())
+    unanswered = [pid for pid in prompt_ids if pid not in answered]
+    if unanswered:  # the backend skipped them (a prompt too long for vLLM's max_model_len)
+        log.warning("%d of %d prompts got no response, e.g. %s", len(unanswered), len(prompt_ids),
+                    ", ".join(unanswered[:5]))
     write_parquet(samples, out_path)
     shutil.rmtree(parts_dir)
     return samples
