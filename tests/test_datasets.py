@@ -1,3 +1,4 @@
+import re
 from collections import Counter
 
 import polars as pl
@@ -37,6 +38,12 @@ def test_ood_variant_covers_every_perturbation():
     rows, _ = normalise_split(get_adapter("synthetic", "synthetic", {"variant": "ood", "n_test": 60}), "test", "o")
     kinds = Counter(i.rsplit("-", 1)[-1] for i in rows["id"])
     assert set(kinds) == {"bigger_numbers", "extra_step", "distractor"}
+    chosen = {"variant": "ood", "n_test": 60, "perturbations": ["rephrasing", "distractor"]}
+    rows, _ = normalise_split(get_adapter("synthetic", "synthetic", chosen), "test", "o")
+    assert set(Counter(i.rsplit("-", 1)[-1] for i in rows["id"])) == {"rephrasing", "distractor"}
+    rephrased = rows.filter(rows["id"].str.ends_with("rephrasing"))
+    assert rephrased["question"].str.starts_with("At first, ").all()
+    assert all(int(n) < 100 for q in rows["question"] for n in re.findall(r"\d+", q))
     with pytest.raises(DatasetError, match="no split 'train'"):
         normalise_split(get_adapter("synthetic", "synthetic", {"variant": "ood"}), "train", "o")
 
@@ -156,6 +163,10 @@ def test_unknown_option_names_the_key_and_the_known_ones():
     ("synthetic", {"variant": "odd"}, "options.variant: expected in_distribution or ood, got 'odd'"),
     ("synthetic", {"n_test": -1}, "options.n_test: expected a count >= 0, got -1"),
     ("synthetic", {"seed": True}, "options.seed: expected int, got True"),
+    ("synthetic", {"variant": "ood", "perturbations": ["bigger"]}, "options.perturbations: expected a non-empty "
+     "list of bigger_numbers, rephrasing, extra_step, distractor, got ['bigger']"),
+    ("synthetic", {"variant": "ood", "perturbations": []}, "options.perturbations: expected a non-empty "
+     "list of bigger_numbers, rephrasing, extra_step, distractor, got []"),
 ])
 def test_mistyped_option_is_a_config_error(adapter, options, message):
     with pytest.raises(ConfigError) as caught:

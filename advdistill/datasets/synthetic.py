@@ -2,8 +2,11 @@
 
 Problems are generated from a seed, so every machine builds the same rows. The in-distribution
 variant has one or two add/subtract steps on two-digit numbers (splits ``train`` and ``test``); the
-out-of-distribution variant (split ``test``) perturbs problems in the spirit of GSM-PLUS: three-digit
-numbers, an extra step, or a distractor sentence that carries an irrelevant number. Each row has a
+out-of-distribution variant (split ``test``) perturbs each problem in one of the ways of its
+``perturbations`` option, in the spirit of GSM-PLUS: ``bigger_numbers`` (three-digit numbers),
+``rephrasing`` (sentences and question worded as no training problem is), ``extra_step`` (a third step)
+or ``distractor`` (a sentence that carries an irrelevant number); the default is the first, third and
+fourth. Each row has a
 chain-of-thought ``solution`` that works in columns, units first, as a small model needs:
 ``48 + 37: 8 + 7 = 15 carry 1, 4 + 3 + 1 = 8, so 48 + 37 = 85.``
 """
@@ -22,8 +25,19 @@ PEOPLE = (("Mia", "She"), ("Tom", "He"), ("Ava", "She"), ("Leo", "He"), ("Zoe", 
 ITEMS = ("apples", "marbles", "stickers", "coins", "books", "shells", "cards", "pencils")
 GAIN = ("{who} finds {n} more.", "{who} buys {n} more.", "{who} gets {n} more.")
 LOSS = ("{who} gives away {n}.", "{who} loses {n}.", "{who} sells {n}.")
+OPENING = "{name} has {n} {item}."
+QUESTION = "How many {item} does {name} have now?"
+WORDINGS = {
+    "trained": (OPENING, GAIN, LOSS, QUESTION),
+    "rephrased": ("At first, {name} owns {n} {item}.",
+                  ("{who} receives {n} extra.", "{who} collects another {n}.", "{who} is given {n} more."),
+                  ("{who} hands over {n}.", "{who} drops {n}.", "{who} trades away {n}."),
+                  "What is the number of {item} that {name} owns at the end?"),
+}
+"""Sentence templates: (opening, gains, losses, question); ``rephrased`` is never used for training rows."""
 DISTRACTORS = ("{other} has {n} {item}.", "It rains for {n} minutes.", "The shop is {n} meters away.")
-PERTURBATIONS = ("bigger_numbers", "extra_step", "distractor")
+PERTURBATIONS = ("bigger_numbers", "rephrasing", "extra_step", "distractor")
+DEFAULT_PERTURBATIONS = ["bigger_numbers", "extra_step", "distractor"]
 
 TWO_DIGITS = (10, 99)
 THREE_DIGITS = (100, 999)
@@ -58,24 +72,25 @@ def written_difference(a: int, b: int) -> str:
     return f"{a} - {b}: {', '.join(steps)}, so {a} - {b} = {a - b}."
 
 
-def make_problem(rng: random.Random, steps: int, numbers: tuple[int, int],
-                 distractor: bool = False) -> dict[str, str]:
+def make_problem(rng: random.Random, steps: int, numbers: tuple[int, int], distractor: bool = False,
+                 wording: str = "trained") -> dict[str, str]:
     """One word problem with its reasoning and final answer."""
     lo, hi = numbers
+    opening, gains, losses, question = WORDINGS[wording]
     (name, pronoun), item = rng.choice(PEOPLE), rng.choice(ITEMS)
     total = rng.randint(lo, hi)
-    sentences = [f"{name} has {total} {item}."]
+    sentences = [opening.format(name=name, n=total, item=item)]
     reasoning = []
     for step in range(steps):
         who = "Then " + pronoun.lower() if step else pronoun
         if total >= lo and rng.random() < 0.5:
             n = rng.randint(lo, min(hi, total))
-            sentences.append(rng.choice(LOSS).format(who=who, n=n))
+            sentences.append(rng.choice(losses).format(who=who, n=n))
             reasoning.append(written_difference(total, n))
             total -= n
         else:
             n = rng.randint(lo, hi)
-            sentences.append(rng.choice(GAIN).format(who=who, n=n))
+            sentences.append(rng.choice(gains).format(who=who, n=n))
             reasoning.append(written_sum(total, n))
             total += n
     if distractor:
@@ -83,15 +98,16 @@ def make_problem(rng: random.Random, steps: int, numbers: tuple[int, int],
         extra = rng.choice(DISTRACTORS).format(
             other=other, n=rng.randint(lo, hi), item=rng.choice(ITEMS))
         sentences.insert(rng.randint(1, len(sentences)), extra)
-    sentences.append(f"How many {item} does {name} have now?")
+    sentences.append(question.format(item=item, name=name))
     return {"question": " ".join(sentences), "solution": " ".join(reasoning), "answer": str(total)}
 
 
 class SyntheticArithmetic(DatasetAdapter):
-    """Options: ``variant`` (``in_distribution`` | ``ood``), ``seed``, ``n_train``, ``n_test``."""
+    """Options: ``variant`` (``in_distribution`` | ``ood``), ``seed``, ``n_train``, ``n_test``, and for ``ood``
+    the ``perturbations`` to draw from (each problem gets one, uniformly)."""
 
     name = "synthetic"
-    option_types = {"variant": str, "seed": int, "n_train": int, "n_test": int}
+    option_types = {"variant": str, "seed": int, "n_train": int, "n_test": int, "perturbations": list[str]}
 
     def __init__(self, source: str, options: dict[str, Any] | None = None, dataset: str | None = None):
         super().__init__(source, options, dataset)
@@ -100,6 +116,11 @@ class SyntheticArithmetic(DatasetAdapter):
             raise self.option_error("variant", f"expected in_distribution or ood, got '{self.variant}'")
         self.splits = ("train", "test") if self.variant == "in_distribution" else ("test",)
         self.seed = self.options.get("seed", 0)
+        self.perturbations = self.options.get("perturbations", DEFAULT_PERTURBATIONS)
+        unknown = sorted(set(self.perturbations) - set(PERTURBATIONS))
+        if unknown or not self.perturbations:
+            raise self.option_error("perturbations", f"expected a non-empty list of {', '.join(PERTURBATIONS)}, got "
+                                                     f"{self.perturbations}")
         self.sizes = {"train": self.options.get("n_train", 0), "test": self.options.get("n_test", 100)}
         for split, size in self.sizes.items():
             if size < 0:
@@ -110,9 +131,11 @@ class SyntheticArithmetic(DatasetAdapter):
             if self.variant == "in_distribution":
                 yield {**make_problem(rng, rng.choice((1, 2)), TWO_DIGITS), "perturbation": ""}
                 continue
-            perturbation = rng.choice(PERTURBATIONS)
+            perturbation = rng.choice(self.perturbations)
             if perturbation == "bigger_numbers":
                 problem = make_problem(rng, rng.choice((1, 2)), THREE_DIGITS)
+            elif perturbation == "rephrasing":
+                problem = make_problem(rng, rng.choice((1, 2)), TWO_DIGITS, wording="rephrased")
             elif perturbation == "extra_step":
                 problem = make_problem(rng, 3, TWO_DIGITS)
             else:
