@@ -12,7 +12,12 @@ from advdistill.errors import TrainingError
 from advdistill.io import claim_resume_folder
 from advdistill.prompts import render_prompts
 from advdistill.train import run_train
-from advdistill.training.checkpoints import training_fingerprint
+from advdistill.training.checkpoints import (
+    checkpoint_problem,
+    seal_checkpoint,
+    set_aside_incomplete_checkpoints,
+    training_fingerprint,
+)
 from advdistill.training.groups import Group, best_pairs, build_groups, split_validation
 from advdistill.training.tokens import tokenize_pairs
 from advdistill.training.trainer import advdistill_steps, build_trainer, fit, train_model
@@ -159,6 +164,31 @@ class KillAtStep(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             raise KeyboardInterrupt(f"killed at step {self.step}")
+
+
+@pytest.mark.failure_mode(
+    "checkpoint whose trainer_state.json reads but whose weights or optimizer state were truncated since",
+    sees="warning naming the file, its size and the size it was saved with; resumes from an earlier checkpoint",
+    kept="the damaged folder, renamed incomplete-checkpoint-N, until the run finishes")
+def test_a_truncated_or_unsealed_checkpoint_is_set_aside_and_a_sealed_one_resumed(tmp_path, caplog):
+    for step in (1, 2, 3):
+        folder = tmp_path / f"checkpoint-{step}"
+        (folder / "nested").mkdir(parents=True)
+        for name in ("trainer_state.json", "model.safetensors", "optimizer.pt", "nested/rng.pth"):
+            (folder / name).write_bytes(b"x" * 100)
+        if step < 3:  # checkpoint-3 was cut off before its seal
+            seal_checkpoint(folder)
+    assert checkpoint_problem(tmp_path / "checkpoint-1") is None
+    (tmp_path / "checkpoint-2" / "optimizer.pt").write_bytes(b"x" * 40)
+    assert checkpoint_problem(tmp_path / "checkpoint-2") == ("optimizer.pt has 40 bytes, 100 when it was saved "
+                                                              "(truncated?)")
+    assert "no readable checkpoint_complete.json" in checkpoint_problem(tmp_path / "checkpoint-3")
+    assert set_aside_incomplete_checkpoints(tmp_path) == ["checkpoint-3", "checkpoint-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "incomplete-checkpoint-2",
+                                                          "incomplete-checkpoint-3"]
+    assert "optimizer.pt has 40 bytes" in caplog.text
+    (tmp_path / "checkpoint-1" / "nested" / "rng.pth").unlink()
+    assert checkpoint_problem(tmp_path / "checkpoint-1") == "nested/rng.pth is missing"
 
 
 @pytest.mark.failure_mode(

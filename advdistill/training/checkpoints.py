@@ -1,11 +1,12 @@
 """A training run's checkpoints: the fingerprint that says whose they are, the run clock each one carries (so
-a resumed run reports its whole runtime), checkpoints cut off mid-save set aside, and the loss of the whole run
-over its resumed segments."""
+a resumed run reports its whole runtime), the seal written last into each, checkpoints cut off mid-save or
+damaged afterwards set aside, and the loss of the whole run over its resumed segments."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,12 +22,14 @@ from advdistill.provenance import fingerprint, path_identity, source_digest
 log = logging.getLogger(__name__)
 
 CLOCK_FILE = "run_clock.json"
-TRAINER_STATE_NAME = "trainer_state.json"  # written last into every Trainer checkpoint
+SEAL_FILE = "checkpoint_complete.json"
+"""Written last into every checkpoint: each of its files with its size, once they are on disk."""
 
 
 class RunClock(TrainerCallback):
     """Stamps each checkpoint with the training seconds spent to reach it, so a resumed run reports its
-    whole runtime (the work of a killed segment after its last checkpoint is redone and not counted)."""
+    whole runtime (the work of a killed segment after its last checkpoint is redone and not counted), then
+    seals it (:func:`seal_checkpoint`: the Trainer has written everything else by the time it calls ``on_save``)."""
 
     def __init__(self, prior_seconds: float = 0.0):
         self.prior_seconds = prior_seconds
@@ -39,15 +42,33 @@ class RunClock(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             write_json({"seconds": self.elapsed(), "step": state.global_step}, folder / CLOCK_FILE)
+            seal_checkpoint(folder)
 
 
-def is_complete_checkpoint(folder: Path) -> bool:
-    """The Trainer writes ``trainer_state.json`` last: a folder without a readable one was cut off mid-save."""
+def seal_checkpoint(folder: Path) -> None:
+    """Flushes every file of a saved checkpoint to disk, then records each with its size in :data:`SEAL_FILE`."""
+    sizes = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SEAL_FILE):
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+        sizes[path.relative_to(folder).as_posix()] = path.stat().st_size
+    write_json({"files": sizes}, folder / SEAL_FILE)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed (no seal: cut off mid-save; a file missing or of another size than
+    sealed: damaged since), or None. Sizes catch truncation without reading gigabytes of optimizer state."""
     try:
-        read_json(folder / TRAINER_STATE_NAME)
-    except (OSError, ValueError):
-        return False
-    return True
+        sizes = read_json(folder / SEAL_FILE)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {SEAL_FILE} (killed while saving?)"
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} when it was saved (truncated?)"
+    return None
 
 
 def set_aside_incomplete_checkpoints(checkpoints: Path) -> list[str]:
@@ -58,11 +79,11 @@ def set_aside_incomplete_checkpoints(checkpoints: Path) -> list[str]:
                      reverse=True)
     set_aside = []
     for folder in folders:
-        if is_complete_checkpoint(folder):
+        problem = checkpoint_problem(folder)
+        if problem is None:
             break
         folder.rename(folder.with_name(f"incomplete-{folder.name}"))
-        log.warning("checkpoint %s is incomplete (no readable %s; killed while saving?): set aside, resuming "
-                    "from an earlier one", folder, TRAINER_STATE_NAME)
+        log.warning("checkpoint %s cannot be resumed: %s; set aside, resuming from an earlier one", folder, problem)
         set_aside.append(folder.name)
     return set_aside
 
