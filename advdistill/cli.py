@@ -19,15 +19,15 @@ import traceback
 from pathlib import Path
 
 from advdistill.config import section_from_json
-from advdistill.errors import AdvDistillError, InputError
-from advdistill.schema import validate
+from advdistill.errors import AdvDistillError, ConfigError, InputError
+from advdistill.schema import json_object, validate
 
 
 def _json_object(text: str) -> dict:
-    value = json.loads(text) if text else {}
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
+    try:
+        return json_object(text, "the argument")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _seed(text: str) -> int:

@@ -10,14 +10,13 @@ Unknown keys are an error that names the key, so a typo never silently falls bac
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from advdistill.errors import ConfigError
-from advdistill.schema import validate
+from advdistill.schema import json_object, validate
 
 T = TypeVar("T")
 
@@ -63,11 +62,7 @@ def _dataclass_type(hint: Any) -> type | None:
 
 
 def from_json(cls: type[T], text: str, section: str) -> T:
-    try:
-        data = json.loads(text) if text else {}
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"config section '{section}' is not valid JSON: {err}") from err
-    return from_dict(cls, data, section)
+    return from_dict(cls, json_object(text, f"config section '{section}'"), section)
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,20 @@ it receives against that section's part of it (:func:`advdistill.config.from_dic
 hand rejects what planning rejects, with the same message naming the key. The schema ships inside the package,
 so that an installed package (a container image) finds it without the repository.
 
+Numbers are strict too: a ``number`` must be finite (JSON Schema's ranges are false for NaN, so ``.nan`` and
+``.inf`` would pass every ``minimum`` and ``maximum``) and an ``integer`` must be an int (JSON Schema takes ``4.0``,
+which then fails in the job).
+
 Config files are read with a strict loader: a key given twice in one mapping is an error (YAML and JSON loaders,
-Snakemake's included, silently keep the last one), and a syntax error names the file, line and column.
+Snakemake's included, silently keep the last one), and a syntax error names the file, line and column; JSON given
+on the command line is read the same way (:func:`json_object`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -24,6 +30,14 @@ import yaml
 from advdistill.errors import ConfigError
 
 SCHEMA_URI = "urn:advdistill:config-schema"
+
+
+def _is_finite_number(checker, instance: Any) -> bool:
+    return isinstance(instance, (int, float)) and not isinstance(instance, bool) and math.isfinite(instance)
+
+
+def _is_integer(checker, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
 
 
 @functools.cache
@@ -45,9 +59,10 @@ def validate(instance: Any, pointer: str = "", section: str = "", set_defaults: 
     # without "$schema", so that following a "$ref" into it keeps the validator class (and its default filling)
     schema = {key: value for key, value in load_schema().items() if key != "$schema"}
     registry = Registry().with_resource(SCHEMA_URI, DRAFT202012.create_resource(schema))
-    validator_class = Draft202012Validator
+    validator_class = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER
+                                        .redefine_many({"number": _is_finite_number, "integer": _is_integer}))
     if set_defaults:
-        check_properties = Draft202012Validator.VALIDATORS["properties"]
+        check_properties = validator_class.VALIDATORS["properties"]
 
         def fill_defaults(validator, properties, instance, schema):
             for key, subschema in properties.items():
@@ -55,7 +70,7 @@ def validate(instance: Any, pointer: str = "", section: str = "", set_defaults: 
                     instance.setdefault(key, subschema["default"])
             yield from check_properties(validator, properties, instance, schema)
 
-        validator_class = validators.extend(Draft202012Validator, {"properties": fill_defaults})
+        validator_class = validators.extend(validator_class, {"properties": fill_defaults})
     validator = validator_class({"$ref": f"{SCHEMA_URI}#{pointer}"}, registry=registry)
     lines = []
     for error in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
@@ -88,6 +103,11 @@ def _messages(error, section: str) -> list[str]:
         unknown = sorted(set(error.instance) - set(known))
         return [f"config {_key_path(where, [key])}: unknown key (known: {', '.join(known)})" for key in unknown]
     message = error.message
+    if error.validator == "type" and isinstance(error.instance, float) and not math.isfinite(error.instance):
+        message = f"{error.instance!r} is not a finite number"
+    elif error.validator == "type" and isinstance(error.instance, float) and "integer" in str(error.validator_value):
+        message = f"{error.instance!r} is not an integer (write {int(error.instance)})" if \
+            error.instance.is_integer() else f"{error.instance!r} is not an integer"
     if error.validator == "pattern" and "description" in error.schema:
         message = f"{error.instance!r} is not {error.schema['description']}"
     if error.validator == "not" and "description" in error.validator_value:
@@ -115,13 +135,27 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _unique_json_pairs(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _unique_json_pairs(where: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in pairs]
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
-        raise ConfigError(f"config file {path}: key(s) {', '.join(map(repr, repeated))} given twice in one object; "
+        raise ConfigError(f"{where}: key(s) {', '.join(map(repr, repeated))} given twice in one object; "
                           f"JSON loaders keep only the last value, so remove one")
     return dict(pairs)
+
+
+def json_object(text: str, where: str) -> dict[str, Any]:
+    """A JSON object given on the command line (``where`` names it in messages): empty text is ``{}``; anything
+    but an object (``[]``, ``null``) and a key given twice are errors, as in a config file."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text, object_pairs_hook=functools.partial(_unique_json_pairs, where))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {json.dumps(value)}")
+    return value
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -130,7 +164,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
-        return json.loads(text, object_pairs_hook=functools.partial(_unique_json_pairs, path))
+        return json.loads(text, object_pairs_hook=functools.partial(_unique_json_pairs, f"config file {path}"))
     except json.JSONDecodeError:
         pass
     try:
