@@ -16,10 +16,11 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from advdistill.config import section_from_json
-from advdistill.errors import AdvDistillError, ConfigError, InputError
+from advdistill.errors import AdvDistillError, ConfigError, InputError, OutputError
 from advdistill.schema import json_object, validate
 
 
@@ -259,13 +260,31 @@ def record_provenance(args: argparse.Namespace, started: float) -> None:
     write_manifest(output, stage_manifest(args.stage, settings, getattr(args, "seed", None), started, inputs))
 
 
-def check_inputs(args: argparse.Namespace) -> None:
-    """Every input given as a path exists, before a stage loads anything (model and source may be hub ids)."""
-    for name in INPUT_ARGUMENTS:
+def _given_paths(args: argparse.Namespace, names: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
+    for name in names:
         value = getattr(args, name, None)
         for path in value if isinstance(value, list) else [value]:
-            if isinstance(path, Path) and not path.exists():
-                raise InputError(f"--{name.replace('_', '-')}: no such file or folder: {path}")
+            if isinstance(path, Path) or (isinstance(path, str) and Path(path).exists()):  # a model may be a hub id
+                yield f"--{name.replace('_', '-')}", Path(path)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Every input given as a path exists, and the output is none of them, nor inside or around one, before a
+    stage loads anything: a stage never writes over its own inputs (``train --out X --model X`` would replace
+    the base model)."""
+    for option, path in _given_paths(args, INPUT_ARGUMENTS):
+        if not path.exists():
+            raise InputError(f"{option}: no such file or folder: {path}")
+    output = getattr(args, "out", None) or getattr(args, "out_dir", None)
+    if output is None:
+        return
+    out = output.resolve()
+    for option, path in _given_paths(args, INPUT_ARGUMENTS + ("checkpoints",)):
+        given = path.resolve()
+        if given == out or given in out.parents or out in given.parents:
+            raise OutputError(f"--{'out-dir' if args.stage == 'report' else 'out'} {output} is, holds or lies "
+                              f"inside {option} {path}: a stage never writes over its own inputs; choose another "
+                              "output path")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,9 +124,15 @@ STAGE_FOLDERS = ("prepare", "tokenizer", "models", "sample", "score", "train", "
 
 
 def check_report_name(config: dict[str, Any]) -> None:
-    if config["report_name"] in STAGE_FOLDERS:
-        raise ConfigError(f"config report_name: '{config['report_name']}' is the folder of a stage "
-                          f"(results/{config['report_name']}); choose another name")
+    """The report's folder, ``results/<report_name>``, is neither a stage's folder nor an existing file."""
+    name = config["report_name"]
+    if name in STAGE_FOLDERS:
+        raise ConfigError(f"config report_name: '{name}' is the folder of a stage (results/{name}); choose another "
+                          "name")
+    folder = Path("results") / name
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"config report_name: results/{name} exists and is not a folder; the report would have to "
+                          "replace it: choose another name or move the file away")
 
 
 def check_paper_reference(config: dict[str, Any]) -> None:

@@ -25,6 +25,25 @@ def test_missing_input_is_a_one_line_error(capsys, tmp_path):
     assert files_under(tmp_path) == set()
 
 
+@pytest.mark.failure_mode("output path that is one of the stage's inputs, or inside or around one "
+                          "(train --out X --model X)",
+                          sees="one line naming the output and the input, exit 2",
+                          kept="everything; nothing is read or written")
+@pytest.mark.parametrize("out", ["model", "model/inner", "."])
+def test_a_stage_never_writes_over_its_own_inputs(capsys, tmp_path, out):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for name in ("rows.parquet", "scored.parquet"):
+        (tmp_path / name).write_text("x")
+    before = files_under(tmp_path)
+    code, err = run_cli(capsys, "train", "--model", model, "--rows", tmp_path / "rows.parquet", "--scored",
+                        tmp_path / "scored.parquet", "--objective", "sft", "--out", tmp_path / out)
+    assert code == 2 and "Traceback" not in err
+    assert f"--out {tmp_path / out} is, holds or lies inside --" in err and "never writes over its own inputs" in err
+    assert files_under(tmp_path) == before
+
+
 @pytest.mark.failure_mode("a bug: an exception that is not the project's own (even a ValueError)",
                           sees="its traceback and 'internal error (a bug)', exit 1",
                           kept="whatever the stage had written atomically before")

@@ -298,3 +298,15 @@ def test_schema_ships_with_the_package(tmp_path):
     wheel = next(tmp_path.glob("advdistill-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         assert yaml.safe_load(archive.read("advdistill/config.schema.yaml")) == load_schema()
+
+
+def test_a_report_name_that_names_an_existing_file_stops_planning(tmp_path, monkeypatch):
+    from advdistill.planning import check_report_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"^config report_name: results/notes.txt exists and is not a folder"):
+        check_report_name({"report_name": "notes.txt"})
+    check_report_name({"report_name": "default"})
+    assert (tmp_path / "results" / "notes.txt").read_text() == "mine"

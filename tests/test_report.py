@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from advdistill.errors import InputError
+from advdistill.errors import InputError, OutputError
 from advdistill.io import read_json, write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
 from advdistill.report import build_report, run_report
@@ -352,6 +352,22 @@ def test_run_report_reads_the_declared_inputs_of_its_plan(tmp_path):
     assert "student-sft on arith: training loss and its terms" in page
     provenance = page.split("<h2>Provenance</h2>")[1]
     assert str(scored) in provenance and "other.parquet" not in provenance
+
+
+@pytest.mark.failure_mode("report --out-dir pointed at a folder advdistill did not write",
+                          sees="one line: the folder was not written by advdistill, refusing to replace it",
+                          kept="the folder and every file in it")
+def test_the_report_never_writes_into_a_folder_it_did_not_make(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "index.html").write_text("my page")
+    plan = {"models": [], "testsets": [], "evaluations": [], "scored": {}}
+    with pytest.raises(OutputError, match="was not written by advdistill"):
+        run_report(plan, tmp_path / "no-benchmarks", user)
+    assert [p.name for p in user.iterdir()] == ["index.html"] and (user / "index.html").read_text() == "my page"
+    index = run_report(plan, tmp_path / "no-benchmarks", tmp_path / "report")
+    assert index == tmp_path / "report" / "index.html" and index.is_file()
+    assert run_report(plan, tmp_path / "no-benchmarks", tmp_path / "report").is_file()  # its own folder: replaced
 
 
 def test_provenance_table_lists_each_manifest(tmp_path):

@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 from advdistill.errors import InputError
-from advdistill.io import atomic_write, manifest_path, read_json, read_parquet, write_json
+from advdistill.io import atomic_directory, atomic_write, manifest_path, read_json, read_parquet, write_json
 from advdistill.metrics import prompt_outcomes
 from advdistill.report.comparisons import has_replicates, headlines, paired_comparisons, replicate_summary
 from advdistill.report.page import few_shot_notes, html_page, sampling_notes, write_markdown_table
@@ -158,6 +158,9 @@ def run_report(plan: dict[str, Any], benchmarks: Path, out_dir: Path) -> Path:
     train_metrics_files = {(run["train_set"], run["model"]): Path(run["path"]) / "train_metrics.json"
                            for run in plan.get("trained", [])}
     runs = {run["model"]: run for run in plan.get("trained", [])}
-    return build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, out_dir,
-                        plan["models"], plan["testsets"], plan.get("memory"), train_metrics_files, runs,
-                        plan.get("paper"))
+    # built in a temporary folder that then replaces out_dir, which only a folder of this package may be
+    with atomic_directory(out_dir) as folder:
+        index = build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, folder,
+                             plan["models"], plan["testsets"], plan.get("memory"), train_metrics_files, runs,
+                             plan.get("paper"))
+    return Path(out_dir) / index.relative_to(folder)
