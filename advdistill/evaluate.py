@@ -17,7 +17,8 @@ import polars as pl
 
 from advdistill.answers import judge_answers
 from advdistill.config import EngineConfig, EvaluationConfig, PromptConfig, SamplingConfig
-from advdistill.io import read_parquet, write_json, write_parquet
+from advdistill.datasets.base import read_rows
+from advdistill.io import write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
 from advdistill.prompts import render_prompts
 from advdistill.rewards import format_reward
@@ -77,10 +78,10 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     from advdistill.sampling.base import GenerationParams
     from advdistill.sampling.shards import run_fingerprint, sample_prompts
 
-    rows = read_parquet(rows_path)
+    rows = read_rows(rows_path)
     if cfg.max_prompts is not None:
         rows = rows.head(cfg.max_prompts)
-    few_shot_rows = read_parquet(few_shot_rows_path).to_dicts() if few_shot_rows_path else []
+    few_shot_rows = read_rows(few_shot_rows_path).to_dicts() if few_shot_rows_path else []
     prompt_cfg, few_shot = few_shot_setting(prompt_cfg, few_shot_rows)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     texts = render_prompts(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from advdistill.config import PromptConfig, SamplingConfig
+from advdistill.datasets.base import read_rows
 from advdistill.errors import ConfigError, InputError
 from advdistill.io import read_parquet, write_parquet
 from advdistill.prompts import render_prompts
@@ -37,7 +38,7 @@ def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg
     """Sample the prompts of job ``part`` of ``parts`` (see :func:`part_range`) into ``out``."""
     from transformers import AutoTokenizer
 
-    rows = read_parquet(rows_path).to_dicts()[:cfg.max_prompts]
+    rows = read_rows(rows_path).to_dicts()[:cfg.max_prompts]
     start, end = part_range(len(rows), cfg.shard_size, part, parts)
     rows = rows[start:end]
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -75,8 +75,26 @@ def validate(instance: Any, pointer: str = "", section: str = "", set_defaults: 
     lines = []
     for error in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
         lines.extend(line for line in _messages(error, section) if line not in lines)
+    lines += [f"config {_key_path(section, path) or '(top level)'}: text that UTF-8 cannot encode (a lone "
+              f"surrogate, such as a \\ud800 escape)" for path in _unencodable_text(instance)]
     if lines:
         raise ConfigError("\n".join(lines))
+
+
+def _unencodable_text(instance: Any, path: tuple = ()) -> Iterable[tuple]:
+    """Key paths of the strings (keys included) that UTF-8 cannot encode: they plan fine, then crash a stage."""
+    if isinstance(instance, str):
+        try:
+            instance.encode("utf-8")
+        except UnicodeEncodeError:
+            yield path
+    elif isinstance(instance, dict):
+        for key, value in instance.items():
+            yield from _unencodable_text(key, path) if isinstance(key, str) else ()
+            yield from _unencodable_text(value, path + (key,))
+    elif isinstance(instance, list):
+        for index, value in enumerate(instance):
+            yield from _unencodable_text(value, path + (index,))
 
 
 def declared_properties(schema: dict[str, Any]) -> dict[str, Any]:

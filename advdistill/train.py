@@ -23,6 +23,7 @@ import polars as pl
 from transformers import AutoTokenizer
 
 from advdistill.config import PromptConfig, TrainingConfig
+from advdistill.datasets.base import read_rows
 from advdistill.errors import TrainingError
 from advdistill.io import (
     atomic_directory,
@@ -55,7 +56,7 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
     scored = read_parquet(scored_path, SCORED_COLUMNS)
     if not scored["kept"].any():
         raise TrainingError(f"{scored_path}: no kept groups to train on (every group was filtered out by score)")
-    rows = read_parquet(rows_path).to_dicts()
+    rows = read_rows(rows_path).to_dicts()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = dict(zip([r["id"] for r in rows], render_prompts(rows, tokenizer, prompt_cfg)))
     groups, truncated = build_groups(prompts, scored, tokenizer, cfg.optim.max_seq_length)

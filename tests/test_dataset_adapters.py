@@ -34,6 +34,27 @@ def test_gsm8k_gold_answers_and_skips():
         "invalid_utf8": 1, "malformed_json": 1, "missing_final_answer": 1, "missing_question": 1, "unanswerable": 1}
 
 
+@pytest.mark.failure_mode(
+    "release-file line with a lone surrogate, very deep nesting, an over-long integer or a key given twice",
+    sees="the line skipped and counted by reason in the prepare report (unencodable_question, too_deeply_nested, "
+         "integer_too_long, repeated_key)",
+    kept="every other line of the split")
+def test_lines_python_or_utf8_cannot_hold_are_skipped_and_counted(tmp_path):
+    good = '{"question": "Tom has 3 and buys 2?", "answer": "3 + 2 = 5\\n#### 5"}'
+    lines = [good,
+             '{"question": "lone \\ud800 surrogate", "answer": "#### 5"}',
+             "[" * 100_000 + "]" * 100_000,
+             '{"question": "q", "answer": "#### 5", "n": ' + "1" * 5000 + "}",
+             '{"question": "first", "question": "second", "answer": "#### 5"}',
+             good.replace("Tom", "Ann")]
+    source = tmp_path / "gsm8k.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    rows, report = normalise_split(get_adapter("gsm8k", str(source)), "test", "gsm8k")
+    assert rows["question"].to_list() == ["Tom has 3 and buys 2?", "Ann has 3 and buys 2?"]
+    assert report.to_json()["skipped_by_reason"] == {"integer_too_long": 1, "repeated_key": 1,
+                                                     "too_deeply_nested": 1, "unencodable_question": 1}
+
+
 def test_gsm_plus_keeps_numbers_and_fractions_and_skips_unanswerable():
     rows, report = prepare("gsm_plus", "gsm_plus.jsonl")
     assert list(zip(rows["answer"], rows["kind"])) == [("4.33", "numeric"), ("1/4", "math"), ("1200", "numeric")]

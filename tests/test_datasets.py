@@ -173,3 +173,35 @@ def test_mistyped_option_is_a_config_error(adapter, options, message):
         get_adapter(adapter, "synthetic", options, dataset="d")
     assert str(caught.value) == f"datasets.d.{message}"
     assert isinstance(caught.value, AdvDistillError)
+
+
+@pytest.mark.failure_mode(
+    "rows parquet without a question column, with a null question, or with an integer answer (sample, train, "
+    "evaluate)",
+    sees="one line naming the file, the column and (for nulls) the first row id, exit 2",
+    kept="everything; no model is loaded")
+def test_rows_the_later_stages_cannot_use_are_refused_naming_the_column(tmp_path):
+    from advdistill.datasets.base import read_rows
+    from advdistill.errors import InputError
+
+    rows, _ = normalise_split(get_adapter("synthetic", "synthetic", {"n_test": 3}), "test", "x")
+    path = tmp_path / "rows.parquet"
+    rows.write_parquet(path)
+    assert read_rows(path).height == 3
+    rows.drop("question").write_parquet(path)
+    with pytest.raises(InputError, match=r"rows.parquet: no column\(s\) question"):
+        read_rows(path)
+    rows.with_columns(question=pl.when(pl.col("id") == rows["id"][1]).then(None).otherwise(pl.col("question"))
+                      ).write_parquet(path)
+    with pytest.raises(InputError, match=rf"column 'question' is null in 1 row\(s\), first {rows['id'][1]}"):
+        read_rows(path)
+    rows.with_columns(answer=pl.lit(5)).write_parquet(path)
+    with pytest.raises(InputError, match="column 'answer' has type Int32, expected String"):
+        read_rows(path)
+
+
+def test_config_text_utf8_cannot_encode_is_a_config_error():
+    from advdistill.config import section_from_json
+
+    with pytest.raises(ConfigError, match=r"^config prompt\.system_prompt: text that UTF-8 cannot encode"):
+        section_from_json("prompt", '{"system_prompt": "a \\ud800 b"}')

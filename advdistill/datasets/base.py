@@ -17,11 +17,13 @@ import typing
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from advdistill.errors import BadRow, ConfigError, DatasetError
+from advdistill.errors import BadRow, ConfigError, DatasetError, InputError
+from advdistill.io import read_parquet
 
 KINDS = ("numeric", "math", "multiple_choice")
 
@@ -35,6 +37,30 @@ ROW_SCHEMA = {
     "solution": pl.String,
 }
 ROW_TYPES = {"id": str, "question": str, "answer": str, "kind": str, "choices": list[str], "solution": str}
+PROMPT_COLUMNS = {name: ROW_SCHEMA[name] for name in ("id", "question", "answer", "kind", "choices")}
+"""What sampling, training and evaluation read of a rows table (to render prompts and judge answers)."""
+
+
+def is_encodable(text: str) -> bool:
+    """UTF-8 can write it (JSON's ``\\ud800`` escapes decode to lone surrogates, which it cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_rows(path: Path) -> pl.DataFrame:
+    """A prepared rows table as the later stages read it: the prompt columns with their types, none of id,
+    question, answer and kind null (a null question would be rendered as the text 'None')."""
+    rows = read_parquet(path, PROMPT_COLUMNS)
+    for column in ("id", "question", "answer", "kind"):
+        nulls = rows.filter(pl.col(column).is_null())
+        if nulls.height:
+            first = nulls["id"][0] if column != "id" else f"row {rows['id'].is_null().arg_max()}"
+            raise InputError(f"{path}: column '{column}' is null in {nulls.height} row(s), first {first}: "
+                             "was it written by advdistill prepare?")
+    return rows
 
 
 def matches(value: Any, expected: Any) -> bool:
@@ -141,6 +167,10 @@ def _validated(row: dict[str, Any]) -> dict[str, Any]:
     for column, expected in ROW_TYPES.items():
         if not matches(row.get(column), expected):
             raise BadRow(f"bad_type_{column}")
+    for column in ROW_TYPES:
+        texts = row[column] if isinstance(row[column], list) else [row[column]]
+        if not all(is_encodable(text) for text in texts):
+            raise BadRow(f"unencodable_{column}")
     if row["kind"] not in KINDS:
         raise BadRow(f"unknown_kind:{row['kind']}")
     if row["kind"] == "multiple_choice" and len(row["choices"]) < 2:

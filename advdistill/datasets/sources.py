@@ -30,6 +30,16 @@ class MalformedRecord:
     line: int
 
 
+class RepeatedKey(ValueError):
+    """A record gives a key twice: which value the release meant is unknown, so the line is skipped."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({key for key, _ in pairs}) < len(pairs):
+        raise RepeatedKey
+    return dict(pairs)
+
+
 def looks_local(source: str) -> bool:
     """A path (existing, absolute, relative with ./ or ../, or a release-file suffix), not a hub id."""
     return source.endswith(LOCAL_SUFFIXES) or source.startswith(("/", "./", "../", "~")) or Path(source).exists()
@@ -55,11 +65,17 @@ def read_local(dataset: str, path: Path) -> Iterator[dict[str, Any] | MalformedR
                 if not raw.strip():
                     continue
                 try:
-                    yield json.loads(raw.decode("utf-8-sig"))
+                    yield json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
                 except UnicodeDecodeError:
                     yield MalformedRecord("invalid_utf8", number)
                 except json.JSONDecodeError:
                     yield MalformedRecord("malformed_json", number)
+                except RepeatedKey:
+                    yield MalformedRecord("repeated_key", number)
+                except RecursionError:
+                    yield MalformedRecord("too_deeply_nested", number)
+                except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+                    yield MalformedRecord("integer_too_long", number)
 
 
 def read_hub(dataset: str, hub_id: str, config: str | None, split: str) -> Iterable[dict[str, Any]]:
