@@ -194,10 +194,11 @@ def run(args: argparse.Namespace) -> None:
         run_bootstrap_model(args.rows, args.tokenizer, section_from_json("bootstrap", args.settings),
                             section_from_json("prompt", args.prompt), args.seed, args.out)
     elif args.stage == "sample":
-        from advdistill.devices import check_device
+        from advdistill.devices import check_backends, check_device
 
         settings, prompt = section_from_json("sampling", args.settings), section_from_json("prompt", args.prompt)
         check_device("sample", args.device)  # before the stage's imports and its model
+        check_backends("sample", settings)
         from advdistill.sample import run_sample
 
         part, parts = (int(x) for x in args.part.split("/"))
@@ -211,20 +212,22 @@ def run(args: argparse.Namespace) -> None:
 
         run_score(args.rows, args.samples, section_from_json("score", args.settings), args.out, args.summary)
     elif args.stage == "train":
-        from advdistill.devices import check_device
+        from advdistill.devices import check_backends, check_device
 
         settings, prompt = section_from_json("training", args.settings), section_from_json("prompt", args.prompt)
         check_device("train", args.device)  # before the stage's imports and its model
+        check_backends("train", settings)
         from advdistill.train import run_train
 
         checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
         run_train(args.model, args.rows, args.scored, args.objective, settings, prompt, args.seed, args.out,
                   checkpoints)
     elif args.stage == "evaluate":
-        from advdistill.devices import check_device
+        from advdistill.devices import check_backends, check_device
 
         settings, prompt = section_from_json("evaluation", args.settings), section_from_json("prompt", args.prompt)
         check_device("evaluate", args.device)  # before the stage's imports and its model
+        check_backends("evaluate", settings)
         from advdistill.evaluate import run_evaluate
 
         run_evaluate(args.model, args.rows, settings, prompt, args.few_shot_rows, args.seed, args.out, args.metrics)
@@ -241,6 +244,8 @@ def run(args: argparse.Namespace) -> None:
 
 SETTING_ARGUMENTS = ("settings", "prompt", "options", "plan")
 INPUT_ARGUMENTS = ("model", "rows", "samples", "scored", "tokenizer", "few_shot_rows", "source", "parts")
+MODEL_STAGES = ("sample", "train", "evaluate")
+"""The stages that load ``--model`` (checked first: :mod:`advdistill.model_folders`)."""
 
 
 def record_provenance(args: argparse.Namespace, started: float) -> None:
@@ -269,22 +274,23 @@ def _given_paths(args: argparse.Namespace, names: tuple[str, ...]) -> Iterator[t
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """Every input given as a path exists, and the output is none of them, nor inside or around one, before a
-    stage loads anything: a stage never writes over its own inputs (``train --out X --model X`` would replace
-    the base model)."""
+    """Every input given as a path exists, a model folder is usable, and the output is none of the inputs, nor
+    inside or around one, before a stage loads anything: a stage never writes over its own inputs (``train --out
+    X --model X`` would replace the base model)."""
     for option, path in _given_paths(args, INPUT_ARGUMENTS):
         if not path.exists():
             raise InputError(f"{option}: no such file or folder: {path}")
     output = getattr(args, "out", None) or getattr(args, "out_dir", None)
-    if output is None:
-        return
-    out = output.resolve()
-    for option, path in _given_paths(args, INPUT_ARGUMENTS + ("checkpoints",)):
-        given = path.resolve()
+    for option, path in _given_paths(args, INPUT_ARGUMENTS + ("checkpoints",)) if output is not None else ():
+        given, out = path.resolve(), output.resolve()
         if given == out or given in out.parents or out in given.parents:
             raise OutputError(f"--{'out-dir' if args.stage == 'report' else 'out'} {output} is, holds or lies "
                               f"inside {option} {path}: a stage never writes over its own inputs; choose another "
                               "output path")
+    if args.stage in MODEL_STAGES:
+        from advdistill.model_folders import check_model_source
+
+        check_model_source(args.model)
 
 
 def main(argv: list[str] | None = None) -> int:

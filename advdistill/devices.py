@@ -10,6 +10,7 @@ time limit on the CPU.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-from advdistill.errors import DeviceError
+from advdistill.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,27 @@ def check_device(stage: str, device: str = "auto") -> None:
 
     if not torch.cuda.is_available():
         _log_cpu_fallback(stage)
+
+
+def importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def check_backends(stage: str, settings) -> None:
+    """The backends a stage's settings name can run here, checked before any model is loaded: vLLM must import for
+    ``backend: vllm``, and a loss backend named explicitly (``cpp``, ``triton``) must run on this stage's device
+    (``auto`` falls back to ``torch`` and says so in the log)."""
+    section = {"sample": "sampling", "evaluate": "evaluation"}.get(stage)
+    if section and settings.backend == "vllm" and not importable("vllm"):
+        raise ConfigError(f"config {section}.backend: vllm is not installed in this environment (the GPU image has "
+                          f"it; on a CPU see docs/vllm.md); install it or set {section}.backend: hf")
+    if stage == "train" and settings.loss.backend != "auto":
+        import torch
+        from advdistill_kernels import BackendUnavailableError, resolve_backend
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            resolve_backend(settings.loss.backend, device)
+        except BackendUnavailableError as err:
+            raise ConfigError(f"config training.loss.backend: {err} (on {device}); set it to auto to use the "
+                              "fastest backend that runs here") from err

@@ -118,3 +118,38 @@ def test_the_rules_pass_device_cuda_exactly_under_gpu_rules(tmp_path, gpu_rules)
     assert {stage for stage, _ in commands} == {"sample", "train", "evaluate"}
     expected = "--device cuda" if gpu_rules else "--device auto"
     assert all(expected in arguments for _, arguments in commands), commands
+
+
+@pytest.mark.failure_mode(
+    "sampling/evaluation backend vllm where vllm is not installed, or training.loss.backend cpp/triton where it "
+    "cannot run",
+    sees="one line naming the key and why, exit 2, before any model is loaded",
+    kept="everything")
+@pytest.mark.parametrize(("stage", "settings", "message"), [
+    ("sample", {"backend": "vllm"}, "config sampling.backend: vllm is not installed in this environment"),
+    ("evaluate", {"backend": "vllm"}, "config evaluation.backend: vllm is not installed in this environment"),
+    ("train", {"loss": {"backend": "triton"}}, "config training.loss.backend: backend 'triton' is unavailable"),
+])
+def test_a_backend_that_cannot_run_here_stops_the_stage_first(capsys, tmp_path, monkeypatch, stage, settings,
+                                                              message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(devices, "importable", lambda module: module != "vllm")
+    for name in ("rows.parquet", "scored.parquet"):
+        (tmp_path / name).write_text("")
+    argv = [arg for arg in stage_argv(stage, tmp_path) if arg not in ("--device", "cuda")]
+    code, err = run_cli(capsys, *argv, "--settings", json.dumps(settings))
+    assert code == 2 and "Traceback" not in err
+    assert message in err and files_under(tmp_path) == {"rows.parquet", "scored.parquet"}
+
+
+def test_auto_loss_backend_says_when_it_falls_back_to_torch(monkeypatch, caplog):
+    from advdistill_kernels import api, backends
+
+    api._log_auto_fallback.cache_clear()
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device: "no C++ compiler (simulated)")
+    with caplog.at_level(logging.WARNING, logger="advdistill_kernels.api"):
+        assert api.resolve_backend("auto", torch.device("cpu")) == "torch"
+        assert api.resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert caplog.text.count("loss backend auto: cpp is unavailable (no C++ compiler (simulated)); using the "
+                             "torch backend") == 1
+    api._log_auto_fallback.cache_clear()

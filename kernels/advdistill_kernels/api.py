@@ -7,6 +7,9 @@ gradient are exact zeros.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 from torch import nn
 
@@ -16,6 +19,13 @@ from advdistill_kernels._errors import BackendUnavailableError
 from advdistill_kernels._validation import validate_inputs
 
 BACKENDS = backends.BACKENDS
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _log_auto_fallback(wanted: str, reason: str) -> None:
+    """Once per reason: ``auto`` runs the slower torch backend instead of ``wanted``."""
+    log.warning("loss backend auto: %s is unavailable (%s); using the torch backend, which is slower", wanted, reason)
 
 
 def available_backends(device: torch.device | str = "cpu") -> tuple[str, ...]:
@@ -32,10 +42,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     :class:`BackendUnavailableError`.
     """
     if backend == "auto":
-        if device.type == "cuda":
-            return "triton" if backends.triton_importable() else "torch"
-        if device.type == "cpu" and backends.unavailable_reason("cpp", device) is None:
-            return "cpp"
+        wanted = {"cuda": "triton", "cpu": "cpp"}.get(device.type)
+        reason = backends.unavailable_reason(wanted, device) if wanted else None
+        if wanted and reason is None:
+            return wanted
+        if wanted:
+            _log_auto_fallback(wanted, reason)
         return "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")

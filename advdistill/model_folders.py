@@ -1,0 +1,83 @@
+"""The model folders the stages load (a teacher, a student base, a trained student), checked before they are
+loaded: a broken folder stops its stage with one line naming the folder and what is wrong, instead of a traceback
+from inside transformers, safetensors or the chat template code.
+
+A model the stages can use has ``config.json``, complete weights, a tokenizer with a chat template (prompts are
+rendered with it) and an end-of-sequence token (sampling stops at it; the pad token falls back to it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from advdistill.errors import InputError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+"""``owner/name``: a model the hub loaders fetch (or find in the cache) when no such local folder exists."""
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _damaged_safetensors(folder: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            return f"{path.name} is truncated or damaged ({str(err).splitlines()[0]})"
+    return None
+
+
+def model_folder_problem(folder: Path) -> str | None:
+    """What makes ``folder`` unusable as a model, or None."""
+    if not folder.is_dir():
+        return "is not a folder"
+    if not any(folder.iterdir()):
+        return "is empty"
+    if not (folder / "config.json").is_file():
+        return "has no config.json"
+    if _json(folder / "config.json") is None:
+        return "has a config.json that is not a JSON object"
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        return f"has no weights (none of {', '.join(WEIGHT_FILES)})"
+    damaged = _damaged_safetensors(folder)
+    if damaged:
+        return damaged
+    tokenizer_config = _json(folder / "tokenizer_config.json")
+    if tokenizer_config is None or not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return f"has no tokenizer (tokenizer_config.json and one of {', '.join(TOKENIZER_FILES)})"
+    if not tokenizer_config.get("chat_template") and not any((folder / n).is_file() for n in CHAT_TEMPLATE_FILES):
+        return "has no chat template (in tokenizer_config.json or chat_template.jinja); prompts are rendered with it"
+    generation = _json(folder / "generation_config.json") or {}
+    if not (tokenizer_config.get("eos_token") or generation.get("eos_token_id") is not None
+            or _json(folder / "config.json").get("eos_token_id") is not None):
+        return "names no end-of-sequence token (tokenizer_config.json eos_token): responses would never stop"
+    return None
+
+
+def check_model_source(source: str, option: str = "--model") -> None:
+    """A local model folder must be usable (:func:`model_folder_problem`); a hub id (``owner/name`` with no such
+    folder here) is left to the hub loaders."""
+    path = Path(source)
+    if not path.exists():
+        if HUB_ID.match(source):
+            return
+        raise InputError(f"{option}: no such model folder: {source}")
+    problem = model_folder_problem(path)
+    if problem:
+        raise InputError(f"{option}: model folder {source} {problem}")
