@@ -217,11 +217,20 @@ def set_key(path, value):
     (set_key(("report_name",), "train"), "config report_name: 'train' is the folder of a stage"),
     (set_key(("paper_reference",), {"accuracy": {"arith": {"student-dpo": 50.0}}}),
      "config paper_reference.accuracy.arith.student-dpo: not a model this configuration"),
+    (set_key(("datasets", "arith", "source"), "./no-such-release.jsonl"),
+     "config datasets.arith.source: file ./no-such-release.jsonl not found (split 'train')"),
+    (set_key(("students", 0, "source"), "/no/such/model"), "config students[0].source: model folder /no/such/model "
+                                                           "not found"),
 ], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
         "split-path", "dash-name", "student-sft-collision", "teacher-base-collision", "variant-path",
         "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "variants-only-none",
         "report-stage-folder",
-        "paper-unknown-model"])
+        "paper-unknown-model", "missing-local-release", "missing-local-model"])
+@pytest.mark.failure_mode(
+    "a dataset or model source that is a local path (absolute, ./, ../, ~ or a release-file suffix) that does "
+    "not exist",
+    sees="planning stops naming datasets.<name>.source or <model>.source and the path", kept="everything; no job "
+                                                                                          "starts")
 @pytest.mark.failure_mode(
     "a training variant that is not a safe name, looks like a seed suffix, or overrides an unknown or invalid "
     "training key; a seed listed twice",

@@ -7,6 +7,7 @@ from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
 from advdistill.code_deps import stage_code_version
+from advdistill.datasets.sources import looks_local
 from advdistill.errors import ConfigError
 from advdistill.memory_plan import check_plan, format_plan, plan_memory, plan_rows, stage_gpus
 from advdistill.planning import (
@@ -157,11 +158,15 @@ def model_input(name):
 @stop_on_config_error
 def check_local_sources():
     """Resolve every model and dataset split once, so that a missing local copy stops the run before any job."""
-    for name in models():
-        model_path(name)
+    for key, model in labelled_models(config):
+        source = model_path(model["name"])
+        if looks_local(source) and not Path(source).expanduser().is_dir():
+            raise ConfigError(f"config {key}.source: model folder {source} not found")
     for dataset, spec in config["datasets"].items():
         for split in spec["splits"]:
-            dataset_source(dataset, split)
+            source = dataset_source(dataset, split)
+            if looks_local(source) and not Path(source).expanduser().is_file():
+                raise ConfigError(f"config datasets.{dataset}.source: file {source} not found (split '{split}')")
 
 
 check_local_sources()
