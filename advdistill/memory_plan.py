@@ -49,11 +49,17 @@ ASSUMED_PROMPT_TOKENS = 1024
 ``max_model_len``): a GSM8K question with three few-shot turns, with room to spare."""
 
 VLLM_MIN_BATCHED_TOKENS = 2048
-"""vLLM's scheduler budget without chunked prefill is ``max(max_model_len, 2048)`` tokens per step;
-its profiling forward at that size sets the activation workspace it keeps out of the KV cache."""
+"""On vLLM's CPU build (chunked prefill off, advdistill.sampling.vllm) the scheduler budget is
+``max(max_model_len, 2048)`` tokens per step; its profiling forward at that size sets the activation workspace
+it keeps out of the KV cache."""
 
 VLLM_MAX_NUM_SEQS = 256
-"""vLLM's default bound on sequences per step: the sampler holds their logits."""
+"""vLLM's default bound on sequences per step without chunked prefill: the sampler holds their logits."""
+
+VLLM_GPU_BATCHED_TOKENS, VLLM_GPU_MAX_NUM_SEQS = 16384, 1024
+"""On a GPU vLLM keeps chunked prefill, and its offline (``LLM``) defaults are a budget of 16,384 tokens and
+1,024 sequences per step on H100/H200-class cards (8,192 and 256 on A100 and smaller: the plan takes the larger,
+an upper bound); the profiling run at that size sets the workspace, whatever ``max_model_len`` is."""
 
 LOSS_CHUNK_ELEMENTS = {"triton": 256 * 1024**2, "torch": 8 * 1024**2}
 """Default logits (``dlogits``) alive at once in the triton and torch fused loss (``kernels/README.md``)."""
@@ -230,7 +236,11 @@ def inference_estimate(stage: str, model: str, arch: Architecture, origin: str, 
     kv_per_token = 2 * arch.num_hidden_layers * kv_heads * arch.head_dim * element
     if vllm:
         seq_len = engine.max_model_len or arch.max_position_embeddings or ASSUMED_PROMPT_TOKENS + engine.max_new_tokens
-        prefill_tokens, sampler_sequences = max(seq_len, VLLM_MIN_BATCHED_TOKENS), min(sequences, VLLM_MAX_NUM_SEQS)
+        if gpu_rules:
+            prefill_tokens, sampler_sequences = VLLM_GPU_BATCHED_TOKENS, min(sequences, VLLM_GPU_MAX_NUM_SEQS)
+        else:
+            prefill_tokens = max(seq_len, VLLM_MIN_BATCHED_TOKENS)
+            sampler_sequences = min(sequences, VLLM_MAX_NUM_SEQS)
     else:
         seq_len = ASSUMED_PROMPT_TOKENS + engine.max_new_tokens
         prefill_tokens, sampler_sequences = sequences * ASSUMED_PROMPT_TOKENS, sequences

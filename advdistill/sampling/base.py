@@ -32,4 +32,5 @@ class SamplingBackend(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
-        """``n`` completions per prompt, in prompt order."""
+        """``n`` completions per prompt, in prompt order; none for a prompt the backend cannot take (vLLM: one
+        too long for ``max_model_len``), which the caller logs and counts."""
