@@ -13,7 +13,7 @@
 // Precision: float32 and float64 run in their own dtype. bfloat16 runs its GEMMs in bfloat16
 // (fp32 accumulation inside the GEMM; logits and dlogits stored in bfloat16, as autograd does, so its
 // per-row factor is applied in place rather than folded into the GEMMs) with the softmax statistics in
-// float32. float16 is upcast to float32 (this CPU class has no fast
+// float32, and grad_weight summed over tiles in float32 (add_transposed_product). float16 is upcast to float32 (this CPU class has no fast
 // float16 GEMM). GEMMs go to oneDNN (at::native::mkldnn_matmul) when requested, else to at::mm.
 
 #include <ATen/ATen.h>
@@ -98,6 +98,22 @@ void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool 
   }
 }
 
+// acc += a^T b for a bfloat16 tile a [rows, V] and b [rows, d] into a float32 acc [V, d]: one bfloat16 GEMM
+// (float32 accumulation inside) per slice of the vocabulary into `scratch` [slice, d], then a float32 add, so
+// the products are rounded once per tile and the sum over tiles is float32 (accumulating in bfloat16 rounded the
+// running sum at every tile), at the bfloat16 GEMM rate and a scratch much smaller than a logits tile.
+void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& acc, const at::Tensor& scratch,
+                            bool use_onednn) {
+  const int64_t vocab = a.size(1);
+  const int64_t slice = scratch.size(0);
+  for (int64_t begin = 0; begin < vocab; begin += slice) {
+    const int64_t n = std::min(slice, vocab - begin);
+    const at::Tensor part = scratch.narrow(0, 0, n);
+    gemm(a.narrow(1, begin, n).t(), b, part, false, use_onednn);
+    acc.narrow(0, begin, n).add_(part);
+  }
+}
+
 // Positions [begin, end) of the response-ordered tokens processed as one logits tile.
 struct Tile {
   int64_t begin, end;
@@ -131,7 +147,8 @@ struct ResponseSums {
 
 template <typename acc_t, typename logit_t>
 void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::vector<acc_t>& token_logp,
-                  ResponseSums& sums, const at::Tensor& grad_rows, const at::Tensor& grad_weight) {
+                  ResponseSums& sums, const at::Tensor& grad_rows, const at::Tensor& grad_weight,
+                  const at::Tensor& weight_scratch) {
   const int64_t rows = tile.end - tile.begin;
   const int64_t vocab = pr.vocab_size;
   const at::Tensor hidden_tile = pr.rows.narrow(0, tile.begin, rows);
@@ -206,7 +223,7 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
     row[y] = from_acc<logit_t>(target_gradient);
   }
   if (grad_rows.defined()) gemm(logits, pr.weight, grad_rows.narrow(0, tile.begin, rows), false, pr.use_onednn);
-  if (grad_weight.defined()) gemm(logits.t(), hidden_tile, grad_weight, true, pr.use_onednn);
+  if (grad_weight.defined()) add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, pr.use_onednn);
 }
 
 at::ScalarType gemm_type(at::ScalarType input) {
@@ -283,8 +300,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor buffer = at::empty({largest_tile * pr.vocab_size}, compute_options);
   at::Tensor grad_rows, grad_weight_acc;
   if (need_hidden && need_gradients) grad_rows = at::empty({valid_tokens, hidden.size(1)}, compute_options);
-  // float32 accumulation across tiles, except for bfloat16, which accumulates in its own dtype
-  if (need_weight && need_gradients) grad_weight_acc = at::zeros(pr.weight.sizes(), compute_options);
+  // grad_weight accumulates across tiles in float32 (float64 for float64 inputs), bfloat16 included
+  at::Tensor weight_scratch;
+  if (need_weight && need_gradients) {
+    grad_weight_acc =
+        at::zeros(pr.weight.sizes(), compute_options.dtype(compute_type == at::kDouble ? at::kDouble : at::kFloat));
+    if (compute_type == at::kBFloat16) {
+      // vocabulary slices of a quarter of a logits tile's elements
+      const int64_t d = pr.weight.size(1);
+      const int64_t slice = std::clamp<int64_t>(largest_tile * pr.vocab_size / (4 * d), 1, pr.vocab_size);
+      weight_scratch = at::empty({slice, d}, compute_options);
+    }
+  }
 
   ResponseSums sums{std::vector<double>(num_responses, 0.0), std::vector<double>(num_responses, 0.0)};
   auto run_tiles = [&](auto acc_zero, auto logit_zero) {
@@ -292,7 +319,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using logit_t = decltype(logit_zero);
     std::vector<acc_t> token_logp(valid_tokens);
     for (const Tile& tile : tiles) {
-      process_tile<acc_t, logit_t>(pr, tile, buffer, token_logp, sums, grad_rows, grad_weight_acc);
+      process_tile<acc_t, logit_t>(pr, tile, buffer, token_logp, sums, grad_rows, grad_weight_acc, weight_scratch);
     }
   };
   if (compute_type == at::kDouble) {
