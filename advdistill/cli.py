@@ -177,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_before_loading(stage: str, settings, args: argparse.Namespace) -> None:
+    """What a stage that loads a model checks first, after its settings parsed and before its own imports: the
+    device (--device cuda: no silent CPU fallback), the backends its settings name, and the model folder."""
+    from advdistill.devices import check_backends, check_device
+    from advdistill.model_folders import check_model_source
+
+    check_device(stage, args.device)
+    check_backends(stage, settings)
+    check_model_source(args.model)
+
+
 def run(args: argparse.Namespace) -> None:
     """Import only the stage that runs, so that ``--help`` and light stages stay fast."""
     if args.stage == "prepare":
@@ -194,11 +205,8 @@ def run(args: argparse.Namespace) -> None:
         run_bootstrap_model(args.rows, args.tokenizer, section_from_json("bootstrap", args.settings),
                             section_from_json("prompt", args.prompt), args.seed, args.out)
     elif args.stage == "sample":
-        from advdistill.devices import check_backends, check_device
-
         settings, prompt = section_from_json("sampling", args.settings), section_from_json("prompt", args.prompt)
-        check_device("sample", args.device)  # before the stage's imports and its model
-        check_backends("sample", settings)
+        check_before_loading("sample", settings, args)
         from advdistill.sample import run_sample
 
         part, parts = (int(x) for x in args.part.split("/"))
@@ -212,22 +220,16 @@ def run(args: argparse.Namespace) -> None:
 
         run_score(args.rows, args.samples, section_from_json("score", args.settings), args.out, args.summary)
     elif args.stage == "train":
-        from advdistill.devices import check_backends, check_device
-
         settings, prompt = section_from_json("training", args.settings), section_from_json("prompt", args.prompt)
-        check_device("train", args.device)  # before the stage's imports and its model
-        check_backends("train", settings)
+        check_before_loading("train", settings, args)
         from advdistill.train import run_train
 
         checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
         run_train(args.model, args.rows, args.scored, args.objective, settings, prompt, args.seed, args.out,
                   checkpoints)
     elif args.stage == "evaluate":
-        from advdistill.devices import check_backends, check_device
-
         settings, prompt = section_from_json("evaluation", args.settings), section_from_json("prompt", args.prompt)
-        check_device("evaluate", args.device)  # before the stage's imports and its model
-        check_backends("evaluate", settings)
+        check_before_loading("evaluate", settings, args)
         from advdistill.evaluate import run_evaluate
 
         run_evaluate(args.model, args.rows, settings, prompt, args.few_shot_rows, args.seed, args.out, args.metrics)
@@ -244,8 +246,6 @@ def run(args: argparse.Namespace) -> None:
 
 SETTING_ARGUMENTS = ("settings", "prompt", "options", "plan")
 INPUT_ARGUMENTS = ("model", "rows", "samples", "scored", "tokenizer", "few_shot_rows", "source", "parts")
-MODEL_STAGES = ("sample", "train", "evaluate")
-"""The stages that load ``--model`` (checked first: :mod:`advdistill.model_folders`)."""
 
 
 def record_provenance(args: argparse.Namespace, started: float) -> None:
@@ -274,9 +274,9 @@ def _given_paths(args: argparse.Namespace, names: tuple[str, ...]) -> Iterator[t
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """Every input given as a path exists, a model folder is usable, and the output is none of the inputs, nor
-    inside or around one, before a stage loads anything: a stage never writes over its own inputs (``train --out
-    X --model X`` would replace the base model)."""
+    """Every input given as a path exists, and the output is none of them, nor inside or around one, before a
+    stage loads anything: a stage never writes over its own inputs (``train --out X --model X`` would replace
+    the base model)."""
     for option, path in _given_paths(args, INPUT_ARGUMENTS):
         if not path.exists():
             raise InputError(f"{option}: no such file or folder: {path}")
@@ -287,10 +287,6 @@ def check_inputs(args: argparse.Namespace) -> None:
             raise OutputError(f"--{'out-dir' if args.stage == 'report' else 'out'} {output} is, holds or lies "
                               f"inside {option} {path}: a stage never writes over its own inputs; choose another "
                               "output path")
-    if args.stage in MODEL_STAGES:
-        from advdistill.model_folders import check_model_source
-
-        check_model_source(args.model)
 
 
 def main(argv: list[str] | None = None) -> int:
