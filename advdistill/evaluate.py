@@ -43,8 +43,9 @@ def with_unanswered_prompts(responses: pl.DataFrame, prompt_ids: list[str],
                             n_samples: int) -> tuple[pl.DataFrame, int]:
     """Responses with empty ones for the prompts the backend skipped (too long for vLLM's ``max_model_len``),
     so that such a prompt counts as wrong instead of leaving the test set; and how many there were."""
-    answered = set(responses["prompt_id"].to_list())
-    missing = [pid for pid in prompt_ids if pid not in answered]
+    from advdistill.sampling.shards import unanswered_prompts
+
+    missing = unanswered_prompts(responses, prompt_ids)
     if not missing:
         return responses, 0
     empty = pl.DataFrame({"prompt_id": [pid for pid in missing for _ in range(n_samples)],

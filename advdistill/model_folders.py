@@ -51,7 +51,8 @@ def model_folder_problem(folder: Path) -> str | None:
         return "is empty"
     if not (folder / "config.json").is_file():
         return "has no config.json"
-    if _json(folder / "config.json") is None:
+    config = _json(folder / "config.json")
+    if config is None:
         return "has a config.json that is not a JSON object"
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         return f"has no weights (none of {', '.join(WEIGHT_FILES)})"
@@ -65,7 +66,7 @@ def model_folder_problem(folder: Path) -> str | None:
         return "has no chat template (in tokenizer_config.json or chat_template.jinja); prompts are rendered with it"
     generation = _json(folder / "generation_config.json") or {}
     if not (tokenizer_config.get("eos_token") or generation.get("eos_token_id") is not None
-            or _json(folder / "config.json").get("eos_token_id") is not None):
+            or config.get("eos_token_id") is not None):
         return "names no end-of-sequence token (tokenizer_config.json eos_token): responses would never stop"
     return None
 

@@ -33,7 +33,10 @@ SCHEMA_URI = "urn:advdistill:config-schema"
 
 
 def _is_finite_number(checker, instance: Any) -> bool:
-    return isinstance(instance, (int, float)) and not isinstance(instance, bool) and math.isfinite(instance)
+    """An int (any size: converting one of 400 digits to float would overflow) or a finite float, not a bool."""
+    if isinstance(instance, bool):
+        return False
+    return isinstance(instance, int) or (isinstance(instance, float) and math.isfinite(instance))
 
 
 def _is_integer(checker, instance: Any) -> bool:
@@ -81,12 +84,19 @@ def validate(instance: Any, pointer: str = "", section: str = "", set_defaults: 
         raise ConfigError("\n".join(lines))
 
 
+def is_encodable(text: str) -> bool:
+    """UTF-8 can write it (JSON's ``\\ud800`` escapes decode to lone surrogates, which it cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _unencodable_text(instance: Any, path: tuple = ()) -> Iterable[tuple]:
     """Key paths of the strings (keys included) that UTF-8 cannot encode: they plan fine, then crash a stage."""
     if isinstance(instance, str):
-        try:
-            instance.encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_encodable(instance):
             yield path
     elif isinstance(instance, dict):
         for key, value in instance.items():

@@ -150,7 +150,7 @@ def build_wheelhouse(folder: Path) -> int:
 class Stage:
     name: str
     limit_s: int
-    commands: list[list[str]]
+    command: list[str]
     status: str = "not run"
     seconds: float = 0.0
     figures: dict = field(default_factory=dict)
@@ -175,12 +175,12 @@ def stage_plan(python: str, work: Path, site: Path, rehearse: bool) -> list[Stag
     worker = [python, script, "worker", "--work", str(work), "--site", str(site)] + (
         ["--rehearse"] if rehearse else [])
     return [
-        Stage("environment", 30, [worker + ["environment"]]),
-        Stage("kernels", 90, [kernels]),
-        Stage("benchmark", 150, [bench("bench_paper.csv", [limit, "naive", *fused])]),
-        Stage("benchmark-compiled", 60, [bench("bench_paper_compiled.csv", [limit, *compiled])]),
-        Stage("training", 120, [worker + ["training"]]),
-        Stage("evaluate", 60, [worker + ["evaluate"]]),
+        Stage("environment", 30, worker + ["environment"]),
+        Stage("kernels", 90, kernels),
+        Stage("benchmark", 150, bench("bench_paper.csv", [limit, "naive", *fused])),
+        Stage("benchmark-compiled", 60, bench("bench_paper_compiled.csv", [limit, *compiled])),
+        Stage("training", 120, worker + ["training"]),
+        Stage("evaluate", 60, worker + ["evaluate"]),
     ]
 
 
@@ -236,22 +236,20 @@ def run_stages(stages: list[Stage], env: dict, work: Path, budget_s: float, star
         limit = min(stage.limit_s, left)
         begun = time.monotonic()
         with (work / f"{stage.name}.log").open("w") as log:
-            statuses = [run_command(command, env, log, limit - (time.monotonic() - begun))
-                        for command in stage.commands]
+            exit_status = run_command(stage.command, env, log, limit)
         stage.seconds = round(time.monotonic() - begun, 1)
         stage.figures = stage_figures(stage.name, work)
         if stage.name == "environment":
             cuda = stage.figures.get("cuda")
-        stage.status = stage_status(statuses, limit, cuda, rehearse)
+        stage.status = stage_status(exit_status, limit, cuda, rehearse)
         print(f"gpu-acceptance: {stage.name}: {stage.status} ({stage.seconds} s)", flush=True)
 
 
-def stage_status(statuses: list[int | None], limit: float, cuda: bool | None, rehearse: bool) -> str:
-    if any(status is None for status in statuses):
+def stage_status(exit_status: int | None, limit: float, cuda: bool | None, rehearse: bool) -> str:
+    if exit_status is None:
         return f"timed out after {limit:.0f} s"
-    failed = [status for status in statuses if status != 0]
-    if failed:
-        return f"failed (exit {failed[0]})"
+    if exit_status != 0:
+        return f"failed (exit {exit_status})"
     if cuda:
         return "passed"
     return "no CUDA: rehearsed on the CPU" if rehearse else "passed, but no CUDA device is visible"
@@ -544,10 +542,9 @@ def evaluate_worker(work: Path, site: Path, rehearse: bool) -> int:
     settings = {"backend": "hf", "max_new_tokens": 32, "batch_size": 32, "dtype": "bfloat16" if cuda else "float32",
                 "max_prompts": 32}
     steps = [
-        ["prepare", "--dataset", "synthetic", "--source", "synthetic", "--split", "train", "--name", "arith",
-         "--options", json.dumps({"seed": 7, "n_train": 64, "n_test": 32}), "--out", str(folder / "train.parquet")],
-        ["prepare", "--dataset", "synthetic", "--source", "synthetic", "--split", "test", "--name", "arith",
-         "--options", json.dumps({"seed": 7, "n_train": 64, "n_test": 32}), "--out", str(folder / "test.parquet")],
+        *(["prepare", "--dataset", "synthetic", "--source", "synthetic", "--split", split, "--name", "arith",
+           "--options", json.dumps({"seed": 7, "n_train": 64, "n_test": 32}), "--out", str(folder / f"{split}.parquet")]
+          for split in ("train", "test")),
         ["standin", "--like", "Qwen/Qwen2.5-1.5B", "--rows", str(folder / "train.parquet"), "--out",
          str(folder / "model")],
         ["evaluate", "--model", str(folder / "model"), "--rows", str(folder / "test.parquet"), "--settings",

@@ -71,7 +71,7 @@ def test_the_walk_finds_the_keys_users_set():
 
 def hostile(kind: str) -> st.SearchStrategy:
     integral = st.integers(-3, 10**6)
-    values = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, 0, -1, 10**30, True, False]),
+    values = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, 0, -1, 10**30, 10**400, True, False]),
                        integral, integral.map(float), st.floats(allow_nan=True, allow_infinity=True))
     return values if kind == "number" else st.one_of(values, st.floats(-1e6, 1e6).map(round))
 
@@ -150,3 +150,9 @@ def test_max_steps_is_minus_one_or_a_positive_count(steps, message):
 def test_the_fixture_config_is_accepted_as_is():
     assert planning_verdict(copy.deepcopy(CONFIG)) is None
     assert Path(REPO / ".test" / "config_basic.yaml").is_file()
+
+
+def test_an_integer_too_large_for_a_float_is_judged_by_the_schema_not_by_an_overflow():
+    big = 10**400
+    assert stage_verdict("score", {"advantage_eps": big}) is None  # a number with no maximum
+    assert "is greater than the maximum of 1" in stage_verdict("sampling", {"top_p": big})

@@ -24,6 +24,7 @@ import polars as pl
 
 from advdistill.errors import BadRow, ConfigError, DatasetError, InputError
 from advdistill.io import read_parquet
+from advdistill.schema import is_encodable
 
 KINDS = ("numeric", "math", "multiple_choice")
 
@@ -39,15 +40,6 @@ ROW_SCHEMA = {
 ROW_TYPES = {"id": str, "question": str, "answer": str, "kind": str, "choices": list[str], "solution": str}
 PROMPT_COLUMNS = {name: ROW_SCHEMA[name] for name in ("id", "question", "answer", "kind", "choices")}
 """What sampling, training and evaluation read of a rows table (to render prompts and judge answers)."""
-
-
-def is_encodable(text: str) -> bool:
-    """UTF-8 can write it (JSON's ``\\ud800`` escapes decode to lone surrogates, which it cannot)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def read_rows(path: Path) -> pl.DataFrame:

@@ -98,14 +98,19 @@ def sample_prompts(
     progress.close()
     parts = [pl.read_parquet(parts_dir / f"shard-{i:05d}.parquet") for i in range(len(shard_starts))]
     samples = pl.concat(parts) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
-    answered = set(samples["prompt_id"].to_list())
-    unanswered = [pid for pid in prompt_ids if pid not in answered]
+    unanswered = unanswered_prompts(samples, prompt_ids)
     if unanswered:  # the backend skipped them (a prompt too long for vLLM's max_model_len)
         log.warning("%d of %d prompts got no response, e.g. %s", len(unanswered), len(prompt_ids),
                     ", ".join(unanswered[:5]))
     write_parquet(samples, out_path)
     shutil.rmtree(parts_dir)
     return samples
+
+
+def unanswered_prompts(samples: pl.DataFrame, prompt_ids: Sequence[str]) -> list[str]:
+    """The prompts of ``prompt_ids`` with no row in ``samples``, in order."""
+    answered = set(samples["prompt_id"].to_list())
+    return [pid for pid in prompt_ids if pid not in answered]
 
 
 def _rows(prompt_ids: Sequence[str], completions: list[list[Completion]]) -> list[dict]:
