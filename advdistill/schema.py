@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -43,6 +44,18 @@ def _is_integer(checker, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+def _ecma_pattern(validator, pattern: str, instance: Any, schema: dict[str, Any]):
+    """``pattern`` as JSON Schema (ECMA-262) reads it: a final ``$`` is the end of the string. Python's ``$`` also
+    matches before a trailing newline, so ``"student\\n"`` passed ``^[A-Za-z0-9_.-]*$`` and became a path part."""
+    from jsonschema import ValidationError
+
+    if not isinstance(instance, str):
+        return
+    anchored = pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith(r"\$") else pattern
+    if not re.search(anchored, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 @functools.cache
 def load_schema() -> dict[str, Any]:
     return yaml.safe_load(resources.files("advdistill").joinpath("config.schema.yaml").read_text())
@@ -62,8 +75,10 @@ def validate(instance: Any, pointer: str = "", section: str = "", set_defaults: 
     # without "$schema", so that following a "$ref" into it keeps the validator class (and its default filling)
     schema = {key: value for key, value in load_schema().items() if key != "$schema"}
     registry = Registry().with_resource(SCHEMA_URI, DRAFT202012.create_resource(schema))
-    validator_class = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER
-                                        .redefine_many({"number": _is_finite_number, "integer": _is_integer}))
+    validator_class = validators.extend(
+        Draft202012Validator, {"pattern": _ecma_pattern},
+        type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many({"number": _is_finite_number,
+                                                                       "integer": _is_integer}))
     if set_defaults:
         check_properties = validator_class.VALIDATORS["properties"]
 

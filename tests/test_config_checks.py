@@ -310,3 +310,15 @@ def test_a_report_name_that_names_an_existing_file_stops_planning(tmp_path, monk
         check_report_name({"report_name": "notes.txt"})
     check_report_name({"report_name": "default"})
     assert (tmp_path / "results" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("path", [("report_name",), ("teacher", "name"), ("students", 0, "name")])
+def test_a_name_with_a_trailing_newline_is_refused(path):
+    """JSON Schema's final ``$`` is the end of the string; Python's also matched before a trailing newline."""
+    config = yaml.safe_load((REPO / ".test" / "config_basic.yaml").read_text())
+    holder = config
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = "student\n"
+    with pytest.raises(ConfigError, match=r"'student\\n' is not a name used as one path component"):
+        validate(config, set_defaults=True)
