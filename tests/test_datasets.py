@@ -48,6 +48,29 @@ def test_ood_variant_covers_every_perturbation():
         normalise_split(get_adapter("synthetic", "synthetic", {"variant": "ood"}), "train", "o")
 
 
+def test_one_digit_problems_add_in_one_line_and_keep_their_numbers_small():
+    options = {"seed": 5, "n_train": 200, "n_test": 0, "digits": 1}
+    rows, _ = normalise_split(get_adapter("synthetic", "synthetic", options), "train", "a")
+    for row in rows.iter_rows(named=True):
+        lines = row["solution"].split(". ")
+        assert all(re.fullmatch(r"\d+ [+-] \d \= \d+\.?", line) for line in lines), row["solution"]
+        assert eval(lines[-1].split(" =")[0]) == int(row["answer"]) >= 0
+        assert all(int(n) <= 38 for n in re.findall(r"\d+", row["question"]))
+    with pytest.raises(ConfigError, match="options.digits: expected 1 or 2, got 3"):
+        get_adapter("synthetic", "synthetic", {"digits": 3}, dataset="a")
+
+
+def test_mixed_variant_mixes_plain_and_perturbed_problems_in_both_splits():
+    options = {"variant": "mixed", "seed": 2, "n_train": 300, "n_test": 30, "digits": 1,
+               "perturbations": ["rephrasing", "distractor"]}
+    train, _ = normalise_split(get_adapter("synthetic", "synthetic", options), "train", "m")
+    test, _ = normalise_split(get_adapter("synthetic", "synthetic", options), "test", "m")
+    kinds = Counter(i.rsplit("-", 1)[-1] if not i.split("-")[-1].isdigit() else "plain" for i in train["id"])
+    assert set(kinds) == {"plain", "rephrasing", "distractor"} and min(kinds.values()) > 60
+    assert not set(train["question"]) & set(test["question"])
+    assert not any(q.count("Then") > 1 for q in train["question"])
+
+
 class ListAdapter(DatasetAdapter):
     """Records given in memory, in a GSM8K-like layout."""
 
@@ -160,7 +183,7 @@ def test_unknown_option_names_the_key_and_the_known_ones():
     ("mmlu_pro", {"categories": "math"}, "options.categories: expected list[str] or null, got 'math'"),
     ("open_s1", {"test_fraction": 18}, "options.test_fraction: expected a share between 0 and 1, got 18.0"),
     ("gsm8k", {"hub_splits": {"test": 1}}, "options.hub_splits: expected dict[str, str], got {'test': 1}"),
-    ("synthetic", {"variant": "odd"}, "options.variant: expected in_distribution or ood, got 'odd'"),
+    ("synthetic", {"variant": "odd"}, "options.variant: expected in_distribution, ood or mixed, got 'odd'"),
     ("synthetic", {"n_test": -1}, "options.n_test: expected a count >= 0, got -1"),
     ("synthetic", {"seed": True}, "options.seed: expected int, got True"),
     ("synthetic", {"variant": "ood", "perturbations": ["bigger"]}, "options.perturbations: expected a non-empty "

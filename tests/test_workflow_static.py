@@ -26,7 +26,7 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     stats = result.stdout.split("Job stats:")[1].split("total")[0]
-    expected = [("prepare", 3), ("bootstrap_tokenizer", 1), ("bootstrap_model", 2), ("sample", 1),
+    expected = [("prepare", 4), ("bootstrap_tokenizer", 1), ("bootstrap_model", 2), ("sample", 1),
                 ("merge_samples", 1), ("score", 1), ("train", 2), ("evaluate", 8), ("report", 1)]
     for rule, count in expected:
         assert f"{rule} " in stats and stats.split(f"\n{rule}")[1].split()[0] == str(count), (rule, stats)

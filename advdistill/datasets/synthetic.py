@@ -41,6 +41,8 @@ DEFAULT_PERTURBATIONS = ["bigger_numbers", "extra_step", "distractor"]
 
 TWO_DIGITS = (10, 99)
 THREE_DIGITS = (100, 999)
+NUMBER_RANGES = {1: ((2, 20), (2, 9)), 2: (TWO_DIGITS, TWO_DIGITS), 3: (THREE_DIGITS, THREE_DIGITS)}
+"""``digits`` -> (range of the starting count, range of each step's amount)."""
 
 
 def written_sum(a: int, b: int) -> str:
@@ -72,13 +74,17 @@ def written_difference(a: int, b: int) -> str:
     return f"{a} - {b}: {', '.join(steps)}, so {a} - {b} = {a - b}."
 
 
-def make_problem(rng: random.Random, steps: int, numbers: tuple[int, int], distractor: bool = False,
+def make_problem(rng: random.Random, steps: int, digits: int, distractor: bool = False,
                  wording: str = "trained") -> dict[str, str]:
-    """One word problem with its reasoning and final answer."""
-    lo, hi = numbers
+    """One word problem with its reasoning and final answer.
+
+    Amounts of one digit are added in one line (``12 + 7 = 19.``); longer ones in columns.
+    """
+    (first, last), (lo, hi) = NUMBER_RANGES[digits]
+    in_columns = digits > 1
     opening, gains, losses, question = WORDINGS[wording]
     (name, pronoun), item = rng.choice(PEOPLE), rng.choice(ITEMS)
-    total = rng.randint(lo, hi)
+    total = rng.randint(first, last)
     sentences = [opening.format(name=name, n=total, item=item)]
     reasoning = []
     for step in range(steps):
@@ -86,17 +92,17 @@ def make_problem(rng: random.Random, steps: int, numbers: tuple[int, int], distr
         if total >= lo and rng.random() < 0.5:
             n = rng.randint(lo, min(hi, total))
             sentences.append(rng.choice(losses).format(who=who, n=n))
-            reasoning.append(written_difference(total, n))
+            reasoning.append(written_difference(total, n) if in_columns else f"{total} - {n} = {total - n}.")
             total -= n
         else:
             n = rng.randint(lo, hi)
             sentences.append(rng.choice(gains).format(who=who, n=n))
-            reasoning.append(written_sum(total, n))
+            reasoning.append(written_sum(total, n) if in_columns else f"{total} + {n} = {total + n}.")
             total += n
     if distractor:
         other = rng.choice([p for p, _ in PEOPLE if p != name])
         extra = rng.choice(DISTRACTORS).format(
-            other=other, n=rng.randint(lo, hi), item=rng.choice(ITEMS))
+            other=other, n=rng.randint(first, last), item=rng.choice(ITEMS))
         sentences.insert(rng.randint(1, len(sentences)), extra)
     sentences.append(question.format(item=item, name=name))
     return {"question": " ".join(sentences), "solution": " ".join(reasoning), "answer": str(total)}
@@ -107,15 +113,19 @@ class SyntheticArithmetic(DatasetAdapter):
     the ``perturbations`` to draw from (each problem gets one, uniformly)."""
 
     name = "synthetic"
-    option_types = {"variant": str, "seed": int, "n_train": int, "n_test": int, "perturbations": list[str]}
+    option_types = {"variant": str, "seed": int, "n_train": int, "n_test": int, "perturbations": list[str],
+                    "digits": int}
 
     def __init__(self, source: str, options: dict[str, Any] | None = None, dataset: str | None = None):
         super().__init__(source, options, dataset)
         self.variant = self.options.get("variant", "in_distribution")
-        if self.variant not in ("in_distribution", "ood"):
-            raise self.option_error("variant", f"expected in_distribution or ood, got '{self.variant}'")
-        self.splits = ("train", "test") if self.variant == "in_distribution" else ("test",)
+        if self.variant not in ("in_distribution", "ood", "mixed"):
+            raise self.option_error("variant", f"expected in_distribution, ood or mixed, got '{self.variant}'")
+        self.splits = ("test",) if self.variant == "ood" else ("train", "test")
         self.seed = self.options.get("seed", 0)
+        self.digits = self.options.get("digits", 2)
+        if self.digits not in (1, 2):
+            raise self.option_error("digits", f"expected 1 or 2, got {self.digits}")
         self.perturbations = self.options.get("perturbations", DEFAULT_PERTURBATIONS)
         unknown = sorted(set(self.perturbations) - set(PERTURBATIONS))
         if unknown or not self.perturbations:
@@ -127,26 +137,25 @@ class SyntheticArithmetic(DatasetAdapter):
                 raise self.option_error(f"n_{split}", f"expected a count >= 0, got {size}")
 
     def _problems(self, rng: random.Random) -> Iterator[dict[str, str]]:
+        kinds = {"in_distribution": [""], "ood": self.perturbations, "mixed": ["", *self.perturbations]}[self.variant]
         while True:
-            if self.variant == "in_distribution":
-                yield {**make_problem(rng, rng.choice((1, 2)), TWO_DIGITS), "perturbation": ""}
-                continue
-            perturbation = rng.choice(self.perturbations)
-            if perturbation == "bigger_numbers":
-                problem = make_problem(rng, rng.choice((1, 2)), THREE_DIGITS)
-            elif perturbation == "rephrasing":
-                problem = make_problem(rng, rng.choice((1, 2)), TWO_DIGITS, wording="rephrased")
-            elif perturbation == "extra_step":
-                problem = make_problem(rng, 3, TWO_DIGITS)
-            else:
-                problem = make_problem(rng, rng.choice((1, 2)), TWO_DIGITS, distractor=True)
-            yield {**problem, "perturbation": perturbation}
+            perturbation = rng.choice(kinds) if len(kinds) > 1 else kinds[0]
+            yield {**self._problem(rng, perturbation), "perturbation": perturbation}
+
+    def _problem(self, rng: random.Random, perturbation: str) -> dict[str, str]:
+        if perturbation == "bigger_numbers":
+            return make_problem(rng, rng.choice((1, 2)), self.digits + 1)
+        if perturbation == "rephrasing":
+            return make_problem(rng, rng.choice((1, 2)), self.digits, wording="rephrased")
+        if perturbation == "extra_step":
+            return make_problem(rng, 3, self.digits)
+        return make_problem(rng, rng.choice((1, 2)), self.digits, distractor=perturbation == "distractor")
 
     def records(self, split: str) -> Iterator[dict[str, Any]]:
         """Unique problems; the test split comes first in the stream, so train never repeats it."""
         rng = random.Random(f"{self.seed}:{self.variant}")
         seen: set[str] = set()
-        order = ("test", "train") if self.variant == "in_distribution" else ("test",)
+        order = ("test",) if self.variant == "ood" else ("test", "train")
         for current in order:
             produced = 0
             for problem in self._problems(rng):
