@@ -1,14 +1,14 @@
 """Synthetic arithmetic word problems: the embedded, offline default dataset.
 
-Problems are generated from a seed, so every machine builds the same rows. The in-distribution
-variant has one or two add/subtract steps on two-digit numbers (splits ``train`` and ``test``); the
-out-of-distribution variant (split ``test``) perturbs each problem in one of the ways of its
-``perturbations`` option, in the spirit of GSM-PLUS: ``bigger_numbers`` (three-digit numbers),
-``rephrasing`` (sentences and question worded as no training problem is), ``extra_step`` (a third step)
-or ``distractor`` (a sentence that carries an irrelevant number); the default is the first, third and
-fourth. Each row has a
-chain-of-thought ``solution`` that works in columns, units first, as a small model needs:
-``48 + 37: 8 + 7 = 15 carry 1, 4 + 3 + 1 = 8, so 48 + 37 = 85.``
+Problems are generated from a seed, so every machine builds the same rows. The ``in_distribution`` variant has
+one or two add/subtract steps (splits ``train`` and ``test``); ``ood`` (split ``test``) perturbs each problem in
+one of the ways of its ``perturbations`` option, in the spirit of GSM-PLUS: ``bigger_numbers`` (one digit more),
+``rephrasing`` (sentences and question worded as no plain problem is), ``extra_step`` (a third step) or
+``distractor`` (a sentence that carries an irrelevant number); the default is the first, third and fourth.
+``mixed`` (splits ``train`` and ``test``) draws plain and perturbed problems alike: a broad corpus to bootstrap
+models on, beside narrow distillation prompts. ``digits`` 2 (the default) uses two-digit numbers and works in
+columns, units first, as a small model needs: ``48 + 37: 8 + 7 = 15 carry 1, 4 + 3 + 1 = 8, so 48 + 37 = 85.``;
+``digits`` 1 starts from 2-20 and adds or takes one-digit amounts in one line: ``12 + 7 = 19.``
 """
 
 from __future__ import annotations
@@ -109,8 +109,9 @@ def make_problem(rng: random.Random, steps: int, digits: int, distractor: bool =
 
 
 class SyntheticArithmetic(DatasetAdapter):
-    """Options: ``variant`` (``in_distribution`` | ``ood``), ``seed``, ``n_train``, ``n_test``, and for ``ood``
-    the ``perturbations`` to draw from (each problem gets one, uniformly)."""
+    """Options: ``variant`` (``in_distribution`` | ``ood`` | ``mixed``), ``digits`` (1 | 2), ``seed``, ``n_train``,
+    ``n_test``, and for ``ood`` and ``mixed`` the ``perturbations`` to draw from (uniformly; ``mixed`` draws a plain
+    problem as one more choice)."""
 
     name = "synthetic"
     option_types = {"variant": str, "seed": int, "n_train": int, "n_test": int, "perturbations": list[str],
