@@ -116,5 +116,5 @@ def test_failing_slurm_job_is_reported_and_finished_outputs_are_kept(cluster, tm
     assert "Error in rule prepare" in output and "arith_ood" in output
     assert (tmp_path / "results/prepare/arith/test.parquet").exists()
     assert not (tmp_path / "results/prepare/arith_ood/test.parquet").exists()
-    assert "options.variant: expected in_distribution or ood, got 'no-such-variant'" in (
+    assert "options.variant: expected in_distribution, ood or mixed, got 'no-such-variant'" in (
         tmp_path / "logs/prepare/arith_ood/test.log").read_text()
