@@ -116,8 +116,10 @@ def _add_train(sub) -> None:
     p.add_argument("--scored", type=Path, required=True, help="scored parquet")
     p.add_argument("--objective", choices=["sft", "advdistill"], required=True)
     p.add_argument("--settings", default="{}", help="training settings as JSON")
-    p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
+    p.add_argument("--prompt", default="{}", help="prompt settings as JSON (few_shot turns come from --rows)")
     p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--few-shot-seed", type=_seed,
+                   help="seed that picks the few-shot turns, the sampler's and evaluation's (default: --seed)")
     p.add_argument("--checkpoints", type=Path,
                    help="checkpoint folder: the resume point of a killed run with the same inputs, settings, seed "
                         "and code; deleted once the model is saved (default beside --out)")
@@ -225,8 +227,9 @@ def run(args: argparse.Namespace) -> None:
         from advdistill.train import run_train
 
         checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
+        few_shot_seed = args.seed if args.few_shot_seed is None else args.few_shot_seed
         run_train(args.model, args.rows, args.scored, args.objective, settings, prompt, args.seed, args.out,
-                  checkpoints)
+                  checkpoints, few_shot_seed)
     elif args.stage == "evaluate":
         settings, prompt = section_from_json("evaluation", args.settings), section_from_json("prompt", args.prompt)
         check_before_loading("evaluate", settings, args)

@@ -35,14 +35,19 @@ def part_range(n_prompts: int, shard_size: int, part: int, parts: int) -> tuple[
 
 def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg: PromptConfig,
                seed: int, out: Path, part: int = 0, parts: int = 1) -> pl.DataFrame:
-    """Sample the prompts of job ``part`` of ``parts`` (see :func:`part_range`) into ``out``."""
+    """Sample the prompts of job ``part`` of ``parts`` (see :func:`part_range`) into ``out``.
+
+    Few-shot turns (``prompt_cfg.few_shot``) are picked by ``seed`` from the whole of ``rows_path``, as evaluation
+    picks them from the training split, so trained students are evaluated with the turns they learned from.
+    """
     from transformers import AutoTokenizer
 
-    rows = read_rows(rows_path).to_dicts()[:cfg.max_prompts]
+    all_rows = read_rows(rows_path).to_dicts()
+    rows = all_rows[:cfg.max_prompts]
     start, end = part_range(len(rows), cfg.shard_size, part, parts)
     rows = rows[start:end]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    texts = render_prompts(rows, tokenizer, prompt_cfg)
+    texts = render_prompts(rows, tokenizer, prompt_cfg, all_rows, seed)
     ids = [r["id"] for r in rows]
     params = GenerationParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_new_tokens=cfg.max_new_tokens)

@@ -45,8 +45,12 @@ log = logging.getLogger(__name__)
 
 
 def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,
-              prompt_cfg: PromptConfig, seed: int, out: Path, checkpoints: Path) -> dict[str, Any]:
+              prompt_cfg: PromptConfig, seed: int, out: Path, checkpoints: Path,
+              few_shot_seed: int | None = None) -> dict[str, Any]:
     """Fine-tune a student on scored teacher groups with the ``sft`` or ``advdistill`` objective.
+
+    Few-shot turns (``prompt_cfg.few_shot``) come from ``rows_path``, picked by ``few_shot_seed`` (default
+    ``seed``): the pipeline passes the sampler's seed, so the student learns from the prompts the teacher saw.
 
     ``checkpoints`` holds the checkpoints of this run only (see
     :func:`~advdistill.training.checkpoints.training_fingerprint`).
@@ -58,7 +62,8 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
         raise TrainingError(f"{scored_path}: no kept groups to train on (every group was filtered out by score)")
     rows = read_rows(rows_path).to_dicts()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    prompts = dict(zip([r["id"] for r in rows], render_prompts(rows, tokenizer, prompt_cfg)))
+    shots_seed = seed if few_shot_seed is None else few_shot_seed
+    prompts = dict(zip([r["id"] for r in rows], render_prompts(rows, tokenizer, prompt_cfg, rows, shots_seed)))
     groups, truncated = build_groups(prompts, scored, tokenizer, cfg.optim.max_seq_length)
     train_groups, eval_groups = split_validation(groups, cfg.validation_fraction, seed)
     if objective == "sft":

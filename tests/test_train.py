@@ -276,3 +276,47 @@ def test_match_steps_gives_sft_the_optimizer_steps_of_advdistill(tiny_model_dir,
     assert steps("advdistill", False) == 8 == advdistill_steps(7, TrainingConfig(optim=optim))
     assert steps("sft", False) == 2
     assert steps("sft", True) == 8
+
+
+@pytest.mark.failure_mode(
+    "prompt.few_shot > 0 for sampling and training",
+    sees="the teacher samples and the student trains on the few-shot prompts evaluation renders",
+    kept="nothing to keep: it runs")
+def test_few_shot_prompts_are_the_same_in_sampling_training_and_evaluation(tiny_model_dir, synthetic_rows,
+                                                                           rows_file, tmp_path, monkeypatch):
+    """With ``prompt.few_shot: 2`` the sampler and the trainer pick their turns from the training split by the
+    sampler's seed (the trainer's own seed being a replicate's), as evaluation does for a trained student; it used
+    to fail with "need 2 training rows with solutions, found 0"."""
+    import advdistill.sample as sample_module
+    import advdistill.train as train_module
+    from advdistill.config import SamplingConfig
+
+    prompt_cfg, sampler_seed, seen = PromptConfig(few_shot=2), 5, {}
+
+    class Captured(Exception):
+        pass
+
+    def capture_sampled(_backend, ids, texts, *_args, **_kwargs):
+        seen["sample"] = dict(zip(ids, texts))
+        raise Captured
+
+    def capture_trained(prompts, *_args, **_kwargs):
+        seen["train"] = prompts
+        raise Captured
+
+    monkeypatch.setattr(sample_module, "sample_prompts", capture_sampled)
+    monkeypatch.setattr(train_module, "build_groups", capture_trained)
+    with pytest.raises(Captured):
+        sample_module.run_sample(str(tiny_model_dir), rows_file, SamplingConfig(max_prompts=4, shard_size=4),
+                                 prompt_cfg, sampler_seed, tmp_path / "samples.parquet")
+    with pytest.raises(Captured):
+        run_train(str(tiny_model_dir), rows_file, write_scored_table(tmp_path, synthetic_rows), "sft",
+                  TrainingConfig(optim=TINY_OPTIM), prompt_cfg, 99, tmp_path / "out", tmp_path / "ck",
+                  few_shot_seed=sampler_seed)
+    train, tokenizer = synthetic_rows[0].to_dicts(), AutoTokenizer.from_pretrained(tiny_model_dir)
+    evaluated = render_prompts(train[:4], tokenizer, prompt_cfg, train, sampler_seed)
+    assert list(seen["sample"].values()) == evaluated
+    assert [seen["train"][row["id"]] for row in train[:4]] == evaluated
+    zero_shot = render_prompts(train[:4], tokenizer, PromptConfig())
+    assert [text.count("<|im_start|>assistant") for text in evaluated] == [
+        text.count("<|im_start|>assistant") + 2 for text in zero_shot]

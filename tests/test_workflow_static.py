@@ -166,3 +166,40 @@ def test_missing_local_source_stops_before_any_job_naming_the_key(tmp_path, chan
                            cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.failure_mode(
+    "a local dataset file replaced by a changed one with an older modification time (cp -p, tar -x)",
+    sees="prepare reruns (reason: params changed, the file's content digest)",
+    kept="the other splits' prepared rows")
+def test_a_dataset_file_changed_under_an_older_mtime_reruns_prepare(tmp_path):
+    """prepare takes the source file's SHA-256 as a parameter (cached by path, size and mtime), so a changed
+    content reruns it although Snakemake's mtime check sees an older input; an untouched file costs no rerun."""
+    release = tmp_path / "release.jsonl"
+    release.write_bytes((REPO / "tests/fixtures/datasets/gsm8k.jsonl").read_bytes())
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["datasets"]["local"] = {"adapter": "gsm8k", "source": str(release), "splits": ["test"]}
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(config))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    target = ("results/prepare/local/test.parquet", "--configfile", str(tmp_path / "local.yaml"))
+
+    def run(*args):
+        result = run_snakemake(*args, *target, cwd=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    run("--cores", "1")
+    prepared = workdir / "results/prepare/local/test.parquet"
+    rows_before = prepared.read_bytes()
+    assert "Nothing to be done" in run("--cores", "1")
+
+    old = prepared.stat().st_mtime - 3600
+    release.write_bytes(release.read_bytes().replace(b"Tom has 3 apples", b"Tom has 4 apples"))
+    os.utime(release, (old, old))
+    planned = run("--dry-run")
+    assert "rule prepare:" in planned and "params" in planned.split("rule prepare:")[1], planned[-3000:]
+    run("--cores", "1")
+    assert prepared.read_bytes() != rows_before
+    assert "Nothing to be done" in run("--cores", "1")

@@ -8,6 +8,7 @@ from snakemake.settings.types import DeploymentMethod
 
 from advdistill.code_deps import stage_code_version
 from advdistill.datasets.sources import looks_local
+from advdistill.digests import DigestCache
 from advdistill.errors import ConfigError
 from advdistill.memory_plan import check_plan, format_plan, plan_memory, plan_rows, stage_gpus
 from advdistill.planning import (
@@ -104,6 +105,17 @@ def dataset_source_input(dataset, split):
     """A split's local source file as a dependency (an edit after prepare reruns it); nothing for a hub id."""
     source = dataset_source(dataset, split)
     return [source] if Path(source).expanduser().is_file() else []
+
+
+# Digests of local dataset files, cached by path, size and mtime (advdistill/digests.py).
+SOURCE_DIGESTS = DigestCache(Path(".snakemake/advdistill/source-digests.json"))
+
+
+def dataset_source_digest(dataset, split):
+    """The content digest of a split's local source file, a parameter of prepare: a file replaced by another
+    with an older modification time (cp -p, tar -x) still reruns it. Empty for a hub id or a generator."""
+    source = dataset_source(dataset, split)
+    return SOURCE_DIGESTS.digest(source) if Path(source).expanduser().is_file() else ""
 
 
 def as_json(section):

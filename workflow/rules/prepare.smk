@@ -11,6 +11,7 @@ rule prepare:
     params:
         adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
         source=lambda wc: dataset_source(wc.dataset, wc.split),
+        source_digest=lambda wc: dataset_source_digest(wc.dataset, wc.split),
         options=lambda wc: as_json(config["datasets"][wc.dataset].get("options", {})),
         code=stage_code("prepare"),
     threads: 1
