@@ -5,8 +5,9 @@ Snakemake's own code trigger sees only a rule's shell command, not the package i
 carries a digest of its stage's sources as a parameter. The sources are the CLI module, the modules the
 stage's branch of :func:`advdistill.cli.run` imports, and everything those import from this package or
 the loss kernels (with the C++ sources the kernels compile at run time), transitively. Nothing is
-imported: the Snakemake process reads the files as text, which keeps planning fast and works in a
-checkout whose package is not installed.
+imported: the Snakemake process reads the files as text, which works in a checkout whose package is not
+installed. Reading every import takes about half a second, so :class:`CachedStageVersions` keeps the digests
+between Snakemake calls while no source file's size or modification time changes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import ast
 import hashlib
 from functools import cache
 from pathlib import Path
+
+from advdistill.digests import load_cache, save_cache
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_SOURCES = ("*.cpp",)  # compiled on first use, so part of what a kernel module runs
@@ -124,3 +127,32 @@ def stage_code_version(stage: str, repo: Path = REPO) -> str:
         digest.update(path.relative_to(repo).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def source_tree_stamp(repo: Path = REPO) -> str:
+    """A digest of the path, size and modification time of every file a stage could run (Python and runtime
+    sources of the package roots): it changes whenever one of them is edited, added or removed."""
+    digest = hashlib.sha256()
+    for root, package in ((root, package) for package, root in package_roots(repo).items()):
+        for pattern in ("*.py", *RUNTIME_SOURCES):
+            for path in sorted((root / package).rglob(pattern)):
+                stat = path.stat()
+                digest.update(f"{path.relative_to(repo).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class CachedStageVersions:
+    """:func:`stage_code_version` of each stage, kept in the JSON file ``cache_path`` for as long as
+    :func:`source_tree_stamp` stays the same."""
+
+    def __init__(self, cache_path: Path, repo: Path = REPO):
+        self.cache_path, self.repo, self.stamp = cache_path, repo, source_tree_stamp(repo)
+        cached = load_cache(cache_path)
+        fresh = cached.get("stamp") == self.stamp and isinstance(cached.get("stages"), dict)
+        self.versions: dict[str, str] = cached["stages"] if fresh else {}
+
+    def version(self, stage: str) -> str:
+        if stage not in self.versions:
+            self.versions[stage] = stage_code_version(stage, self.repo)
+            save_cache(self.cache_path, {"stamp": self.stamp, "stages": self.versions})
+        return self.versions[stage]

@@ -11,9 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
-
-from advdistill.io import atomic_write
 
 CHUNK = 1 << 20
 
@@ -31,17 +30,10 @@ class DigestCache:
 
     def __init__(self, cache_path: Path):
         self.cache_path = cache_path
-        self.entries = self._read()
-
-    def _read(self) -> dict[str, dict]:
-        try:
-            entries = json.loads(self.cache_path.read_text())
-        except (OSError, ValueError):
-            return {}  # no cache yet, or a damaged one: every digest is computed again
-        return entries if isinstance(entries, dict) else {}
+        self.entries = load_cache(cache_path)
 
     def digest(self, path: str | os.PathLike) -> str:
-        """The file's digest; one computed anew is written to the cache at once (atomically)."""
+        """The file's digest; one computed anew is written to the cache at once."""
         resolved = Path(path).expanduser().resolve()
         stat = resolved.stat()
         key, stamp = str(resolved), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -49,6 +41,34 @@ class DigestCache:
         if isinstance(entry, dict) and {k: entry.get(k) for k in stamp} == stamp and "sha256" in entry:
             return entry["sha256"]
         self.entries[key] = {**stamp, "sha256": file_digest(resolved)}
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.cache_path, lambda tmp: tmp.write_text(json.dumps(self.entries, indent=1)))
+        save_cache(self.cache_path, self.entries)
         return self.entries[key]["sha256"]
+
+
+def load_cache(path: Path) -> dict:
+    """A planning cache file's object; empty where there is none yet or it is damaged (all is computed again)."""
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def save_cache(path: Path, obj: object) -> None:
+    """Replace a planning cache file at once (a killed planning leaves the old one); a folder that cannot be
+    written (a read-only checkout) only costs the cache. Not :mod:`advdistill.io`: it imports polars, which would
+    cost every Snakemake call a quarter of a second."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(obj, out, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from advdistill.errors import InputError, OutputError
+from advdistill.paths import MANIFEST_SUFFIX, temporary_prefix
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _output_error(path: Path, err: OSError) -> OutputError:
 def _temporary_sibling(path: Path, is_dir: bool = False) -> Path:
     """A new file or folder beside ``path``, with the mode a plain ``open``/``mkdir`` would give it (mkstemp and
     mkdtemp create 0600/0700, which other users of a shared results folder could not read)."""
-    prefix = f".{path.name}.tmp-"
+    prefix = temporary_prefix(path.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if is_dir:
@@ -195,4 +196,4 @@ def claim_resume_folder(path: str | os.PathLike, fingerprint: str) -> None:
 
 def manifest_path(output: Path) -> Path:
     """Where a stage's provenance manifest of ``output`` lives: ``<output>.manifest.json`` beside it."""
-    return output.with_name(output.name + ".manifest.json")
+    return output.with_name(output.name + MANIFEST_SUFFIX)

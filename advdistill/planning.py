@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from advdistill import paths
 from advdistill.config import section_from_dict
 from advdistill.errors import ConfigError
 from advdistill.schema import read_config_file, validate
@@ -191,6 +192,48 @@ def check_model_names(config: dict[str, Any]) -> None:
         first[name] = key
 
 
+def derived_file_names(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every path component the pipeline derives from configured names, with the config key it comes from."""
+    names = [*derived_model_names(config), *((name, f"datasets.{name}") for name in config.get("datasets", {}))]
+    if config.get("report_name"):
+        names.append((config["report_name"], "report_name"))
+    for dataset, experiment in config.get("experiments", {}).items():
+        key = f"experiments.{dataset}"
+        names += [(paths.advantages_plot(dataset), key), (paths.correct_per_group_plot(dataset), key)]
+        names += [(paths.lengths_plot(testset), f"{key}.testsets") for testset in experiment.get("testsets", [])]
+        names += [(paths.loss_terms_plot(dataset, run.name), f"{key} and {run.config_key}")
+                  for run in trained_runs(config)]
+    return names
+
+
+def check_file_names(config: dict[str, Any]) -> None:
+    """A derived file name over the file system's 255-byte limit would fail its stage (the report's plots come
+    last): planning names the key instead."""
+    for name, key in derived_file_names(config):
+        needed = paths.needed_bytes(name)
+        if needed > paths.MAX_COMPONENT_BYTES:
+            shown = name if len(name) <= 60 else f"{name[:57]}..."
+            raise ConfigError(f"config {key}: the file name '{shown}' derived from it needs {needed} bytes with the "
+                              f"pipeline's temporary and manifest suffixes, over the file system's limit of "
+                              f"{paths.MAX_COMPONENT_BYTES}: shorten the name")
+
+
+def check_context_lengths(config: dict[str, Any]) -> None:
+    """A bootstrapped model's context is known at planning: ``max_new_tokens`` must leave room for a prompt in it
+    (sampling for the teacher, evaluation for every model). Hub models are checked by the stage that loads them."""
+    for key, model in labelled_models(config):
+        shape = (model.get("bootstrap") or {}).get("shape") or {}
+        context = shape.get("max_position_embeddings") if model.get("source") == "bootstrap" else None
+        if context is None:
+            continue
+        for section in ("sampling", "evaluation") if key == "teacher" else ("evaluation",):
+            wanted = config[section]["max_new_tokens"]
+            if wanted >= context:
+                raise ConfigError(f"config {section}.max_new_tokens: {wanted} leaves no room for a prompt in "
+                                  f"{key}.bootstrap.shape.max_position_embeddings {context}: lower the one or "
+                                  "raise the other")
+
+
 def check_stage_sections(config: dict[str, Any]) -> None:
     """Parse every section as its stage's CLI will, so that no job meets a config error that planning let
     through (the checks in the dataclasses' ``__post_init__``, e.g. temperature 0 with several samples)."""
@@ -213,6 +256,8 @@ def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> 
     check_stage_sections(config)
     check_variants(config)
     check_model_names(config)
+    check_file_names(config)
+    check_context_lengths(config)
     check_report_name(config)
     check_paper_reference(config)
 

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from advdistill.code_deps import stage_code_version, stage_sources
+from advdistill.code_deps import CachedStageVersions, stage_code_version, stage_sources
 from tests.helpers import REPO, copy_workflow
 
 
@@ -56,12 +57,29 @@ def test_a_module_edit_changes_the_digest_of_exactly_the_stages_that_run_it(tmp_
     assert edited("advdistill/report/plots.py") == {"report"}
 
 
+def test_cached_stage_versions_are_computed_again_after_any_edit(tmp_path):
+    """Planning keeps the digests in .snakemake/advdistill (half a second a Snakemake call saved); an edited
+    source makes the cache stale, whatever stage it belongs to."""
+    repo, cache = copy_workflow(tmp_path / "repo"), tmp_path / "cache" / "code-versions.json"
+    first = CachedStageVersions(cache, repo).version("score")
+    assert first == stage_code_version("score", repo)
+    assert CachedStageVersions(cache, repo).versions == {"score": first}
+    rewards = repo / "advdistill" / "rewards.py"
+    rewards.write_text(rewards.read_text() + "\n# edited\n")
+    stage_sources.cache_clear()
+    after_edit = CachedStageVersions(cache, repo)
+    assert after_edit.versions == {} and after_edit.version("score") != first
+
+
 @pytest.mark.slow
 @pytest.mark.failure_mode(
-    "local dataset file edited after prepare",
-    sees="the next run prepares that split again (and reruns what depends on it)",
+    "local dataset file edited after prepare, or replaced by a changed one with an older modification time "
+    "(cp -p, tar -x, a synced folder)",
+    sees="the next run prepares that split again (reason: its input, or the file's content digest, a parameter)",
     kept="the other splits and stages")
 def test_an_edited_local_dataset_file_reruns_its_prepare(tmp_path):
+    """The file is an input (a newer file reruns) and its SHA-256 a parameter, cached by path, size and mtime
+    (advdistill/digests.py), so a changed content under an older mtime reruns too."""
     workdir = copy_workflow(tmp_path / "run")
     data = workdir / "data"
     data.mkdir()
@@ -83,3 +101,12 @@ def test_an_edited_local_dataset_file_reruns_its_prepare(tmp_path):
     with open(data / "gsm8k_test.jsonl", "ab") as edit:
         edit.write(b"\n")
     assert "prepare" in snakemake("--dry-run").split("Job stats:")[1]
+    snakemake()
+    release = data / "gsm8k_test.jsonl"
+    older = (workdir / "results/prepare/gsm8k/test.parquet").stat().st_mtime - 3600
+    release.write_bytes(release.read_bytes().replace(b"Tom has 3 apples", b"Tom has 4 apples"))
+    os.utime(release, (older, older))
+    planned = snakemake("--dry-run")
+    assert "prepare" in planned.split("Job stats:")[1] and "params" in planned.split("rule prepare:")[1]
+    snakemake()
+    assert "Nothing to be done" in snakemake("--dry-run")

@@ -221,11 +221,29 @@ def set_key(path, value):
      "config datasets.arith.source: file ./no-such-release.jsonl not found (split 'train')"),
     (set_key(("students", 0, "source"), "/no/such/model"), "config students[0].source: model folder /no/such/model "
                                                            "not found"),
+    (lambda config: (set_at(config, ("students", 0, "name"), "s" * 100),
+                     set_at(config, ("variants",), {"v" * 100: {"training": {"loss": {"lam": 0.0}}}})),
+     f"the file name 'loss_terms_arith_{'s' * 40}...' derived from it needs 261 bytes with the pipeline's "
+     "temporary and manifest suffixes, over the file system's limit of 255: shorten the name"),
+    (set_key(("evaluation", "max_new_tokens"), 512), "config evaluation.max_new_tokens: 512 leaves no room for a "
+                                                     "prompt in teacher.bootstrap.shape.max_position_embeddings 512"),
+    (set_key(("sampling", "max_new_tokens"), 600), "config sampling.max_new_tokens: 600 leaves no room for a "
+                                                   "prompt in teacher.bootstrap.shape.max_position_embeddings 512"),
 ], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
         "split-path", "dash-name", "student-sft-collision", "teacher-base-collision", "variant-path",
         "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "variants-only-none",
         "report-stage-folder",
-        "paper-unknown-model", "missing-local-release", "missing-local-model"])
+        "paper-unknown-model", "missing-local-release", "missing-local-model", "file-name-too-long",
+        "evaluation-past-context", "sampling-past-context"])
+@pytest.mark.failure_mode(
+    "sampling or evaluation max_new_tokens at or beyond a bootstrapped model's context",
+    sees="planning stops naming the key, the model's max_position_embeddings and both numbers",
+    kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "names that are valid alone but derive a file name over the 255-byte limit (a 100-character student and "
+    "variant: the report's loss plot)",
+    sees="planning stops naming the keys, the name, the bytes it needs and the limit", kept="everything; no job "
+                                                                                             "starts")
 @pytest.mark.failure_mode(
     "a dataset or model source that is a local path (absolute, ./, ../, ~ or a release-file suffix) that does "
     "not exist",

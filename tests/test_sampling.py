@@ -97,6 +97,31 @@ def test_special_token_only_and_undecodable_completions(tiny_model_dir):
     assert "\ufffd" in broken.text and broken.truncated
 
 
+@pytest.mark.failure_mode(
+    "a prompt that leaves no room for max_new_tokens in a hub model's context (HF backend)",
+    sees="a warning naming the prompt, its length and the context; the prompt counts as unanswered",
+    kept="every other prompt's samples, as without it")
+def test_hf_skips_a_prompt_too_long_for_the_context_and_samples_the_others(tiny_model_dir, caplog):
+    """It used to generate past ``max_position_embeddings`` without a word."""
+    from advdistill.sampling.hf import HFBackend
+
+    backend = HFBackend(str(tiny_model_dir))
+    short, long = "seven plus one", " ".join(["seven plus one"] * 40)
+    lengths = [len(backend.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in (short, long)]
+    backend.context = lengths[0] + 8
+    params = GenerationParams(n=2, temperature=0.9, top_p=1.0, max_new_tokens=8)
+    alone = backend.generate([short], params, seed=3)
+    with caplog.at_level("WARNING", logger="advdistill.sampling.base"):
+        both = backend.generate([long, short], params, seed=3)
+    assert both == [[], alone[0]] and len(alone[0]) == 2 and backend.skipped_too_long == 1
+    assert (f"skipping 1 of 2 prompts of this call, longer than the model's context (max_position_embeddings) "
+            f"{lengths[0] + 8} - max_new_tokens 8 = {lengths[0]} tokens (they get no samples): prompt 0 "
+            f"({lengths[1]} tokens)") in caplog.text
+    with pytest.raises(ConfigError, match="max_new_tokens 8 leaves no room for a prompt in the model's context"):
+        backend.context = 8
+        backend.generate([short], params, seed=3)
+
+
 def test_part_ranges_cover_whole_shards():
     from advdistill.sample import part_range
 

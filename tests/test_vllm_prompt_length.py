@@ -12,29 +12,33 @@ from dataclasses import dataclass
 import pytest
 
 from advdistill.errors import ConfigError
-from advdistill.sampling.base import Completion, GenerationParams
-from advdistill.sampling.vllm import VLLMBackend, prompts_that_fit, request_seed
+from advdistill.sampling.base import Completion, GenerationParams, prompts_that_fit
+from advdistill.sampling.vllm import VLLMBackend, request_seed
 
 STOP = 0
 
 
+def fit_in_eight(lengths: list[int], max_new_tokens: int) -> list[int]:
+    return prompts_that_fit(lengths, 8, max_new_tokens, "vLLM's max_model_len", "raise max_model_len or lower")
+
+
 def test_prompts_longer_than_the_room_left_by_the_responses_are_left_out(caplog):
-    with caplog.at_level(logging.WARNING, logger="advdistill.sampling.vllm"):
-        assert prompts_that_fit([3, 5, 6, 10], max_model_len=8, max_new_tokens=3) == [0, 1]
+    with caplog.at_level(logging.WARNING, logger="advdistill.sampling.base"):
+        assert fit_in_eight([3, 5, 6, 10], max_new_tokens=3) == [0, 1]
     assert "skipping 2 of 4 prompts" in caplog.text and "8 - max_new_tokens 3 = 5 tokens" in caplog.text
     assert "prompt 2 (6 tokens), 3 (10 tokens)" in caplog.text
 
 
 def test_prompts_that_all_fit_are_kept_in_silence(caplog):
-    with caplog.at_level(logging.WARNING, logger="advdistill.sampling.vllm"):
-        assert prompts_that_fit([5, 1, 5], max_model_len=8, max_new_tokens=3) == [0, 1, 2]
+    with caplog.at_level(logging.WARNING, logger="advdistill.sampling.base"):
+        assert fit_in_eight([5, 1, 5], max_new_tokens=3) == [0, 1, 2]
     assert not caplog.text
 
 
 @pytest.mark.parametrize("max_new_tokens", [8, 9])
 def test_no_room_for_any_prompt_is_a_configuration_error(max_new_tokens):
     with pytest.raises(ConfigError, match=f"max_new_tokens {max_new_tokens} leaves no room .* max_model_len 8"):
-        prompts_that_fit([1], max_model_len=8, max_new_tokens=max_new_tokens)
+        fit_in_eight([1], max_new_tokens=max_new_tokens)
 
 
 class WordTokenizer:

@@ -17,8 +17,8 @@ from typing import Any
 
 from advdistill.errors import DatasetError
 from advdistill.io import read_parquet
+from advdistill.paths import looks_local
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 FIELD_CHECK_RECORDS = 20
 
 
@@ -38,11 +38,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len({key for key, _ in pairs}) < len(pairs):
         raise RepeatedKey
     return dict(pairs)
-
-
-def looks_local(source: str) -> bool:
-    """A path (existing, absolute, relative with ./ or ../, or a release-file suffix), not a hub id."""
-    return source.endswith(LOCAL_SUFFIXES) or source.startswith(("/", "./", "../", "~")) or Path(source).exists()
 
 
 def read_local(dataset: str, path: Path) -> Iterator[dict[str, Any] | MalformedRecord]:

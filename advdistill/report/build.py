@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from advdistill import paths
 from advdistill.errors import InputError
 from advdistill.io import atomic_directory, atomic_write, manifest_path, read_json, read_parquet, write_json
 from advdistill.metrics import prompt_outcomes
@@ -112,24 +113,24 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     intervals = ("95 % intervals (Wilson; Student-t over prompts for several samples per prompt)"
                  if any("accuracy_lower" in m for m in metrics.values()) else "Wilson 95 % intervals")
     figures = [(f"Accuracy (%) per test set and model, {intervals}",
-                plot_accuracy_bars(accuracy, testsets, plots_dir / "accuracy.png"))]
+                plot_accuracy_bars(accuracy, testsets, plots_dir / paths.accuracy_plot()))]
     for dataset, path in scored_files.items():
         scored = read_parquet(path).select("prompt_id", "correct", "advantage", "kept")
         caption = f"{dataset}: advantages of the responses in kept groups"
-        figures.append((caption, plot_advantage_histogram(scored, plots_dir / f"advantages_{dataset}.png",
+        figures.append((caption, plot_advantage_histogram(scored, plots_dir / paths.advantages_plot(dataset),
                                                           title=caption)))
         caption = f"{dataset}: correct teacher responses per group"
-        figures.append((caption, plot_correct_per_group(scored, plots_dir / f"correct_per_group_{dataset}.png",
+        figures.append((caption, plot_correct_per_group(scored, plots_dir / paths.correct_per_group_plot(dataset),
                                                         title=caption)))
     for (train_set, model), trained in train_metrics.items():
         caption = f"{model} on {train_set}: training loss and its terms per logged step"
         figures.append((caption, plot_loss_terms(trained.get("log_history", []),
-                                                 plots_dir / f"loss_terms_{train_set}_{model}.png", caption)))
+                                                 plots_dir / paths.loss_terms_plot(train_set, model), caption)))
     for testset in testsets:
         by_model = {model: responses[(model, testset)] for model in models if (model, testset) in responses}
         if by_model:
             caption = f"{testset}: response tokens of correct and wrong answers"
-            figures.append((caption, plot_length_distributions(by_model, plots_dir / f"lengths_{testset}.png",
+            figures.append((caption, plot_length_distributions(by_model, plots_dir / paths.lengths_plot(testset),
                                                                title=caption)))
 
     if paper.get("notes"):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import abc
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from advdistill.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,5 +36,22 @@ class SamplingBackend(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
-        """``n`` completions per prompt, in prompt order; none for a prompt the backend cannot take (vLLM: one
-        too long for ``max_model_len``), which the caller logs and counts."""
+        """``n`` completions per prompt, in prompt order; none for a prompt the backend cannot take (one that
+        leaves no room for ``max_new_tokens`` in the context, :func:`prompts_that_fit`), which the caller counts."""
+
+
+def prompts_that_fit(lengths: Sequence[int], context: int, max_new_tokens: int, context_name: str,
+                     fix: str) -> list[int]:
+    """Positions of the prompts (of ``lengths`` tokens) that leave room for ``max_new_tokens`` in ``context``
+    tokens; the others are logged. A context no prompt can fit is a configuration error naming both numbers."""
+    limit = context - max_new_tokens
+    if limit < 1:
+        raise ConfigError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in {context_name} "
+                          f"{context}: {fix} max_new_tokens (sampling/evaluation)")
+    fit = [i for i, length in enumerate(lengths) if length <= limit]
+    if len(fit) < len(lengths):
+        too_long = [f"{i} ({length} tokens)" for i, length in enumerate(lengths) if length > limit]
+        log.warning("skipping %d of %d prompts of this call, longer than %s %d - max_new_tokens %d = %d tokens "
+                    "(they get no samples): prompt %s", len(too_long), len(lengths), context_name, context,
+                    max_new_tokens, limit, ", ".join(too_long))
+    return fit

@@ -1,4 +1,8 @@
-"""Sampling with Hugging Face ``generate`` (batched, left padding, seeded)."""
+"""Sampling with Hugging Face ``generate`` (batched, left padding, seeded).
+
+A prompt that leaves no room for ``max_new_tokens`` in the model's context (``max_position_embeddings``) is
+skipped and counted, as in the vLLM backend: ``generate`` would run past the positions the model was built for
+without a word."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from advdistill.prompts import end_of_turn_id
-from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
+from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend, prompts_that_fit
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -42,8 +46,24 @@ class HFBackend(SamplingBackend):
     def __init__(self, model_path: str, dtype: str = "auto"):
         self.model, self.tokenizer, self.device = load_model_and_tokenizer(model_path, dtype)
         self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
+        self.skipped_too_long = 0
 
     def generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
+        """``n`` completions per prompt; none for a prompt too long for the model's context (see the module)."""
+        fit = list(range(len(prompts)))
+        if self.context is not None:
+            lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+            fit = prompts_that_fit(lengths, self.context, params.max_new_tokens,
+                                   "the model's context (max_position_embeddings)", "lower")
+        self.skipped_too_long += len(prompts) - len(fit)
+        groups: list[list[Completion]] = [[] for _ in prompts]
+        if fit:
+            for i, completions in zip(fit, self._generate([prompts[i] for i in fit], params, seed)):
+                groups[i] = completions
+        return groups
+
+    def _generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = encoded.to(self.device)
         sampling = params.temperature > 0

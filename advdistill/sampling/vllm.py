@@ -23,14 +23,9 @@ build cannot do ("CPU Generator does not use offset"). GPUs keep vLLM's default.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-from collections.abc import Sequence
 
-from advdistill.errors import ConfigError
-from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
-
-log = logging.getLogger(__name__)
+from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend, prompts_that_fit
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -41,22 +36,6 @@ def request_seed(seed: int, index: int) -> int:
     """
     digest = hashlib.sha256(f"advdistill-vllm:{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 2
-
-
-def prompts_that_fit(lengths: Sequence[int], max_model_len: int, max_new_tokens: int) -> list[int]:
-    """Positions of the prompts (of ``lengths`` tokens) that leave room for ``max_new_tokens`` in
-    ``max_model_len``; the others are logged. A limit no prompt can meet is a configuration error."""
-    limit = max_model_len - max_new_tokens
-    if limit < 1:
-        raise ConfigError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in vLLM's max_model_len "
-                          f"{max_model_len}: raise max_model_len or lower max_new_tokens (sampling/evaluation)")
-    fit = [i for i, length in enumerate(lengths) if length <= limit]
-    if len(fit) < len(lengths):
-        too_long = [f"{i} ({length} tokens)" for i, length in enumerate(lengths) if length > limit]
-        log.warning("vLLM: skipping %d of %d prompts of this call, longer than max_model_len %d - max_new_tokens "
-                    "%d = %d tokens (they get no samples): prompt %s", len(too_long), len(lengths), max_model_len,
-                    max_new_tokens, limit, ", ".join(too_long))
-    return fit
 
 
 class VLLMBackend(SamplingBackend):
@@ -90,7 +69,7 @@ class VLLMBackend(SamplingBackend):
         greedy = params.temperature == 0
         requests = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         fit = prompts_that_fit([len(r["prompt_token_ids"]) for r in requests], self.max_model_len,
-                               params.max_new_tokens)
+                               params.max_new_tokens, "vLLM's max_model_len", "raise max_model_len or lower")
         self.skipped_too_long += len(prompts) - len(fit)
         sampling = [  # seeded by position in the call, so a skipped prompt changes no other prompt's samples
             SamplingParams(n=params.n, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,

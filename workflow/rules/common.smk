@@ -6,8 +6,8 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
-from advdistill.code_deps import stage_code_version
-from advdistill.datasets.sources import looks_local
+from advdistill.code_deps import CachedStageVersions
+from advdistill.paths import looks_local
 from advdistill.digests import DigestCache
 from advdistill.errors import ConfigError
 from advdistill.memory_plan import check_plan, format_plan, plan_memory, plan_rows, stage_gpus
@@ -123,10 +123,14 @@ def as_json(section):
     return json.dumps(section, sort_keys=True, separators=(",", ":"))
 
 
+# Stage code digests, cached in .snakemake/advdistill while no source file changes (advdistill/code_deps.py).
+STAGE_CODE = CachedStageVersions(Path(".snakemake/advdistill/code-versions.json"), REPO)
+
+
 def stage_code(stage):
     """Digest of the sources ``advdistill <stage>`` runs (advdistill/code_deps.py), so that a code change reruns
     the rules it can affect and no other. The built-in code trigger sees only a rule's shell command."""
-    return stage_code_version(stage, REPO)
+    return STAGE_CODE.version(stage)
 
 
 def models():

@@ -1,0 +1,54 @@
+"""Path rules shared by planning and the stages (no heavy imports: planning runs on every Snakemake call).
+
+Whether a configured source names a local path, and the file names the pipeline derives from configured
+names with the room each needs on disk. A path component may have at most 255 bytes on the usual file
+systems. A stage's output ``<name>`` has a provenance manifest ``<name>.manifest.json`` beside it, and every
+file is first written to a temporary sibling (``.<name>.tmp-`` and 8 random characters, :mod:`advdistill.io`),
+so a derived name fits only with both decorations; planning checks every derived name against them
+(:func:`needed_bytes`), so a long name stops the run before its first job instead of failing in the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+MAX_COMPONENT_BYTES = 255
+RANDOM_CHARACTERS = 8  # what tempfile.mkstemp/mkdtemp add after the prefix
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def looks_local(source: str) -> bool:
+    """A path (existing, absolute, relative with ./ or ../, or a release-file suffix), not a hub id."""
+    return source.endswith(LOCAL_SUFFIXES) or source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+
+
+def temporary_prefix(name: str) -> str:
+    return f".{name}.tmp-"
+
+
+def needed_bytes(name: str) -> int:
+    """Bytes of the longest component the pipeline writes for an output called ``name``: the temporary sibling
+    of its manifest."""
+    return len(temporary_prefix(name + MANIFEST_SUFFIX).encode()) + RANDOM_CHARACTERS
+
+
+def accuracy_plot() -> str:
+    return "accuracy.png"
+
+
+def advantages_plot(dataset: str) -> str:
+    return f"advantages_{dataset}.png"
+
+
+def correct_per_group_plot(dataset: str) -> str:
+    return f"correct_per_group_{dataset}.png"
+
+
+def loss_terms_plot(train_set: str, model: str) -> str:
+    return f"loss_terms_{train_set}_{model}.png"
+
+
+def lengths_plot(testset: str) -> str:
+    return f"lengths_{testset}.png"
