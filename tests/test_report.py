@@ -527,3 +527,23 @@ def test_paper_reference_tables():
     compute = training_compute({("gsm8k", "s-sft"): {"global_step": 3, "train_runtime": 5400.0}})
     hours = paper_training_hours(compute, {"gsm8k": {"s-sft": 3.0, "s-advdistill": 15.0}})
     assert hours.rows() == [("gsm8k", "s-sft", 3.0, 1.5), ("gsm8k", "s-advdistill", 15.0, None)]
+
+
+@pytest.mark.failure_mode(
+    "advdistill report called by hand with a plan that lacks a part (no evaluations, an entry without its files)",
+    sees="report stops (exit 2): --plan: <part> must be a JSON array / <part>[i] lacks <keys>",
+    kept="everything; nothing is read or written")
+@pytest.mark.parametrize("plan, message", [
+    ("{}", "--plan: 'models' must be a JSON array"),
+    ('{"models": [], "testsets": [], "scored": {}, "evaluations": [{"model": "a"}]}',
+     "--plan: evaluations[0] lacks testset, metrics, responses"),
+    ('{"models": [], "testsets": [], "scored": {}, "evaluations": [], "trained": [{"model": "a", "path": "p"}]}',
+     "--plan: trained[0] lacks train_set, student, objective"),
+])
+def test_an_incomplete_plan_is_named_before_anything_is_read(capsys, tmp_path, plan, message):
+    """It used to end in a KeyError traceback."""
+    from tests.helpers import run_cli
+
+    code, err = run_cli(capsys, "report", "--plan", plan, "--out-dir", tmp_path / "report")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "report").exists()

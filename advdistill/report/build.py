@@ -140,6 +140,27 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     return atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
+PLAN_SECTIONS = {"models": list, "testsets": list, "evaluations": list, "scored": dict, "trained": list,
+                 "provenance": list}
+PLAN_ENTRY_KEYS = {"evaluations": ("model", "testset", "metrics", "responses"),
+                   "trained": ("train_set", "model", "student", "objective", "path")}
+
+
+def check_plan(plan: dict[str, Any]) -> None:
+    """The report rule writes the plan; a hand-written one that lacks a part is named here, before any file is
+    read (``trained`` and ``provenance`` may be absent)."""
+    for section, kind in PLAN_SECTIONS.items():
+        required = section not in ("trained", "provenance")
+        if (required or section in plan) and not isinstance(plan.get(section), kind):
+            raise InputError(f"--plan: '{section}' must be a JSON {'array' if kind is list else 'object'} "
+                             f"(see advdistill report --help)")
+    for section, keys in PLAN_ENTRY_KEYS.items():
+        for i, entry in enumerate(plan.get(section, [])):
+            missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+            if missing:
+                raise InputError(f"--plan: {section}[{i}] lacks {', '.join(missing)}")
+
+
 def run_report(plan: dict[str, Any], benchmarks: Path, out_dir: Path) -> Path:
     """The run's report from the files the report rule declares as its inputs, as ``plan`` lists them.
 
@@ -150,6 +171,7 @@ def run_report(plan: dict[str, Any], benchmarks: Path, out_dir: Path) -> Path:
     table lists), optionally ``memory`` (a GPU run's memory plan rows) and ``paper`` (the config's
     ``paper_reference``). Benchmarks are read from every ``*.tsv`` under ``benchmarks``, per stage folder.
     """
+    check_plan(plan)
     metrics_files = {(e["model"], e["testset"]): Path(e["metrics"]) for e in plan["evaluations"]}
     responses_files = {(e["model"], e["testset"]): Path(e["responses"]) for e in plan["evaluations"]}
     scored_files = {name: Path(path) for name, path in plan["scored"].items()}
