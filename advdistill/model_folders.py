@@ -64,7 +64,11 @@ def model_folder_problem(folder: Path) -> str | None:
         return f"has no tokenizer (tokenizer_config.json and one of {', '.join(TOKENIZER_FILES)})"
     if not tokenizer_config.get("chat_template") and not any((folder / n).is_file() for n in CHAT_TEMPLATE_FILES):
         return "has no chat template (in tokenizer_config.json or chat_template.jinja); prompts are rendered with it"
-    generation = _json(folder / "generation_config.json") or {}
+    generation = _json(folder / "generation_config.json")
+    if generation is None and (folder / "generation_config.json").exists():
+        return ("has a generation_config.json that is not a JSON object (transformers would ignore it, and with it "
+                "the model's own stop tokens)")
+    generation = generation or {}
     if not (tokenizer_config.get("eos_token") or generation.get("eos_token_id") is not None
             or config.get("eos_token_id") is not None):
         return "names no end-of-sequence token (tokenizer_config.json eos_token): responses would never stop"

@@ -196,6 +196,8 @@ def json_object(text: str, where: str) -> dict[str, Any]:
         value = json.loads(text, object_pairs_hook=functools.partial(_unique_json_pairs, where))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{where} is not valid JSON: {err}") from err
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be settings") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a JSON object, got {json.dumps(value)}")
     return value

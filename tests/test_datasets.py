@@ -184,7 +184,7 @@ def test_unknown_option_names_the_key_and_the_known_ones():
     ("open_s1", {"test_fraction": 18}, "options.test_fraction: expected a share between 0 and 1, got 18.0"),
     ("gsm8k", {"hub_splits": {"test": 1}}, "options.hub_splits: expected dict[str, str], got {'test': 1}"),
     ("synthetic", {"variant": "odd"}, "options.variant: expected in_distribution, ood or mixed, got 'odd'"),
-    ("synthetic", {"n_test": -1}, "options.n_test: expected a count >= 0, got -1"),
+    ("synthetic", {"n_test": -1}, "options.n_test: expected a count from 0 to 10,000,000, got -1"),
     ("synthetic", {"seed": True}, "options.seed: expected int, got True"),
     ("synthetic", {"variant": "ood", "perturbations": ["bigger"]}, "options.perturbations: expected a non-empty "
      "list of bigger_numbers, rephrasing, extra_step, distractor, got ['bigger']"),
@@ -199,8 +199,8 @@ def test_mistyped_option_is_a_config_error(adapter, options, message):
 
 
 @pytest.mark.failure_mode(
-    "rows parquet without a question column, with a null question, or with an integer answer (sample, train, "
-    "evaluate)",
+    "rows parquet without a question column, with a null question, an integer answer or an id given twice "
+    "(sample, train, evaluate)",
     sees="one line naming the file, the column and (for nulls) the first row id, exit 2",
     kept="everything; no model is loaded")
 def test_rows_the_later_stages_cannot_use_are_refused_naming_the_column(tmp_path):
@@ -221,6 +221,9 @@ def test_rows_the_later_stages_cannot_use_are_refused_naming_the_column(tmp_path
     rows.with_columns(answer=pl.lit(5)).write_parquet(path)
     with pytest.raises(InputError, match="column 'answer' has type Int32, expected String"):
         read_rows(path)
+    pl.concat([rows, rows.head(1)]).write_parquet(path)
+    with pytest.raises(InputError, match=rf"1 id\(s\) given to more than one row, first '{rows['id'][0]}'"):
+        read_rows(path)
 
 
 def test_config_text_utf8_cannot_encode_is_a_config_error():
@@ -228,3 +231,20 @@ def test_config_text_utf8_cannot_encode_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"^config prompt\.system_prompt: text that UTF-8 cannot encode"):
         section_from_json("prompt", '{"system_prompt": "a \\ud800 b"}')
+
+
+@pytest.mark.failure_mode(
+    "synthetic n_train/n_test beyond what memory holds, or more distinct problems than the variant has",
+    sees="prepare stops (exit 2) naming datasets.<name>.options.n_<split> (it used to loop forever)",
+    kept="everything; nothing is written")
+def test_synthetic_sizes_are_bounded_and_an_exhausted_problem_space_stops(monkeypatch):
+    from advdistill.datasets import synthetic
+
+    with pytest.raises(ConfigError, match=r"options.n_train: expected a count from 0 to 10,000,000, got 10000000000"):
+        get_adapter("synthetic", "synthetic", {"n_train": 10**10}, dataset="arith")
+    monkeypatch.setattr(synthetic, "MAX_REPEATED_DRAWS", 50)
+    adapter = get_adapter("synthetic", "synthetic", {"n_train": 3, "n_test": 0}, dataset="arith")
+    monkeypatch.setattr(adapter, "_problems", lambda rng: iter(lambda: {"question": "same", "answer": "1"}, None))
+    with pytest.raises(ConfigError, match=r"datasets.arith.options.n_train: asked for 3 distinct problems, but the "
+                                          r"last 50 drawn after 1 were all repeats"):
+        list(adapter.records("train"))

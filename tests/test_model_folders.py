@@ -29,12 +29,14 @@ BREAKAGES = {
     "no chat template": (lambda f: (f / "chat_template.jinja").unlink(), "has no chat template"),
     "no EOS token": (_strip_eos, "names no end-of-sequence token"),
     "empty": (lambda f: [p.unlink() for p in f.iterdir()], "is empty"),
+    "damaged generation config": (lambda f: (f / "generation_config.json").write_text("{not json"),
+                                  "has a generation_config.json that is not a JSON object"),
 }
 
 
 @pytest.mark.failure_mode(
     "model folder without config.json, with half a model.safetensors, without tokenizer, chat template or EOS "
-    "token, or empty (sample, train, evaluate)",
+    "token, with a damaged generation_config.json, or empty (sample, train, evaluate)",
     sees="one line: --model: model folder <path> <what is wrong>, exit 2, before any model is loaded",
     kept="everything")
 @pytest.mark.parametrize("breakage", BREAKAGES)

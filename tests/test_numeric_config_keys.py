@@ -131,6 +131,11 @@ def test_settings_that_are_not_a_json_object_are_rejected(text):
         section_from_json("training", text)
 
 
+def test_settings_nested_too_deeply_are_rejected_not_a_recursion_error():
+    with pytest.raises(ConfigError, match=r"^config section 'score' is nested too deeply to be settings$"):
+        section_from_json("score", '{"a": ' * 5000 + "1" + "}" * 5000)
+
+
 def test_a_key_given_twice_in_settings_is_rejected():
     with pytest.raises(ConfigError, match=r"key\(s\) 'lam' given twice in one object"):
         section_from_json("training", '{"loss": {"lam": 0.5, "lam": 0.1}}')

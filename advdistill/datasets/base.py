@@ -44,7 +44,7 @@ PROMPT_COLUMNS = {name: ROW_SCHEMA[name] for name in ("id", "question", "answer"
 
 def read_rows(path: Path) -> pl.DataFrame:
     """A prepared rows table as the later stages read it: the prompt columns with their types, none of id,
-    question, answer and kind null (a null question would be rendered as the text 'None')."""
+    question, answer and kind null (a null question would be rendered as the text 'None'), and no id twice."""
     rows = read_parquet(path, PROMPT_COLUMNS)
     for column in ("id", "question", "answer", "kind"):
         nulls = rows.filter(pl.col(column).is_null())
@@ -52,6 +52,10 @@ def read_rows(path: Path) -> pl.DataFrame:
             first = nulls["id"][0] if column != "id" else f"row {rows['id'].is_null().arg_max()}"
             raise InputError(f"{path}: column '{column}' is null in {nulls.height} row(s), first {first}: "
                              "was it written by advdistill prepare?")
+    repeated = rows.filter(pl.col("id").is_duplicated())["id"].unique(maintain_order=True)
+    if repeated.len():
+        raise InputError(f"{path}: {repeated.len()} id(s) given to more than one row, first '{repeated[0]}': each "
+                         "prompt's samples and answers are keyed by its id (was it written by advdistill prepare?)")
     return rows
 
 

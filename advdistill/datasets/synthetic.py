@@ -108,6 +108,10 @@ def make_problem(rng: random.Random, steps: int, digits: int, distractor: bool =
     return {"question": " ".join(sentences), "solution": " ".join(reasoning), "answer": str(total)}
 
 
+MAX_PROBLEMS = 10_000_000  # rows per split; more would not fit in memory as one table
+MAX_REPEATED_DRAWS = 100_000  # consecutive repeats that mean the problem space is used up (it would loop forever)
+
+
 class SyntheticArithmetic(DatasetAdapter):
     """Options: ``variant`` (``in_distribution`` | ``ood`` | ``mixed``), ``digits`` (1 | 2), ``seed``, ``n_train``,
     ``n_test``, and for ``ood`` and ``mixed`` the ``perturbations`` to draw from (uniformly; ``mixed`` draws a plain
@@ -134,8 +138,8 @@ class SyntheticArithmetic(DatasetAdapter):
                                                      f"{self.perturbations}")
         self.sizes = {"train": self.options.get("n_train", 0), "test": self.options.get("n_test", 100)}
         for split, size in self.sizes.items():
-            if size < 0:
-                raise self.option_error(f"n_{split}", f"expected a count >= 0, got {size}")
+            if not 0 <= size <= MAX_PROBLEMS:
+                raise self.option_error(f"n_{split}", f"expected a count from 0 to {MAX_PROBLEMS:,}, got {size}")
 
     def _problems(self, rng: random.Random) -> Iterator[dict[str, str]]:
         kinds = {"in_distribution": [""], "ood": self.perturbations, "mixed": ["", *self.perturbations]}[self.variant]
@@ -158,12 +162,19 @@ class SyntheticArithmetic(DatasetAdapter):
         seen: set[str] = set()
         order = ("test",) if self.variant == "ood" else ("test", "train")
         for current in order:
-            produced = 0
+            produced = repeats = 0
             for problem in self._problems(rng):
                 if produced == self.sizes[current]:
                     break
                 if problem["question"] in seen:
+                    repeats += 1
+                    if repeats == MAX_REPEATED_DRAWS:
+                        raise self.option_error(
+                            f"n_{current}", f"asked for {self.sizes[current]:,} distinct problems, but the last "
+                            f"{MAX_REPEATED_DRAWS:,} drawn after {produced:,} were all repeats: this variant and "
+                            "digits have too few; ask for fewer")
                     continue
+                repeats = 0
                 seen.add(problem["question"])
                 produced += 1
                 if current == split:
