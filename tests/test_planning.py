@@ -225,6 +225,10 @@ def set_key(path, value):
                      set_at(config, ("variants",), {"v" * 100: {"training": {"loss": {"lam": 0.0}}}})),
      f"the file name 'loss_terms_arith_{'s' * 40}...' derived from it needs 261 bytes with the pipeline's "
      "temporary and manifest suffixes, over the file system's limit of 255: shorten the name"),
+    (set_key(("students", 0, "source"), str(REPO / "README.md")),
+     f"config students[0].source: model folder {REPO / 'README.md'} is not a folder"),
+    (set_key(("datasets", "arith", "source"), str(REPO / "workflow")),
+     f"config datasets.arith.source: file {REPO / 'workflow'} is not a file (split 'train')"),
     (set_key(("evaluation", "max_new_tokens"), 512), "config evaluation.max_new_tokens: 512 leaves no room for a "
                                                      "prompt in teacher.bootstrap.shape.max_position_embeddings 512"),
     (set_key(("sampling", "max_new_tokens"), 600), "config sampling.max_new_tokens: 600 leaves no room for a "
@@ -234,6 +238,7 @@ def set_key(path, value):
         "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "variants-only-none",
         "report-stage-folder",
         "paper-unknown-model", "missing-local-release", "missing-local-model", "file-name-too-long",
+        "model-source-a-file", "dataset-source-a-folder",
         "evaluation-past-context", "sampling-past-context"])
 @pytest.mark.failure_mode(
     "sampling or evaluation max_new_tokens at or beyond a bootstrapped model's context",

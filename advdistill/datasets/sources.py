@@ -42,7 +42,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def read_local(dataset: str, path: Path) -> Iterator[dict[str, Any] | MalformedRecord]:
     if not path.is_file():
-        raise DatasetError(f"dataset '{dataset}': local file not found: {path}")
+        problem = "is a folder, not a release file" if path.is_dir() else "not found"
+        raise DatasetError(f"dataset '{dataset}': local file {problem}: {path}")
     if path.suffix == ".parquet":
         yield from read_parquet(path).to_dicts()
     elif path.suffix == ".json":

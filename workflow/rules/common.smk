@@ -177,12 +177,14 @@ def check_local_sources():
     for key, model in labelled_models(config):
         source = model_path(model["name"])
         if looks_local(source) and not Path(source).expanduser().is_dir():
-            raise ConfigError(f"config {key}.source: model folder {source} not found")
+            problem = "is not a folder" if Path(source).expanduser().exists() else "not found"
+            raise ConfigError(f"config {key}.source: model folder {source} {problem}")
     for dataset, spec in config["datasets"].items():
         for split in spec["splits"]:
             source = dataset_source(dataset, split)
             if looks_local(source) and not Path(source).expanduser().is_file():
-                raise ConfigError(f"config datasets.{dataset}.source: file {source} not found (split '{split}')")
+                problem = "is not a file" if Path(source).expanduser().exists() else "not found"
+                raise ConfigError(f"config datasets.{dataset}.source: file {source} {problem} (split '{split}')")
 
 
 check_local_sources()
