@@ -227,9 +227,8 @@ def run(args: argparse.Namespace) -> None:
         from advdistill.train import run_train
 
         checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
-        few_shot_seed = args.seed if args.few_shot_seed is None else args.few_shot_seed
         run_train(args.model, args.rows, args.scored, args.objective, settings, prompt, args.seed, args.out,
-                  checkpoints, few_shot_seed)
+                  checkpoints, args.few_shot_seed)
     elif args.stage == "evaluate":
         settings, prompt = section_from_json("evaluation", args.settings), section_from_json("prompt", args.prompt)
         check_before_loading("evaluate", settings, args)

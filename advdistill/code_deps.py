@@ -133,7 +133,7 @@ def source_tree_stamp(repo: Path = REPO) -> str:
     """A digest of the path, size and modification time of every file a stage could run (Python and runtime
     sources of the package roots): it changes whenever one of them is edited, added or removed."""
     digest = hashlib.sha256()
-    for root, package in ((root, package) for package, root in package_roots(repo).items()):
+    for package, root in package_roots(repo).items():
         for pattern in ("*.py", *RUNTIME_SOURCES):
             for path in sorted((root / package).rglob(pattern)):
                 stat = path.stat()

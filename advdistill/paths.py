@@ -34,10 +34,6 @@ def needed_bytes(name: str) -> int:
     return len(temporary_prefix(name + MANIFEST_SUFFIX).encode()) + RANDOM_CHARACTERS
 
 
-def accuracy_plot() -> str:
-    return "accuracy.png"
-
-
 def advantages_plot(dataset: str) -> str:
     return f"advantages_{dataset}.png"
 

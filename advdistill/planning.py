@@ -197,12 +197,12 @@ def derived_file_names(config: dict[str, Any]) -> list[tuple[str, str]]:
     names = [*derived_model_names(config), *((name, f"datasets.{name}") for name in config.get("datasets", {}))]
     if config.get("report_name"):
         names.append((config["report_name"], "report_name"))
+    runs = trained_runs(config)
     for dataset, experiment in config.get("experiments", {}).items():
         key = f"experiments.{dataset}"
         names += [(paths.advantages_plot(dataset), key), (paths.correct_per_group_plot(dataset), key)]
         names += [(paths.lengths_plot(testset), f"{key}.testsets") for testset in experiment.get("testsets", [])]
-        names += [(paths.loss_terms_plot(dataset, run.name), f"{key} and {run.config_key}")
-                  for run in trained_runs(config)]
+        names += [(paths.loss_terms_plot(dataset, run.name), f"{key} and {run.config_key}") for run in runs]
     return names
 
 

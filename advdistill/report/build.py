@@ -113,7 +113,7 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     intervals = ("95 % intervals (Wilson; Student-t over prompts for several samples per prompt)"
                  if any("accuracy_lower" in m for m in metrics.values()) else "Wilson 95 % intervals")
     figures = [(f"Accuracy (%) per test set and model, {intervals}",
-                plot_accuracy_bars(accuracy, testsets, plots_dir / paths.accuracy_plot()))]
+                plot_accuracy_bars(accuracy, testsets, plots_dir / "accuracy.png"))]
     for dataset, path in scored_files.items():
         scored = read_parquet(path).select("prompt_id", "correct", "advantage", "kept")
         caption = f"{dataset}: advantages of the responses in kept groups"
@@ -140,8 +140,8 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     return atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
-PLAN_SECTIONS = {"models": list, "testsets": list, "evaluations": list, "scored": dict, "trained": list,
-                 "provenance": list}
+PLAN_SECTIONS = {"models": list, "testsets": list, "evaluations": list, "scored": dict}
+OPTIONAL_PLAN_SECTIONS = {"trained": list, "provenance": list}
 PLAN_ENTRY_KEYS = {"evaluations": ("model", "testset", "metrics", "responses"),
                    "trained": ("train_set", "model", "student", "objective", "path")}
 
@@ -149,9 +149,9 @@ PLAN_ENTRY_KEYS = {"evaluations": ("model", "testset", "metrics", "responses"),
 def check_plan(plan: dict[str, Any]) -> None:
     """The report rule writes the plan; a hand-written one that lacks a part is named here, before any file is
     read (``trained`` and ``provenance`` may be absent)."""
-    for section, kind in PLAN_SECTIONS.items():
-        required = section not in ("trained", "provenance")
-        if (required or section in plan) and not isinstance(plan.get(section), kind):
+    present = {section: kind for section, kind in OPTIONAL_PLAN_SECTIONS.items() if section in plan}
+    for section, kind in {**PLAN_SECTIONS, **present}.items():
+        if not isinstance(plan.get(section), kind):
             raise InputError(f"--plan: '{section}' must be a JSON {'array' if kind is list else 'object'} "
                              f"(see advdistill report --help)")
     for section, keys in PLAN_ENTRY_KEYS.items():

@@ -51,21 +51,22 @@ class HFBackend(SamplingBackend):
 
     def generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
         """``n`` completions per prompt; none for a prompt too long for the model's context (see the module)."""
+        token_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         fit = list(range(len(prompts)))
         if self.context is not None:
-            lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-            fit = prompts_that_fit(lengths, self.context, params.max_new_tokens,
+            fit = prompts_that_fit([len(ids) for ids in token_ids], self.context, params.max_new_tokens,
                                    "the model's context (max_position_embeddings)", "lower")
         self.skipped_too_long += len(prompts) - len(fit)
         groups: list[list[Completion]] = [[] for _ in prompts]
         if fit:
-            for i, completions in zip(fit, self._generate([prompts[i] for i in fit], params, seed)):
+            for i, completions in zip(fit, self._generate([token_ids[i] for i in fit], params, seed)):
                 groups[i] = completions
         return groups
 
-    def _generate(self, prompts: list[str], params: GenerationParams, seed: int) -> list[list[Completion]]:
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        encoded = encoded.to(self.device)
+    def _generate(self, token_ids: list[list[int]], params: GenerationParams,
+                  seed: int) -> list[list[Completion]]:
+        """``n`` completions for each prompt of ``token_ids`` (left-padded into one batch)."""
+        encoded = self.tokenizer.pad({"input_ids": token_ids}, padding=True, return_tensors="pt").to(self.device)
         sampling = params.temperature > 0
         torch.manual_seed(seed)
         with torch.inference_mode():
@@ -82,7 +83,7 @@ class HFBackend(SamplingBackend):
             )
         new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
         completions = [self._completion(ids, params.max_new_tokens) for ids in new_tokens]
-        return [completions[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+        return [completions[i * params.n:(i + 1) * params.n] for i in range(len(token_ids))]
 
     def _completion(self, ids: list[int], max_new_tokens: int) -> Completion:
         end = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
