@@ -77,3 +77,24 @@ def test_an_older_csv_gains_the_new_columns(bench, tmp_path):
     results.write_text("unrelated,columns\n1,2\n")
     with pytest.raises(ValueError, match="not this benchmark's"):
         bench.append_csv(results, [{"provider": "torch"}])
+
+
+PROFILE = BENCHMARK.with_name("profile_fused_loss.py")
+
+
+@pytest.mark.parametrize(("dtype", "phases"), [
+    ("float32", {"logits_gemm", "exp_rows", "grad_hidden_gemm", "grad_weight_gemm", "other"}),
+    ("bfloat16", {"logits_gemm", "exp_rows", "dlogits", "grad_hidden_gemm", "grad_weight_gemm", "other"}),
+])
+def test_profile_splits_a_cpp_step_into_the_extension_phases(dtype, phases):
+    if reason := cpp_backend.load_error():
+        pytest.skip(reason)
+    command = [sys.executable, str(PROFILE), "--size", "tiny", "--dtype", dtype, "--steps", "2", "--warmup", "1"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = {cells[1].strip(): cells[2].strip() for line in completed.stdout.splitlines()
+            if (cells := line.split("|")) and len(cells) > 3 and cells[2].strip()[:1].isdigit()}
+    assert set(rows) == phases | {"step"} | {name for name in rows if name.startswith("limit")}
+    timings = {name: float(rows[name]) for name in phases | {"step"}}
+    assert all(timings[name] > 0 for name in phases - {"other"})
+    assert sum(timings[name] for name in phases) == pytest.approx(timings["step"], abs=0.2)

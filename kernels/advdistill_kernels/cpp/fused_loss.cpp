@@ -18,6 +18,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -38,6 +39,10 @@ void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result,
 
 namespace advdistill {
 namespace {
+
+// A named scope for torch.profiler (kernels/benchmarks/profile_fused_loss.py reads the phases); when no
+// profiler is active it costs one check.
+#define RECORD_PHASE(name) RECORD_FUNCTION(name, std::vector<c10::IValue>())
 
 // exp(x) for float32 written so that GCC vectorises the loops calling it (libm's expf is not
 // vectorised without -ffast-math; the clamps and the underflow select need -fno-trapping-math, set by
@@ -110,7 +115,13 @@ void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::
     const int64_t n = std::min(slice, vocab - begin);
     const at::Tensor part = scratch.narrow(0, 0, n);
     gemm(a.narrow(1, begin, n).t(), b, part, false, use_onednn);
-    acc.narrow(0, begin, n).add_(part);
+    // in place and without the float32 copy of the slice that a mixed-dtype add_ would allocate
+    const at::BFloat16* source = part.data_ptr<at::BFloat16>();
+    float* target = acc.narrow(0, begin, n).data_ptr<float>();
+    at::parallel_for(0, part.numel(), 1 << 16, [&](int64_t first, int64_t last) {
+#pragma omp simd
+      for (int64_t k = first; k < last; ++k) target[k] += to_acc(source[k]);
+    });
   }
 }
 
@@ -153,7 +164,10 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
   const int64_t vocab = pr.vocab_size;
   const at::Tensor hidden_tile = pr.rows.narrow(0, tile.begin, rows);
   at::Tensor logits = buffer.narrow(0, 0, rows * vocab).view({rows, vocab});
-  gemm(hidden_tile, pr.weight.t(), logits, false, pr.use_onednn);
+  {
+    RECORD_PHASE("advdistill::logits_gemm");
+    gemm(hidden_tile, pr.weight.t(), logits, false, pr.use_onednn);
+  }
   logit_t* data = logits.data_ptr<logit_t>();
   // per row: sum_v exp(z_v - max) and the scale s_t = -c_t / sum of its exp row (dlogits = s_t E'_t)
   std::vector<acc_t> row_sum(rows), row_scale(rows);
@@ -161,22 +175,25 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
 
   // Each row is overwritten with E = exp(z - max) while its log-sum-exp is taken: one read-only pass
   // for the max, one read-write pass for the exponentials.
+  {
+    RECORD_PHASE("advdistill::exp_rows");
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t r = 0; r < rows; ++r) {
-    logit_t* row = data + r * vocab;
-    acc_t row_max = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t r = 0; r < rows; ++r) {
+      logit_t* row = data + r * vocab;
+      acc_t row_max = -std::numeric_limits<acc_t>::infinity();
 #pragma omp simd reduction(max : row_max)
-    for (int64_t c = 0; c < vocab; ++c) row_max = std::max(row_max, to_acc(row[c]));
-    const acc_t target_logit = to_acc(row[pr.targets[tile.begin + r]]);
-    acc_t sum = 0;
+      for (int64_t c = 0; c < vocab; ++c) row_max = std::max(row_max, to_acc(row[c]));
+      const acc_t target_logit = to_acc(row[pr.targets[tile.begin + r]]);
+      acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t c = 0; c < vocab; ++c) {
-      const acc_t shifted_exp = vector_exp(to_acc(row[c]) - row_max);
-      row[c] = from_acc<logit_t>(shifted_exp);
-      sum += shifted_exp;
+      for (int64_t c = 0; c < vocab; ++c) {
+        const acc_t shifted_exp = vector_exp(to_acc(row[c]) - row_max);
+        row[c] = from_acc<logit_t>(shifted_exp);
+        sum += shifted_exp;
+      }
+      row_sum[r] = sum;
+      token_logp[tile.begin + r] = target_logit - row_max - std::log(sum);
     }
-    row_sum[r] = sum;
-    token_logp[tile.begin + r] = target_logit - row_max - std::log(sum);
   }
   if (tile.accumulate_stats) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -204,26 +221,39 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
     const at::Tensor scale =
         at::from_blob(row_scale.data(), {rows, 1}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
     if (grad_rows.defined()) {
+      RECORD_PHASE("advdistill::grad_hidden_gemm");
       at::Tensor grad_rows_tile = grad_rows.narrow(0, tile.begin, rows);
       gemm(logits, pr.weight, grad_rows_tile, false, pr.use_onednn);
       grad_rows_tile.mul_(scale);
     }
-    if (grad_weight.defined()) gemm(logits.t(), hidden_tile * scale, grad_weight, true, pr.use_onednn);
+    if (grad_weight.defined()) {
+      RECORD_PHASE("advdistill::grad_weight_gemm");
+      gemm(logits.t(), hidden_tile * scale, grad_weight, true, pr.use_onednn);
+    }
     return;
   }
   // bfloat16: dlogits in place, rounded once as autograd's are (a folded s_t would round both gradients twice)
+  {
+    RECORD_PHASE("advdistill::dlogits");
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t r = 0; r < rows; ++r) {
-    logit_t* row = data + r * vocab;
-    const acc_t scale = row_scale[r];
-    const int64_t y = pr.targets[tile.begin + r];
-    const acc_t target_gradient = scale * (to_acc(row[y]) - row_sum[r]);
+    for (int64_t r = 0; r < rows; ++r) {
+      logit_t* row = data + r * vocab;
+      const acc_t scale = row_scale[r];
+      const int64_t y = pr.targets[tile.begin + r];
+      const acc_t target_gradient = scale * (to_acc(row[y]) - row_sum[r]);
 #pragma omp simd
-    for (int64_t col = 0; col < vocab; ++col) row[col] = from_acc<logit_t>(scale * to_acc(row[col]));
-    row[y] = from_acc<logit_t>(target_gradient);
+      for (int64_t col = 0; col < vocab; ++col) row[col] = from_acc<logit_t>(scale * to_acc(row[col]));
+      row[y] = from_acc<logit_t>(target_gradient);
+    }
   }
-  if (grad_rows.defined()) gemm(logits, pr.weight, grad_rows.narrow(0, tile.begin, rows), false, pr.use_onednn);
-  if (grad_weight.defined()) add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, pr.use_onednn);
+  if (grad_rows.defined()) {
+    RECORD_PHASE("advdistill::grad_hidden_gemm");
+    gemm(logits, pr.weight, grad_rows.narrow(0, tile.begin, rows), false, pr.use_onednn);
+  }
+  if (grad_weight.defined()) {
+    RECORD_PHASE("advdistill::grad_weight_gemm");
+    add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, pr.use_onednn);
+  }
 }
 
 at::ScalarType gemm_type(at::ScalarType input) {
@@ -329,6 +359,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   } else {
     run_tiles(0.0f, 0.0f);
   }
+  // the logits tile and the slice scratch are freed before the outputs are allocated, so that the step's peak is
+  // the larger of the tiles phase and the outputs phase, not their sum
+  buffer.reset();
+  weight_scratch.reset();
 
   const at::ScalarType stats_type = input_type == at::kDouble ? at::kDouble : at::kFloat;
   std::vector<double> ce(num_responses, 0.0), p_mean(num_responses, 0.0);
