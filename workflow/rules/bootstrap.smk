@@ -39,7 +39,7 @@ rule bootstrap_model:
         prompt=as_json(config.get("prompt", {})),
         seed=config["seed"],
         code=stage_code("bootstrap-model"),
-    threads: 2
+    threads: 1  # the teacher's and the student's bootstraps run side by side (a model this small uses a second thread poorly)
     resources:
         mem_mb=4000,
         runtime=60,
