@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    TrainerCallback,
 )
 
 from advdistill.config import (
@@ -32,7 +33,9 @@ from advdistill.config import (
     TokenizerConfig,
     TrainingConfig,
 )
+from advdistill.errors import TrainingError
 from advdistill.io import atomic_directory, read_parquet, write_json
+from advdistill.paths import snapshot_folder
 from advdistill.prompts import (
     INSTRUCTION,
     MULTIPLE_CHOICE_INSTRUCTION,
@@ -122,25 +125,54 @@ def run_bootstrap_tokenizer(rows_path: Path, cfg: TokenizerConfig, out: Path) ->
 
 
 def run_bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapConfig,
-                        prompt_cfg: PromptConfig, seed: int, out: Path) -> dict[str, Any]:
+                        prompt_cfg: PromptConfig, seed: int, out: Path,
+                        snapshot_steps: Iterable[int] = ()) -> dict[str, Any]:
     """Build a random Qwen2 model and fine-tune it on the reference solutions of ``rows_path``.
 
+    The weights at each of ``snapshot_steps`` are saved as a model folder of their own inside ``out``
+    (``paths.snapshot_folder``): a student base that is an earlier state of the same run costs no second run.
     Bootstrapping takes minutes, so it keeps no checkpoints: the trainer's output folder is temporary.
     """
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     model = build_model(tokenizer, cfg.shape, seed)
     rows = read_parquet(rows_path).filter(pl.col("solution") != "").to_dicts()[:cfg.train_rows]
-    metrics = pretrain(model, tokenizer, rows, cfg.optim, prompt_cfg, seed, out)
+    snapshots = SnapshotKeeper(model, snapshot_steps)
+    metrics = pretrain(model, tokenizer, rows, cfg.optim, prompt_cfg, seed, out, callbacks=[snapshots])
+    missed = sorted(set(snapshots.steps) - set(snapshots.weights))
+    if missed:
+        raise TrainingError(f"snapshot step(s) {', '.join(map(str, missed))} not reached: the bootstrap run took "
+                            f"{metrics['global_step']} steps (its optim.max_steps or epochs)")
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for step, weights in snapshots.weights.items():
+            model.save_pretrained(snapshot_folder(tmp, step), state_dict=weights)
+            tokenizer.save_pretrained(snapshot_folder(tmp, step))
     metrics["parameters"] = sum(p.numel() for p in model.parameters())
+    metrics["snapshot_steps"] = sorted(snapshots.weights)
     write_json(metrics, out / "bootstrap_metrics.json")
     return metrics
 
 
+class SnapshotKeeper(TrainerCallback):
+    """Copies of the model's weights at the given optimizer steps, kept in memory (bootstrapped models are tiny)."""
+
+    def __init__(self, model: Qwen2ForCausalLM, steps: Iterable[int]):
+        self.model, self.steps = model, frozenset(steps)
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            copies: dict[int, torch.Tensor] = {}  # by storage, so that tied weights stay one tensor in the copy
+            self.weights[state.global_step] = {
+                name: copies.setdefault(tensor.data_ptr(), tensor.detach().clone())
+                for name, tensor in self.model.state_dict().items()}
+            log.info("snapshot of the weights at step %d kept", state.global_step)
+
+
 def pretrain(model: Qwen2ForCausalLM, tokenizer: Any, rows: list[dict[str, Any]], optim: OptimConfig,
-             prompt_cfg: PromptConfig, seed: int, out: Path) -> dict[str, Any]:
+             prompt_cfg: PromptConfig, seed: int, out: Path,
+             callbacks: Iterable[TrainerCallback] = ()) -> dict[str, Any]:
     """Fine-tune ``model`` in place on prompt -> formatted reference solution of each row (SFT).
 
     The trainer's ``checkpoints`` folder is a temporary sibling of ``out``, deleted afterwards (it stays empty:
@@ -156,6 +188,6 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer: Any, rows: list[dict[str, Any]]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.trainer-", dir=out.parent) as checkpoints:
         metrics = train_model(model, tokenizer, "sft", pairs, TrainingConfig(optim=optim), Path(checkpoints),
-                              seed, save_checkpoints=False)
+                              seed, save_checkpoints=False, callbacks=callbacks)
     metrics["examples"] = len(pairs)
     return metrics

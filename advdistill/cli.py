@@ -41,6 +41,17 @@ def _seed(text: str) -> int:
     return seed
 
 
+def _snapshot_steps(text: str) -> tuple[int, ...]:
+    """``N,M,...``: positive optimizer steps (empty: none)."""
+    try:
+        steps = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of steps: {text!r}") from err
+    if any(step < 1 for step in steps):
+        raise argparse.ArgumentTypeError(f"snapshot steps must be positive, got {text!r}")
+    return steps
+
+
 def _part(text: str) -> str:
     """``I/J`` with 0 <= I < J, kept as text (the manifest records it as given)."""
     try:
@@ -81,6 +92,8 @@ def _add_bootstrap(sub) -> None:
     p.add_argument("--settings", default="{}", help="bootstrap settings (shape, optim) as JSON")
     p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
     p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--snapshot-steps", type=_snapshot_steps, default=(),
+                   help="comma-separated optimizer steps whose weights are also saved (models/<name>/snapshots/step-N)")
     p.add_argument("--out", type=Path, required=True, help="output model folder")
 
 
@@ -205,7 +218,7 @@ def run(args: argparse.Namespace) -> None:
         from advdistill.bootstrap import run_bootstrap_model
 
         run_bootstrap_model(args.rows, args.tokenizer, section_from_json("bootstrap", args.settings),
-                            section_from_json("prompt", args.prompt), args.seed, args.out)
+                            section_from_json("prompt", args.prompt), args.seed, args.out, args.snapshot_steps)
     elif args.stage == "sample":
         settings, prompt = section_from_json("sampling", args.settings), section_from_json("prompt", args.prompt)
         check_before_loading("sample", settings, args)

@@ -36,7 +36,7 @@ from advdistill.config import (
     from_dict,
 )
 from advdistill.errors import MemoryPlanError
-from advdistill.planning import trained_runs, variant_training, without_dataset
+from advdistill.planning import building_run, trained_runs, variant_training, without_dataset
 
 GIB = 1024**3
 
@@ -402,8 +402,9 @@ def plan_memory(config: dict[str, Any], sources: dict[str, str]) -> list[Estimat
     evaluation = from_dict(EvaluationConfig, config["evaluation"], "evaluation")
 
     def architecture(model: dict[str, Any]) -> tuple[Architecture | None, str]:
-        if model["source"] == "bootstrap":
-            return bootstrap_architecture(model["bootstrap"], config.get("tokenizer") or {}), "bootstrap settings"
+        run = building_run(config, model)
+        if run is not None:
+            return bootstrap_architecture(run[1], config.get("tokenizer") or {}), "bootstrap settings"
         return find_architecture(sources[model["name"]])
 
     def unknown(stage: str, name: str, gpus: int, reason: str) -> Estimate:

@@ -24,6 +24,11 @@ def looks_local(source: str) -> bool:
     return source.endswith(LOCAL_SUFFIXES) or source.startswith(("/", "./", "../", "~")) or Path(source).exists()
 
 
+def snapshot_folder(model_folder: str | Path, step: int) -> Path:
+    """Where a bootstrapped model's folder keeps its weights at an earlier step (a ``source: snapshot`` student)."""
+    return Path(model_folder) / "snapshots" / f"step-{step}"
+
+
 def temporary_prefix(name: str) -> str:
     return f".{name}.tmp-"
 

@@ -218,19 +218,31 @@ def check_file_names(config: dict[str, Any]) -> None:
                               f"{paths.MAX_COMPONENT_BYTES}: shorten the name")
 
 
+def building_run(config: dict[str, Any], model: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The config key and bootstrap section of the run that builds ``model``: its own, or for a snapshot its
+    origin's; None for a hub or local model (and a snapshot of an unknown model, which planning names later)."""
+    by_name = {m["name"]: (key, m) for key, m in labelled_models(config)}
+    key, builder = by_name[model["name"]]
+    if model.get("source") == "snapshot":
+        key, builder = by_name.get((model.get("snapshot") or {}).get("of"), (key, {}))
+    if builder.get("source") != "bootstrap" or "bootstrap" not in builder:
+        return None
+    return key, builder["bootstrap"]
+
+
 def check_context_lengths(config: dict[str, Any]) -> None:
     """A bootstrapped model's context is known at planning: ``max_new_tokens`` must leave room for a prompt in it
     (sampling for the teacher, evaluation for every model). Hub models are checked by the stage that loads them."""
     for key, model in labelled_models(config):
-        shape = (model.get("bootstrap") or {}).get("shape") or {}
-        context = shape.get("max_position_embeddings") if model.get("source") == "bootstrap" else None
+        run = building_run(config, model)
+        context = (run[1].get("shape") or {}).get("max_position_embeddings") if run else None
         if context is None:
             continue
         for section in ("sampling", "evaluation") if key == "teacher" else ("evaluation",):
             wanted = config[section]["max_new_tokens"]
             if wanted >= context:
                 raise ConfigError(f"config {section}.max_new_tokens: {wanted} leaves no room for a prompt in "
-                                  f"{key}.bootstrap.shape.max_position_embeddings {context}: lower the one or "
+                                  f"{run[0]}.bootstrap.shape.max_position_embeddings {context}: lower the one or "
                                   "raise the other")
 
 

@@ -250,11 +250,11 @@ def test_planning_rejects_several_greedy_evaluation_samples():
 def test_planning_checks_parse_every_stage_section(tmp_path):
     path = tmp_path / "config.yaml"
     config = copy.deepcopy(BASIC)
-    config["students"][0]["bootstrap"]["shape"]["hidden_size"] = 4
+    config["teacher"]["bootstrap"]["shape"]["hidden_size"] = 4
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit):
         check_config(config, [path])
-    config["students"][0]["bootstrap"]["shape"]["hidden_size"] = 32
+    config["teacher"]["bootstrap"]["shape"]["hidden_size"] = 32
     check_config(config, [path])
     assert config["sampling"]["jobs"] == 1
 

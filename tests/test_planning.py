@@ -312,6 +312,7 @@ def test_edge_values_plan(tmp_path):
         config["score"]["reward_weights"] = {"cosine": 0, "correctness": 1.5}
         config["training"]["optim"]["lr_scheduler"] = "constant_with_warmup"
         config["teacher"]["name"] = "teacher.v1_0"
+        config["students"][0]["snapshot"]["of"] = "teacher.v1_0"
         config["students"].append({**config["students"][0], "name": "student-sft.v2", "objectives": ["sft"]})
     result = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, change)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -26,7 +26,8 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     stats = result.stdout.split("Job stats:")[1].split("total")[0]
-    expected = [("prepare", 4), ("bootstrap_tokenizer", 1), ("bootstrap_model", 2), ("sample", 1),
+    # one bootstrap run: the student base is a snapshot of the teacher's (no run of its own)
+    expected = [("prepare", 4), ("bootstrap_tokenizer", 1), ("bootstrap_model", 1), ("sample", 1),
                 ("merge_samples", 1), ("score", 1), ("train", 2), ("evaluate", 8), ("report", 1)]
     for rule, count in expected:
         assert f"{rule} " in stats and stats.split(f"\n{rule}")[1].split()[0] == str(count), (rule, stats)
@@ -42,6 +43,31 @@ def test_dangling_dataset_reference_names_the_key(tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path)
     assert result.returncode != 0
     assert "experiments.arith.testsets: 'gsm9k'" in result.stdout + result.stderr
+
+
+def test_default_teacher_run_saves_the_student_snapshot_and_training_loads_it(tmp_path):
+    result = run_snakemake("--dry-run", "--printshellcmds", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--snapshot-steps 300 --out results/models/teacher" in result.stdout
+    assert "--model results/models/teacher/snapshots/step-300" in result.stdout
+
+
+@pytest.mark.failure_mode(
+    "a snapshot student naming a model that is not bootstrapped, or a step beyond its run",
+    sees="the run stops before any job, naming students[i].snapshot.of or .step and the run's max_steps",
+    kept="everything")
+@pytest.mark.parametrize("snapshot, message", [
+    ({"of": "teacher", "step": 701}, "students[0].snapshot.step: 701 is beyond the 700 steps of the run of 'teacher'"),
+    ({"of": "student", "step": 10}, "students[0].snapshot.of: 'student' is not another model with source 'bootstrap'"),
+    ({"of": "gpt", "step": 10}, "students[0].snapshot.of: 'gpt' is not another model with source 'bootstrap'"),
+])
+def test_bad_snapshot_reference_names_the_key(tmp_path, snapshot, message):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["students"][0]["snapshot"] = snapshot
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake("--dry-run", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "config" / "paper").glob("*.yaml")), ids=lambda p: p.stem)

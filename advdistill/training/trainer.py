@@ -8,14 +8,14 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -247,8 +247,10 @@ def fit(trainer: FusedLossTrainer, checkpoints: Path, save_checkpoints: bool = T
 
 def train_model(model: PreTrainedModel, tokenizer: Any, objective: str, train_items: Sequence[Any],
                 cfg: TrainingConfig, checkpoints: Path, seed: int, eval_items: Sequence[Any] = (),
-                save_checkpoints: bool = True) -> dict[str, Any]:
+                save_checkpoints: bool = True, callbacks: Iterable[TrainerCallback] = ()) -> dict[str, Any]:
     """Train ``model`` in place in this process; returns the trainer's metrics."""
     trainer = build_trainer(model, tokenizer, objective, train_items, cfg, checkpoints, seed, eval_items,
                             save_checkpoints)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     return fit(trainer, checkpoints, save_checkpoints)

@@ -38,8 +38,9 @@ rule bootstrap_model:
         settings=lambda wc: as_json(without_dataset(models()[wc.model]["bootstrap"])),
         prompt=as_json(config.get("prompt", {})),
         seed=config["seed"],
+        snapshot_steps=lambda wc: snapshot_steps(wc.model),
         code=stage_code("bootstrap-model"),
-    threads: 1  # the teacher's and the student's bootstraps run side by side (a model this small uses a second thread poorly)
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
@@ -48,4 +49,4 @@ rule bootstrap_model:
     shell:
         "advdistill bootstrap-model --rows {input.rows:q} --tokenizer {input.tokenizer:q}"
         " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --snapshot-steps {params.snapshot_steps:q} --out {output:q} > {log:q} 2>&1"

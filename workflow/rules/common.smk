@@ -7,7 +7,7 @@ from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
 from advdistill.code_deps import CachedStageVersions
-from advdistill.paths import looks_local
+from advdistill.paths import looks_local, snapshot_folder
 from advdistill.digests import DigestCache
 from advdistill.errors import ConfigError
 from advdistill.memory_plan import check_plan, format_plan, plan_memory, plan_rows, stage_gpus
@@ -62,6 +62,8 @@ def check_config_references():
             if testset not in config["datasets"] or "test" not in config["datasets"][testset]["splits"]:
                 raise ConfigError(f"config experiments.{train_set}.testsets: '{testset}' is not a dataset with a 'test' split")
     for key, model in labelled_models(config):
+        if model["source"] == "snapshot":
+            check_snapshot_reference(key, model)
         if model["source"] == "bootstrap":
             if "bootstrap" not in model:
                 raise ConfigError(f"config {key}.bootstrap is required when {key}.source is 'bootstrap'")
@@ -71,6 +73,21 @@ def check_config_references():
             if tokenizer_set not in config["datasets"] or "train" not in config["datasets"][tokenizer_set]["splits"]:
                 raise ConfigError(f"config tokenizer.dataset: {tokenizer_set!r} is not a dataset with a 'train' split "
                                   f"({key}.source is 'bootstrap', so the pipeline trains a tokenizer)")
+
+
+def check_snapshot_reference(key, model):
+    """A snapshot names a bootstrapped model other than itself and a step its run reaches (when the run is given in
+    steps; a run given in epochs is checked by its bootstrap job)."""
+    if "snapshot" not in model:
+        raise ConfigError(f"config {key}.snapshot is required when {key}.source is 'snapshot'")
+    origin, step = model["snapshot"]["of"], model["snapshot"]["step"]
+    by_name = {m["name"]: m for _, m in labelled_models(config)}
+    if origin == model["name"] or origin not in by_name or by_name[origin]["source"] != "bootstrap":
+        raise ConfigError(f"config {key}.snapshot.of: '{origin}' is not another model with source 'bootstrap'")
+    max_steps = ((by_name[origin].get("bootstrap") or {}).get("optim") or {}).get("max_steps", -1)
+    if max_steps > 0 and step > max_steps:
+        raise ConfigError(f"config {key}.snapshot.step: {step} is beyond the {max_steps} steps of the run of "
+                          f"'{origin}' (its bootstrap.optim.max_steps)")
 
 
 check_config_references()
@@ -151,11 +168,20 @@ def is_bootstrapped(name):
     return models()[name]["source"] == "bootstrap"
 
 
+def snapshot_steps(name):
+    """The steps of a bootstrapped model's run that other models take as snapshots, as ``--snapshot-steps``."""
+    steps = {m["snapshot"]["step"] for m in models().values() if m["source"] == "snapshot" and m["snapshot"]["of"] == name}
+    return ",".join(map(str, sorted(steps)))
+
+
 def model_path(name):
-    """Where a model is loaded from: the pipeline's own folder, the local folder that ``local_sources`` maps
-    its hub id to, or its ``source`` (a local folder or a hub id)."""
+    """Where a model is loaded from: the pipeline's own folder (a snapshot's inside its run's), the local folder
+    that ``local_sources`` maps its hub id to, or its ``source`` (a local folder or a hub id)."""
     if is_bootstrapped(name):
         return f"results/models/{name}"
+    if models()[name]["source"] == "snapshot":
+        snapshot = models()[name]["snapshot"]
+        return str(snapshot_folder(f"results/models/{snapshot['of']}", snapshot["step"]))
     source = models()[name]["source"]
     if source not in local_sources():
         return source
@@ -168,6 +194,8 @@ def model_path(name):
 def model_input(name):
     """The model as a file dependency when the pipeline builds it or ``local_sources`` maps it to a folder (its
     modification time then counts like any input's), else nothing to wait for."""
+    if models()[name]["source"] == "snapshot":
+        return [f"results/models/{models()[name]['snapshot']['of']}"]
     return [model_path(name)] if is_bootstrapped(name) or models()[name]["source"] in local_sources() else []
 
 
@@ -175,6 +203,8 @@ def model_input(name):
 def check_local_sources():
     """Resolve every model and dataset split once, so that a missing local copy stops the run before any job."""
     for key, model in labelled_models(config):
+        if model["source"] in ("bootstrap", "snapshot"):
+            continue  # built by the pipeline
         source = model_path(model["name"])
         if looks_local(source) and not Path(source).expanduser().is_dir():
             problem = "is not a folder" if Path(source).expanduser().exists() else "not found"
