@@ -447,14 +447,20 @@ def start_load(processes: int) -> Callable[[], None]:
     return stop
 
 
+# the vector instructions that decide a CPU's GEMM rate (bfloat16 above all), as /proc/cpuinfo names them
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
 def machine(device: str, dtype: torch.dtype) -> dict[str, str]:
     """Where the numbers came from."""
-    cpu_model = platform.processor() or "unknown"
+    cpu_model, flags = platform.processor() or "unknown", set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     gemm = cpp_backend.gemm_provider(dtype) if device == "cpu" else "cuBLAS"
     if gemm == "aten":
@@ -462,7 +468,8 @@ def machine(device: str, dtype: torch.dtype) -> dict[str, str]:
     return {"cpu": cpu_model, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
             "loadavg_1min": f"{os.getloadavg()[0]:.2f}",
             "gpu": torch.cuda.get_device_name() if device == "cuda" else "", "torch": torch.__version__,
-            "gemm_provider": gemm}
+            "gemm_provider": gemm, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": " ".join(flag for flag in VECTOR_FLAGS if flag in flags)}
 
 
 def summarize(times: list[float]) -> tuple[float, float, float]:
@@ -545,7 +552,7 @@ ACCURACY_COLUMNS = ("loss", "loss_ref", "loss_abs_err", "grad_hidden_rel_err", "
 CSV_COLUMNS = ("timestamp", "size", "num_tokens", "hidden_dim", "vocab_size", "dtype", "provider", "plain_ce", "mode",
                "ms_median", "ms_min", "ms_max", "rounds", "chunk_size", "tflops_full", "full_over_limit", "peak_mb",
                *ACCURACY_COLUMNS, "error", "load_processes", "cpu", "cores", "threads", "loadavg_1min", "gpu", "torch",
-               "gemm_provider")
+               "gemm_provider", "cpu_capability", "cpu_flags")
 
 
 def append_csv(path: Path, rows: list[dict]) -> None:

@@ -39,7 +39,7 @@ def test_benchmark_writes_one_row_per_provider_and_mode(tmp_path):
     measured = {"limit", "naive", "cpp", "cpp_plain_ce"} | ({"torch_lce"} if has_lce else set())
     assert {(row["provider"], row["mode"]) for row in rows} == {
         (provider, mode) for provider in measured for mode in ("forward", "backward", "full")}
-    assert all(row["cpu"] and row["torch"] and row["gemm_provider"] for row in rows)
+    assert all(row["cpu"] and row["torch"] and row["gemm_provider"] and row["cpu_capability"] for row in rows)
     losses = [row for row in rows if row["provider"] != "limit"]
     assert all(float(row["loss_abs_err"]) < 1e-4 and float(row["grad_weight_rel_err"]) < 1e-4 for row in losses)
     assert all(float(row["full_over_limit"]) > 0 for row in rows)
