@@ -221,7 +221,7 @@ def _torch_lce(x: LossInputs) -> Forward:
 
 
 def _fastest_gemm_is_onednn(x: LossInputs) -> bool:
-    return not x.hidden.is_cuda and cpp_backend.gemm_provider(x.hidden.dtype) == "onednn"
+    return not x.hidden.is_cuda and cpp_backend.gemm_provider(x.hidden.dtype, tuple(x.weight.shape[::-1])) == "onednn"
 
 
 SETUPS: dict[str, Callable[[LossInputs], Forward]] = {
@@ -451,8 +451,8 @@ def start_load(processes: int) -> Callable[[], None]:
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
-def machine(device: str, dtype: torch.dtype) -> dict[str, str]:
-    """Where the numbers came from."""
+def machine(device: str, dtype: torch.dtype, size: Size) -> dict[str, str]:
+    """Where the numbers came from (and the GEMM provider ``cpp`` picked for ``size``)."""
     cpu_model, flags = platform.processor() or "unknown", set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -462,7 +462,7 @@ def machine(device: str, dtype: torch.dtype) -> dict[str, str]:
             elif line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 break
-    gemm = cpp_backend.gemm_provider(dtype) if device == "cpu" else "cuBLAS"
+    gemm = cpp_backend.gemm_provider(dtype, (size.hidden_dim, size.vocab_size)) if device == "cpu" else "cuBLAS"
     if gemm == "aten":
         gemm = f"aten ({'MKL' if torch.backends.mkl.is_available() else 'BLAS'})"
     return {"cpu": cpu_model, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
@@ -614,7 +614,8 @@ def main() -> None:
                     p: _memory_in_subprocess(p, size_name, dtype_name, args.chunk_size)
                     for p in measured.times if p not in GEMMS_ONLY}
                 rows = report(size_name, dtype_name, args.providers, measured, memory, skipped,
-                              machine(args.device, dtype), args.load, args.rounds, args.chunk_size)
+                              machine(args.device, dtype, SIZES[size_name]), args.load, args.rounds,
+                              args.chunk_size)
                 append_csv(args.csv, rows)
                 any_failed = any_failed or bool(measured.failed)
     finally:

@@ -55,8 +55,8 @@ def test_a_failing_provider_is_reported_and_the_others_measured(bench, monkeypat
     assert measured.failed == {"naive": "warm-up: RuntimeError: CUDA out of memory (simulated)"}
     assert len(measured.times["torch"]["full"]) == 1 and "naive" not in measured.times
     assert measured.step["torch"]["loss_abs_err"] < 1e-5
-    rows = bench.report("tiny", "float32", ["naive", "torch"], measured, {}, {}, bench.machine("cpu", torch.float32),
-                        0, 1, None)
+    rows = bench.report("tiny", "float32", ["naive", "torch"], measured, {}, {},
+                        bench.machine("cpu", torch.float32, bench.SIZES["tiny"]), 0, 1, None)
     assert "naive                       FAILED at warm-up: RuntimeError" in capsys.readouterr().out
     assert [row["provider"] for row in rows] == ["naive", "torch", "torch", "torch"]
     results = tmp_path / "results.csv"

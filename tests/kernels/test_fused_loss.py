@@ -463,6 +463,35 @@ def test_cpp_gemm_providers_agree(dtype, monkeypatch):
         run_loss(case, "cpp")
 
 
+@pytest.mark.parametrize("faster", cpp_backend.GEMM_PROVIDERS)
+def test_cpp_gemm_provider_is_the_faster_one_for_the_shape(faster, monkeypatch):
+    """Where oneDNN takes the dtype, the tiles run on whichever provider timed a default tile's GEMMs faster (once
+    per dtype, shape and thread count); ADVDISTILL_CPP_GEMM still decides when set."""
+    if reason := _cpp_skip_reason():
+        pytest.skip(reason)
+    if not cpp_backend.onednn_runs(torch.float32):
+        pytest.skip("oneDNN does not take float32 on this CPU: at::mm is the only provider")
+    timed = []
+
+    def fake_seconds(hidden, weight, use_onednn):
+        timed.append((tuple(hidden.shape), tuple(weight.shape), use_onednn))
+        return 1.0 if (use_onednn == (faster == "onednn")) else 2.0
+
+    monkeypatch.setattr(cpp_backend, "tile_gemm_seconds", fake_seconds)
+    monkeypatch.delenv("ADVDISTILL_CPP_GEMM", raising=False)
+    cpp_backend.fastest_gemm.cache_clear()
+    try:
+        assert cpp_backend.gemm_provider(torch.float32, (24, 1000)) == faster
+        tile = cpp_backend.default_tile_tokens(1000)
+        assert set(timed) == {((tile, 24), (1000, 24), True), ((tile, 24), (1000, 24), False)} and len(timed) == 8
+        assert cpp_backend.gemm_provider(torch.float32, (24, 1000)) == faster and len(timed) == 8  # cached
+        for provider in cpp_backend.GEMM_PROVIDERS:
+            monkeypatch.setenv("ADVDISTILL_CPP_GEMM", provider)
+            assert cpp_backend.gemm_provider(torch.float32, (24, 1000)) == provider
+    finally:
+        cpp_backend.fastest_gemm.cache_clear()
+
+
 @pytest.mark.parametrize("provider", ["onednn", "aten"])
 def test_cpp_bfloat16_weight_gradient_sums_its_tiles_in_float32(provider, monkeypatch):
     """Over 128 tiles, cpp's bfloat16 grad_weight stays within 2x the floor (the float64 gradient rounded to

@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -139,13 +140,15 @@ def onednn_runs(dtype: torch.dtype) -> bool:
     return bool((out == 4).all())
 
 
-def gemm_provider(dtype: torch.dtype) -> str:
-    """The GEMM library behind the tiles for ``dtype`` inputs.
+def gemm_provider(dtype: torch.dtype, shape: tuple[int, int] | None = None) -> str:
+    """The GEMM library behind the tiles for ``dtype`` inputs and a ``shape`` (hidden size, vocabulary).
 
-    oneDNN where it takes the dtype on this CPU (:func:`onednn_runs`; float16 tiles are upcast to float32):
-    on AVX-512 CPUs it beats MKL's sgemm, which runs its AVX2 kernel on AMD. Else ``at::mm`` (MKL/OpenBLAS).
-    ``$ADVDISTILL_CPP_GEMM`` (``onednn`` or ``aten``) overrides the choice; asking for oneDNN where it does
-    not run is an error.
+    ``at::mm`` (MKL/OpenBLAS) where oneDNN does not take the dtype on this CPU (:func:`onednn_runs`; float16
+    tiles are upcast to float32), else whichever of the two runs a default tile's three GEMMs faster here
+    (:func:`fastest_gemm`, measured once per dtype, shape and thread count): neither wins everywhere (on
+    AVX-512 AMD CPUs MKL's sgemm runs its AVX2 kernel; on AMX Xeons ``torch.mm`` beat oneDNN in float32 at
+    d = 512). Without ``shape`` oneDNN where it runs. ``$ADVDISTILL_CPP_GEMM`` (``onednn`` or ``aten``)
+    overrides the choice; asking for oneDNN where it does not run is an error.
     """
     requested = os.environ.get("ADVDISTILL_CPP_GEMM")
     if requested is not None and requested not in GEMM_PROVIDERS:
@@ -153,12 +156,41 @@ def gemm_provider(dtype: torch.dtype) -> str:
     if requested == "aten" or dtype == torch.float64:
         return "aten"
     if onednn_runs(dtype):
-        return "onednn"
+        if requested == "onednn" or shape is None:
+            return "onednn"
+        return fastest_gemm(dtype, *shape, torch.get_num_threads())
     if requested == "onednn":
         why = load_error() or (f"ATen's oneDNN matmul does not take {dtype} tiles on this CPU "
                                f"({platform.processor() or platform.machine()})")
         raise BackendUnavailableError(f"ADVDISTILL_CPP_GEMM=onednn: {why}; unset it or use 'aten'")
     return "aten"
+
+
+@functools.cache
+def fastest_gemm(dtype: torch.dtype, hidden_size: int, vocab_size: int, threads: int) -> str:
+    """The provider that runs one default tile's logits, ``grad_hidden`` and ``grad_weight`` GEMMs faster: the
+    best of three timed runs each, after one warm-up (about as long as a few training steps, once per process)."""
+    gemm_dtype = torch.float32 if dtype == torch.float16 else dtype
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(default_tile_tokens(vocab_size), hidden_size, generator=generator).to(gemm_dtype)
+    weight = torch.randn(vocab_size, hidden_size, generator=generator).to(gemm_dtype)
+    seconds = {}
+    for provider in GEMM_PROVIDERS:
+        tile_gemm_seconds(hidden, weight, provider == "onednn")
+        seconds[provider] = min(tile_gemm_seconds(hidden, weight, provider == "onednn") for _ in range(3))
+    return min(GEMM_PROVIDERS, key=seconds.__getitem__)
+
+
+def tile_gemm_seconds(hidden: torch.Tensor, weight: torch.Tensor, use_onednn: bool) -> float:
+    """Wall seconds of a tile's three GEMMs through the extension: logits, ``grad_hidden``, ``grad_weight``."""
+    gemm = torch.ops.advdistill_kernels.gemm
+    logits = torch.empty(hidden.shape[0], weight.shape[0], dtype=hidden.dtype)
+    grad_hidden, grad_weight = torch.empty_like(hidden), torch.empty_like(weight)
+    start = time.perf_counter()
+    gemm(hidden, weight.t(), logits, False, use_onednn)
+    gemm(logits, weight, grad_hidden, False, use_onednn)
+    gemm(logits.t(), hidden, grad_weight, False, use_onednn)
+    return time.perf_counter() - start
 
 
 def default_tile_tokens(vocab_size: int) -> int:
@@ -173,7 +205,8 @@ def _fused_loss(hidden, weight, targets, response_index, response_weights, wrong
                       default_tile_tokens(weight.shape[0]), need_hidden_grad or need_weight_grad)
     return torch.ops.advdistill_kernels.fused_loss(
         hidden, weight, targets, response_index, response_weights, wrong, float(lam), float(p_max), plan.order,
-        tiles_tensor(plan.tiles), need_hidden_grad, need_weight_grad, gemm_provider(hidden.dtype) == "onednn")
+        tiles_tensor(plan.tiles), need_hidden_grad, need_weight_grad,
+        gemm_provider(hidden.dtype, (weight.shape[1], weight.shape[0])) == "onednn")
 
 
 def fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
