@@ -11,8 +11,10 @@ digest of source and compiler flags (two checkouts with different sources never 
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -35,6 +37,9 @@ MIN_TILE_TOKENS = 256
 """... but at least this many tokens: thinner tiles make the weight-gradient GEMM (inner size = the
 tile's tokens) rewrite ``grad_weight`` too often, and the GEMMs lose much of their speed."""
 GEMM_PROVIDERS = ("onednn", "aten")
+GEMM_CHOICES_FILE = "gemm_choices.json"
+ATEN_MARGIN = 0.9
+"""``at::mm`` replaces oneDNN only where it takes less than this share of oneDNN's time."""
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math") + (
     ("-mprefer-vector-width=256",) if platform.machine() in ("x86_64", "AMD64") else ())
 """``-fno-trapping-math`` lets GCC vectorise the exponential loop (without it, its clamps and underflow
@@ -145,7 +150,7 @@ def gemm_provider(dtype: torch.dtype, shape: tuple[int, int] | None = None) -> s
 
     ``at::mm`` (MKL/OpenBLAS) where oneDNN does not take the dtype on this CPU (:func:`onednn_runs`; float16
     tiles are upcast to float32), else whichever of the two runs a default tile's three GEMMs faster here
-    (:func:`fastest_gemm`, measured once per dtype, shape and thread count): neither wins everywhere (on
+    (:func:`fastest_gemm`, measured once per machine, dtype, shape and thread count): neither wins everywhere (on
     AVX-512 AMD CPUs MKL's sgemm runs its AVX2 kernel; on AMX Xeons ``torch.mm`` beat oneDNN in float32 at
     d = 512). Without ``shape`` oneDNN where it runs. ``$ADVDISTILL_CPP_GEMM`` (``onednn`` or ``aten``)
     overrides the choice; asking for oneDNN where it does not run is an error.
@@ -168,8 +173,41 @@ def gemm_provider(dtype: torch.dtype, shape: tuple[int, int] | None = None) -> s
 
 @functools.cache
 def fastest_gemm(dtype: torch.dtype, hidden_size: int, vocab_size: int, threads: int) -> str:
-    """The provider that runs one default tile's logits, ``grad_hidden`` and ``grad_weight`` GEMMs faster: the
-    best of three timed runs each, after one warm-up (about as long as a few training steps, once per process)."""
+    """The provider that runs one default tile's logits, ``grad_hidden`` and ``grad_weight`` GEMMs faster here.
+
+    Timed once per machine, not per process: the choice is kept in the build directory (one per CPU, torch and
+    source) under a lock, and every later process reads it, so that a run's numbers (the providers round
+    differently) do not depend on how busy the machine was when another process timed them. ``at::mm`` must
+    beat oneDNN by ``ATEN_MARGIN`` to be chosen, so that a near tie does not turn on timing noise.
+    """
+    path = build_directory() / GEMM_CHOICES_FILE
+    key = f"{str(dtype).removeprefix('torch.')} d={hidden_size} V={vocab_size} threads={threads}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        choices = _read_choices(path)
+        if key not in choices:
+            seconds = _time_providers(dtype, hidden_size, vocab_size)
+            choices[key] = "aten" if seconds["aten"] < ATEN_MARGIN * seconds["onednn"] else "onednn"
+            partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            partial.write_text(json.dumps(choices, indent=1, sort_keys=True) + "\n")
+            partial.replace(path)
+    return choices[key]
+
+
+def _read_choices(path: Path) -> dict[str, str]:
+    """The kept choices; a missing or damaged file is none (they are timed again)."""
+    try:
+        choices = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(choices, dict):
+        return {}
+    return {key: value for key, value in choices.items() if value in GEMM_PROVIDERS}
+
+
+def _time_providers(dtype: torch.dtype, hidden_size: int, vocab_size: int) -> dict[str, float]:
+    """Per provider, the best of three timed runs of a default tile's GEMMs after one warm-up."""
     gemm_dtype = torch.float32 if dtype == torch.float16 else dtype
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(default_tile_tokens(vocab_size), hidden_size, generator=generator).to(gemm_dtype)
@@ -178,7 +216,7 @@ def fastest_gemm(dtype: torch.dtype, hidden_size: int, vocab_size: int, threads:
     for provider in GEMM_PROVIDERS:
         tile_gemm_seconds(hidden, weight, provider == "onednn")
         seconds[provider] = min(tile_gemm_seconds(hidden, weight, provider == "onednn") for _ in range(3))
-    return min(GEMM_PROVIDERS, key=seconds.__getitem__)
+    return seconds
 
 
 def tile_gemm_seconds(hidden: torch.Tensor, weight: torch.Tensor, use_onednn: bool) -> float:
