@@ -173,7 +173,8 @@ def gemm_provider(dtype: torch.dtype, shape: tuple[int, int] | None = None) -> s
 
 @functools.cache
 def fastest_gemm(dtype: torch.dtype, hidden_size: int, vocab_size: int, threads: int) -> str:
-    """The provider that runs one default tile's logits, ``grad_hidden`` and ``grad_weight`` GEMMs faster here.
+    """The provider that runs one default tile's logits, ``grad_hidden`` and ``grad_weight`` GEMMs faster here
+    (:func:`_time_providers`).
 
     Timed once per machine, not per process: the choice is kept in the build directory (one per CPU, torch and
     source) under a lock, and every later process reads it, so that a run's numbers (the providers round
@@ -207,16 +208,16 @@ def _read_choices(path: Path) -> dict[str, str]:
 
 
 def _time_providers(dtype: torch.dtype, hidden_size: int, vocab_size: int) -> dict[str, float]:
-    """Per provider, the best of three timed runs of a default tile's GEMMs after one warm-up."""
+    """Per provider, the best of five runs of a default tile's GEMMs, the providers alternating run by run after a
+    warm-up of each (a provider timed in one block was seen to lose by its first, slower runs)."""
     gemm_dtype = torch.float32 if dtype == torch.float16 else dtype
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(default_tile_tokens(vocab_size), hidden_size, generator=generator).to(gemm_dtype)
     weight = torch.randn(vocab_size, hidden_size, generator=generator).to(gemm_dtype)
-    seconds = {}
     for provider in GEMM_PROVIDERS:
         tile_gemm_seconds(hidden, weight, provider == "onednn")
-        seconds[provider] = min(tile_gemm_seconds(hidden, weight, provider == "onednn") for _ in range(3))
-    return seconds
+    runs = [{p: tile_gemm_seconds(hidden, weight, p == "onednn") for p in GEMM_PROVIDERS} for _ in range(5)]
+    return {provider: min(run[provider] for run in runs) for provider in GEMM_PROVIDERS}
 
 
 def tile_gemm_seconds(hidden: torch.Tensor, weight: torch.Tensor, use_onednn: bool) -> float:
