@@ -233,13 +233,24 @@ def set_key(path, value):
                                                      "prompt in teacher.bootstrap.shape.max_position_embeddings 512"),
     (set_key(("sampling", "max_new_tokens"), 600), "config sampling.max_new_tokens: 600 leaves no room for a "
                                                    "prompt in teacher.bootstrap.shape.max_position_embeddings 512"),
+    (set_key(("students", 0, "snapshot", "step"), 5),
+     "config students[0].snapshot.step: 5 is beyond the 4 steps of the run of 'teacher'"),
+    (set_key(("students", 0, "snapshot", "of"), "student"),
+     "config students[0].snapshot.of: 'student' is not another model with source 'bootstrap'"),
+    (set_key(("students", 0, "snapshot", "of"), "gpt"),
+     "config students[0].snapshot.of: 'gpt' is not another model with source 'bootstrap'"),
 ], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
         "split-path", "dash-name", "student-sft-collision", "teacher-base-collision", "variant-path",
         "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "variants-only-none",
         "report-stage-folder",
         "paper-unknown-model", "missing-local-release", "missing-local-model", "file-name-too-long",
         "model-source-a-file", "dataset-source-a-folder",
-        "evaluation-past-context", "sampling-past-context"])
+        "evaluation-past-context", "sampling-past-context", "snapshot-past-run", "snapshot-of-itself",
+        "snapshot-of-unknown"])
+@pytest.mark.failure_mode(
+    "a snapshot student naming a model that is not bootstrapped, or a step beyond its run",
+    sees="planning stops naming students[i].snapshot.of or .step and the run's max_steps",
+    kept="everything; no job starts")
 @pytest.mark.failure_mode(
     "sampling or evaluation max_new_tokens at or beyond a bootstrapped model's context",
     sees="planning stops naming the key, the model's max_position_embeddings and both numbers",

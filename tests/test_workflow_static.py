@@ -52,24 +52,6 @@ def test_default_teacher_run_saves_the_student_snapshot_and_training_loads_it(tm
     assert "--model results/models/teacher/snapshots/step-300" in result.stdout
 
 
-@pytest.mark.failure_mode(
-    "a snapshot student naming a model that is not bootstrapped, or a step beyond its run",
-    sees="the run stops before any job, naming students[i].snapshot.of or .step and the run's max_steps",
-    kept="everything")
-@pytest.mark.parametrize("snapshot, message", [
-    ({"of": "teacher", "step": 701}, "students[0].snapshot.step: 701 is beyond the 700 steps of the run of 'teacher'"),
-    ({"of": "student", "step": 10}, "students[0].snapshot.of: 'student' is not another model with source 'bootstrap'"),
-    ({"of": "gpt", "step": 10}, "students[0].snapshot.of: 'gpt' is not another model with source 'bootstrap'"),
-])
-def test_bad_snapshot_reference_names_the_key(tmp_path, snapshot, message):
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["students"][0]["snapshot"] = snapshot
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
-    result = run_snakemake("--dry-run", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path)
-    assert result.returncode != 0
-    assert message in result.stdout + result.stderr
-
-
 @pytest.mark.parametrize("config", sorted((REPO / "config" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
 def test_paper_configs_plan_the_full_dag_without_downloading(config, tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(config), cwd=tmp_path)

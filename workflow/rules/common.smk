@@ -13,6 +13,7 @@ from advdistill.errors import ConfigError
 from advdistill.memory_plan import check_plan, format_plan, plan_memory, plan_rows, stage_gpus
 from advdistill.planning import (
     accelerate_launch_args,
+    building_run,
     check_config,
     labelled_models,
     stop_on_config_error,
@@ -81,10 +82,10 @@ def check_snapshot_reference(key, model):
     if "snapshot" not in model:
         raise ConfigError(f"config {key}.snapshot is required when {key}.source is 'snapshot'")
     origin, step = model["snapshot"]["of"], model["snapshot"]["step"]
-    by_name = {m["name"]: m for _, m in labelled_models(config)}
-    if origin == model["name"] or origin not in by_name or by_name[origin]["source"] != "bootstrap":
+    run = building_run(config, model)
+    if run is None:
         raise ConfigError(f"config {key}.snapshot.of: '{origin}' is not another model with source 'bootstrap'")
-    max_steps = ((by_name[origin].get("bootstrap") or {}).get("optim") or {}).get("max_steps", -1)
+    max_steps = (run[1].get("optim") or {}).get("max_steps", -1)
     if max_steps > 0 and step > max_steps:
         raise ConfigError(f"config {key}.snapshot.step: {step} is beyond the {max_steps} steps of the run of "
                           f"'{origin}' (its bootstrap.optim.max_steps)")
@@ -181,7 +182,7 @@ def model_path(name):
         return f"results/models/{name}"
     if models()[name]["source"] == "snapshot":
         snapshot = models()[name]["snapshot"]
-        return str(snapshot_folder(f"results/models/{snapshot['of']}", snapshot["step"]))
+        return str(snapshot_folder(model_path(snapshot["of"]), snapshot["step"]))
     source = models()[name]["source"]
     if source not in local_sources():
         return source
@@ -195,7 +196,7 @@ def model_input(name):
     """The model as a file dependency when the pipeline builds it or ``local_sources`` maps it to a folder (its
     modification time then counts like any input's), else nothing to wait for."""
     if models()[name]["source"] == "snapshot":
-        return [f"results/models/{models()[name]['snapshot']['of']}"]
+        return model_input(models()[name]["snapshot"]["of"])
     return [model_path(name)] if is_bootstrapped(name) or models()[name]["source"] in local_sources() else []
 
 
