@@ -103,24 +103,32 @@ void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool 
   }
 }
 
-// acc += a^T b for a bfloat16 tile a [rows, V] and b [rows, d] into a float32 acc [V, d]: one bfloat16 GEMM
-// (float32 accumulation inside) per slice of the vocabulary into `scratch` [slice, d], then a float32 add, so
-// the products are rounded once per tile and the sum over tiles is float32 (accumulating in bfloat16 rounded the
-// running sum at every tile), at the bfloat16 GEMM rate and a scratch much smaller than a logits tile.
-void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& acc, const at::Tensor& scratch,
-                            bool use_onednn) {
+// acc_t += b^T a for a bfloat16 tile a [rows, V] and b [rows, d] into a float32 acc_t [d, V], grad_weight
+// transposed: one bfloat16 GEMM (float32 accumulation inside) per slice of the vocabulary into `scratch`
+// [d, slice], then a float32 add, so the products are rounded once per tile and the sum over tiles is float32
+// (accumulating in bfloat16 rounded the running sum at every tile), at the bfloat16 GEMM rate and a scratch much
+// smaller than a logits tile. Transposed because oneDNN runs b^T a at its logits-GEMM rate and a^T b into [V, d]
+// slices 1.5x slower (AVX-512 EPYC, d = 512, V = 65,536).
+void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& acc_t,
+                            const at::Tensor& scratch, bool use_onednn) {
   const int64_t vocab = a.size(1);
-  const int64_t slice = scratch.size(0);
+  const int64_t d = b.size(1);
+  const int64_t slice = scratch.size(1);
+  const at::Tensor b_t = b.t();
   for (int64_t begin = 0; begin < vocab; begin += slice) {
     const int64_t n = std::min(slice, vocab - begin);
-    const at::Tensor part = scratch.narrow(0, 0, n);
-    gemm(a.narrow(1, begin, n).t(), b, part, false, use_onednn);
+    const at::Tensor part = scratch.view(-1).narrow(0, 0, d * n).view({d, n});
+    gemm(b_t, a.narrow(1, begin, n), part, false, use_onednn);
     // in place and without the float32 copy of the slice that a mixed-dtype add_ would allocate
     const at::BFloat16* source = part.data_ptr<at::BFloat16>();
-    float* target = acc.narrow(0, begin, n).data_ptr<float>();
-    at::parallel_for(0, part.numel(), 1 << 16, [&](int64_t first, int64_t last) {
+    float* target = acc_t.data_ptr<float>() + begin;
+    at::parallel_for(0, d, 1, [&](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        float* target_row = target + r * vocab;
+        const at::BFloat16* source_row = source + r * n;
 #pragma omp simd
-      for (int64_t k = first; k < last; ++k) target[k] += to_acc(source[k]);
+        for (int64_t k = 0; k < n; ++k) target_row[k] += to_acc(source_row[k]);
+      }
     });
   }
 }
@@ -330,16 +338,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor buffer = at::empty({largest_tile * pr.vocab_size}, compute_options);
   at::Tensor grad_rows, grad_weight_acc;
   if (need_hidden && need_gradients) grad_rows = at::empty({valid_tokens, hidden.size(1)}, compute_options);
-  // grad_weight accumulates across tiles in float32 (float64 for float64 inputs), bfloat16 included
+  // grad_weight accumulates across tiles in float32 (float64 for float64 inputs), bfloat16 included, where it is
+  // kept transposed (add_transposed_product)
   at::Tensor weight_scratch;
   if (need_weight && need_gradients) {
-    grad_weight_acc =
-        at::zeros(pr.weight.sizes(), compute_options.dtype(compute_type == at::kDouble ? at::kDouble : at::kFloat));
+    const auto accumulator_options = compute_options.dtype(compute_type == at::kDouble ? at::kDouble : at::kFloat);
+    const int64_t d = pr.weight.size(1);
     if (compute_type == at::kBFloat16) {
+      grad_weight_acc = at::zeros({d, pr.vocab_size}, accumulator_options);
       // vocabulary slices of a quarter of a logits tile's elements
-      const int64_t d = pr.weight.size(1);
       const int64_t slice = std::clamp<int64_t>(largest_tile * pr.vocab_size / (4 * d), 1, pr.vocab_size);
-      weight_scratch = at::empty({slice, d}, compute_options);
+      weight_scratch = at::empty({d, slice}, compute_options);
+    } else {
+      grad_weight_acc = at::zeros(pr.weight.sizes(), accumulator_options);
     }
   }
 
@@ -386,7 +397,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
   }
   at::Tensor grad_weight = at::empty({0}, weight.options());
-  if (need_weight) grad_weight = grad_weight_acc.defined() ? grad_weight_acc.to(input_type) : at::zeros_like(weight);
+  if (need_weight) {
+    if (!grad_weight_acc.defined()) {
+      grad_weight = at::zeros_like(weight);
+    } else if (compute_type == at::kBFloat16) {
+      grad_weight = at::empty(weight.sizes(), weight.options()).copy_(grad_weight_acc.t());
+    } else {
+      grad_weight = grad_weight_acc.to(input_type);
+    }
+  }
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   return {at::scalar_tensor(loss, f64).to(stats_type), grad_hidden, grad_weight,
           at::tensor(ce, f64).to(stats_type), at::tensor(p_mean, f64).to(stats_type),
