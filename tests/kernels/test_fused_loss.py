@@ -43,9 +43,12 @@ from advdistill_kernels import (
 from advdistill_kernels.backends import cpp as cpp_backend
 from advdistill_kernels.backends._tiles import Tile, plan_tiles
 
+from tests.helpers import loaded_script
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 CUDA = torch.cuda.is_available()
+BENCHMARK = Path(__file__).resolve().parents[2] / "kernels" / "benchmarks" / "bench_fused_loss.py"
 ROUNDING_STEP = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 """Relative size of one rounding step of each low-precision dtype: the slack of its tolerance."""
 
@@ -514,6 +517,31 @@ def test_cpp_bfloat16_weight_gradient_sums_its_tiles_in_float32(provider, monkey
     floor = (exact.bfloat16().double() - exact).norm() / exact.norm()
     error = (grad_weight.double() - exact).norm() / exact.norm()
     assert grad_weight.dtype == torch.bfloat16 and error < 2 * floor, (error.item(), floor.item())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpp_step_peak_memory_is_its_outputs_accumulator_and_one_tile(dtype):
+    """A full cpp step at the benchmark's small size (measured as the benchmark does, in a fresh process) holds
+    the gradient outputs, the float32 grad_weight accumulator and one logits tile (float32 for float16 inputs,
+    which run float32 GEMMs), plus 8 MB: no float32 copy of a float16 weight (V d 4 bytes, which put float16 at
+    99 MB here against this bound of 92)."""
+    if reason := _cpp_skip_reason():
+        pytest.skip(reason)
+    with loaded_script(BENCHMARK) as bench:
+        size = bench.SIZES["small"]
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--memory-worker", "cpp", "--sizes", "small", "--dtypes",
+         str(dtype).removeprefix("torch.")], capture_output=True, text=True, check=True)
+    peak_mb = json.loads(completed.stdout.strip().splitlines()[-1])
+    if peak_mb is None:
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    elements = {"outputs": (size.vocab_size + size.num_tokens) * size.hidden_dim,
+                "tile": cpp_backend.default_tile_tokens(size.vocab_size) * size.vocab_size}
+    output_bytes = dtype.itemsize * elements["outputs"]
+    accumulator_bytes = 0 if dtype == torch.float32 else 4 * size.vocab_size * size.hidden_dim
+    tile_bytes = (2 if dtype == torch.bfloat16 else 4) * elements["tile"]
+    bound_mb = (output_bytes + accumulator_bytes + tile_bytes) / 2**20 + 8
+    assert peak_mb <= bound_mb, (peak_mb, bound_mb)
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])

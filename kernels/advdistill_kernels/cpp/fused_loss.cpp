@@ -13,8 +13,9 @@
 // Precision: float32 and float64 run in their own dtype. bfloat16 runs its GEMMs in bfloat16
 // (fp32 accumulation inside the GEMM; logits and dlogits stored in bfloat16, as autograd does, so its
 // per-row factor is applied in place rather than folded into the GEMMs) with the softmax statistics in
-// float32, and grad_weight summed over tiles in float32 (add_transposed_product). float16 is upcast to float32 (this CPU class has no fast
-// float16 GEMM). GEMMs go to oneDNN (at::native::mkldnn_matmul) when requested, else to at::mm.
+// float32, and grad_weight summed over tiles in float32 (add_transposed_product). float16 runs as float32
+// (this CPU class has no fast float16 GEMM), its weight upcast slice by slice (for_weight_slices). GEMMs go
+// to oneDNN (at::native::mkldnn_matmul) when requested, else to at::mm.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -142,7 +143,8 @@ struct Tile {
 
 struct Problem {
   at::Tensor rows;    // [M, d] unmasked hidden states ordered by response, in the GEMM dtype
-  at::Tensor weight;  // [V, d] in the GEMM dtype
+  at::Tensor weight;  // [V, d] in the GEMM dtype, or float16 where weight_slice is defined
+  at::Tensor weight_slice;  // float16 inputs: [slice, d] float32, the weight upcast into it slice by slice
   std::vector<int64_t> targets, responses;  // [M], ordered like rows
   std::vector<int64_t> counts;              // T_i
   std::vector<double> response_weights;     // w_i
@@ -151,6 +153,24 @@ struct Problem {
   int64_t vocab_size;
   bool use_onednn;
 };
+
+// use(begin, n, w) for the vocabulary rows [begin, begin + n) of the weight in the GEMM dtype: all of it at once,
+// or for float16 inputs slice by slice, each upcast into weight_slice just before use, because a float32 copy of
+// the whole weight was the largest buffer of a float16 step.
+template <typename Use>
+void for_weight_slices(const Problem& pr, Use&& use) {
+  if (!pr.weight_slice.defined()) {
+    use(0, pr.vocab_size, pr.weight);
+    return;
+  }
+  const int64_t slice = pr.weight_slice.size(0);
+  for (int64_t begin = 0; begin < pr.vocab_size; begin += slice) {
+    const int64_t n = std::min(slice, pr.vocab_size - begin);
+    const at::Tensor w = pr.weight_slice.narrow(0, 0, n);
+    w.copy_(pr.weight.narrow(0, begin, n));
+    use(begin, n, w);
+  }
+}
 
 // Running per-response sums and the coefficients c_t = a_i + b_i p_t derived from them.
 struct ResponseSums {
@@ -174,7 +194,9 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
   at::Tensor logits = buffer.narrow(0, 0, rows * vocab).view({rows, vocab});
   {
     RECORD_PHASE("advdistill::logits_gemm");
-    gemm(hidden_tile, pr.weight.t(), logits, false, pr.use_onednn);
+    for_weight_slices(pr, [&](int64_t begin, int64_t n, const at::Tensor& w) {
+      gemm(hidden_tile, w.t(), logits.narrow(1, begin, n), false, pr.use_onednn);
+    });
   }
   logit_t* data = logits.data_ptr<logit_t>();
   // per row: sum_v exp(z_v - max) and the scale s_t = -c_t / sum of its exp row (dlogits = s_t E'_t)
@@ -231,7 +253,9 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
     if (grad_rows.defined()) {
       RECORD_PHASE("advdistill::grad_hidden_gemm");
       at::Tensor grad_rows_tile = grad_rows.narrow(0, tile.begin, rows);
-      gemm(logits, pr.weight, grad_rows_tile, false, pr.use_onednn);
+      for_weight_slices(pr, [&](int64_t begin, int64_t n, const at::Tensor& w) {
+        gemm(logits.narrow(1, begin, n), w, grad_rows_tile, begin > 0, pr.use_onednn);
+      });
       grad_rows_tile.mul_(scale);
     }
     if (grad_weight.defined()) {
@@ -321,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   pr.lam = lam;
   pr.p_max = p_max;
   pr.use_onednn = use_onednn && compute_type != at::kDouble;
-  pr.weight = weight.to(compute_type).contiguous();
+  pr.weight = input_type == at::kHalf ? weight.contiguous() : weight.to(compute_type).contiguous();
   pr.rows = identity ? hidden.to(compute_type).contiguous() : hidden.index_select(0, order_c).to(compute_type);
   pr.counts.assign(num_responses, 0);
   for (int64_t m = 0; m < valid_tokens; ++m) {
@@ -336,6 +360,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   const at::TensorOptions compute_options = pr.rows.options();
   at::Tensor buffer = at::empty({largest_tile * pr.vocab_size}, compute_options);
+  if (input_type == at::kHalf) {
+    // vocabulary slices of a sixteenth of a logits tile's elements
+    const int64_t d = weight.size(1);
+    const int64_t slice = std::clamp<int64_t>(largest_tile * pr.vocab_size / (16 * d), 1, pr.vocab_size);
+    pr.weight_slice = at::empty({slice, d}, compute_options);
+  }
   at::Tensor grad_rows, grad_weight_acc;
   if (need_hidden && need_gradients) grad_rows = at::empty({valid_tokens, hidden.size(1)}, compute_options);
   // grad_weight accumulates across tiles in float32 (float64 for float64 inputs), bfloat16 included, where it is
@@ -343,14 +373,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor weight_scratch;
   if (need_weight && need_gradients) {
     const auto accumulator_options = compute_options.dtype(compute_type == at::kDouble ? at::kDouble : at::kFloat);
-    const int64_t d = pr.weight.size(1);
+    const int64_t d = weight.size(1);
     if (compute_type == at::kBFloat16) {
       grad_weight_acc = at::zeros({d, pr.vocab_size}, accumulator_options);
       // vocabulary slices of a quarter of a logits tile's elements
       const int64_t slice = std::clamp<int64_t>(largest_tile * pr.vocab_size / (4 * d), 1, pr.vocab_size);
       weight_scratch = at::empty({d, slice}, compute_options);
     } else {
-      grad_weight_acc = at::zeros(pr.weight.sizes(), accumulator_options);
+      grad_weight_acc = at::zeros(weight.sizes(), accumulator_options);
     }
   }
 
@@ -374,6 +404,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // the larger of the tiles phase and the outputs phase, not their sum
   buffer.reset();
   weight_scratch.reset();
+  pr.weight_slice.reset();
 
   const at::ScalarType stats_type = input_type == at::kDouble ? at::kDouble : at::kFloat;
   std::vector<double> ce(num_responses, 0.0), p_mean(num_responses, 0.0);
