@@ -104,14 +104,15 @@ void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool 
   }
 }
 
-// acc_t += b^T a for a bfloat16 tile a [rows, V] and b [rows, d] into a float32 acc_t [d, V], grad_weight
+// acc_t += b^T a (accumulate false: acc_t = b^T a) for a bfloat16 tile a [rows, V] and b [rows, d] into a
+// float32 acc_t [d, V], grad_weight
 // transposed: one bfloat16 GEMM (float32 accumulation inside) per slice of the vocabulary into `scratch`
 // [d, slice], then a float32 add, so the products are rounded once per tile and the sum over tiles is float32
 // (accumulating in bfloat16 rounded the running sum at every tile), at the bfloat16 GEMM rate and a scratch much
 // smaller than a logits tile. Transposed because oneDNN runs b^T a at its logits-GEMM rate and a^T b into [V, d]
 // slices 1.5x slower (AVX-512 EPYC, d = 512, V = 65,536).
 void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& acc_t,
-                            const at::Tensor& scratch, bool use_onednn) {
+                            const at::Tensor& scratch, bool accumulate, bool use_onednn) {
   const int64_t vocab = a.size(1);
   const int64_t d = b.size(1);
   const int64_t slice = scratch.size(1);
@@ -127,8 +128,13 @@ void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::
       for (int64_t r = first; r < last; ++r) {
         float* target_row = target + r * vocab;
         const at::BFloat16* source_row = source + r * n;
+        if (accumulate) {
 #pragma omp simd
-        for (int64_t k = 0; k < n; ++k) target_row[k] += to_acc(source_row[k]);
+          for (int64_t k = 0; k < n; ++k) target_row[k] += to_acc(source_row[k]);
+        } else {
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) target_row[k] = to_acc(source_row[k]);
+        }
       }
     });
   }
@@ -187,7 +193,7 @@ struct ResponseSums {
 template <typename acc_t, typename logit_t>
 void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::vector<acc_t>& token_logp,
                   ResponseSums& sums, const at::Tensor& grad_rows, const at::Tensor& grad_weight,
-                  const at::Tensor& weight_scratch) {
+                  bool& grad_weight_written, const at::Tensor& weight_scratch) {
   const int64_t rows = tile.end - tile.begin;
   const int64_t vocab = pr.vocab_size;
   const at::Tensor hidden_tile = pr.rows.narrow(0, tile.begin, rows);
@@ -260,7 +266,8 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
     }
     if (grad_weight.defined()) {
       RECORD_PHASE("advdistill::grad_weight_gemm");
-      gemm(logits.t(), hidden_tile * scale, grad_weight, true, pr.use_onednn);
+      gemm(logits.t(), hidden_tile * scale, grad_weight, grad_weight_written, pr.use_onednn);
+      grad_weight_written = true;
     }
     return;
   }
@@ -284,7 +291,8 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
   }
   if (grad_weight.defined()) {
     RECORD_PHASE("advdistill::grad_weight_gemm");
-    add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, pr.use_onednn);
+    add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, grad_weight_written, pr.use_onednn);
+    grad_weight_written = true;
   }
 }
 
@@ -369,18 +377,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_rows, grad_weight_acc;
   if (need_hidden && need_gradients) grad_rows = at::empty({valid_tokens, hidden.size(1)}, compute_options);
   // grad_weight accumulates across tiles in float32 (float64 for float64 inputs), bfloat16 included, where it is
-  // kept transposed (add_transposed_product)
+  // kept transposed (add_transposed_product); the first tile with gradients writes it, so it starts empty
   at::Tensor weight_scratch;
   if (need_weight && need_gradients) {
     const auto accumulator_options = compute_options.dtype(compute_type == at::kDouble ? at::kDouble : at::kFloat);
     const int64_t d = weight.size(1);
     if (compute_type == at::kBFloat16) {
-      grad_weight_acc = at::zeros({d, pr.vocab_size}, accumulator_options);
+      grad_weight_acc = at::empty({d, pr.vocab_size}, accumulator_options);
       // vocabulary slices of a quarter of a logits tile's elements
       const int64_t slice = std::clamp<int64_t>(largest_tile * pr.vocab_size / (4 * d), 1, pr.vocab_size);
       weight_scratch = at::empty({d, slice}, compute_options);
     } else {
-      grad_weight_acc = at::zeros(weight.sizes(), accumulator_options);
+      grad_weight_acc = at::empty(weight.sizes(), accumulator_options);
     }
   }
 
@@ -389,8 +397,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using acc_t = decltype(acc_zero);
     using logit_t = decltype(logit_zero);
     std::vector<acc_t> token_logp(valid_tokens);
+    bool grad_weight_written = false;
     for (const Tile& tile : tiles) {
-      process_tile<acc_t, logit_t>(pr, tile, buffer, token_logp, sums, grad_rows, grad_weight_acc, weight_scratch);
+      process_tile<acc_t, logit_t>(pr, tile, buffer, token_logp, sums, grad_rows, grad_weight_acc,
+                                   grad_weight_written, weight_scratch);
     }
   };
   if (compute_type == at::kDouble) {
