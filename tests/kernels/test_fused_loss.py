@@ -527,6 +527,8 @@ def test_cpp_step_peak_memory_is_its_outputs_accumulator_and_one_tile(dtype):
     99 MB here against this bound of 92)."""
     if reason := _cpp_skip_reason():
         pytest.skip(reason)
+    if dtype == torch.bfloat16 and not cpp_backend.onednn_runs(dtype):
+        pytest.skip("bfloat16 GEMMs take ATen's slow path on this CPU (kernels/README.md), whose buffers are its own")
     with loaded_script(BENCHMARK) as bench:
         size = bench.SIZES["small"]
     completed = subprocess.run(
