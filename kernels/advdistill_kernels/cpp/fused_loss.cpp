@@ -105,12 +105,11 @@ void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool 
 }
 
 // acc_t += b^T a (accumulate false: acc_t = b^T a) for a bfloat16 tile a [rows, V] and b [rows, d] into a
-// float32 acc_t [d, V], grad_weight
-// transposed: one bfloat16 GEMM (float32 accumulation inside) per slice of the vocabulary into `scratch`
-// [d, slice], then a float32 add, so the products are rounded once per tile and the sum over tiles is float32
-// (accumulating in bfloat16 rounded the running sum at every tile), at the bfloat16 GEMM rate and a scratch much
-// smaller than a logits tile. Transposed because oneDNN runs b^T a at its logits-GEMM rate and a^T b into [V, d]
-// slices 1.5x slower (AVX-512 EPYC, d = 512, V = 65,536).
+// float32 acc_t [d, V], grad_weight transposed: one bfloat16 GEMM (float32 accumulation inside) per slice of the
+// vocabulary into `scratch` [d, slice], then a float32 add, so the products are rounded once per tile and the sum
+// over tiles is float32 (accumulating in bfloat16 rounded the running sum at every tile), at the bfloat16 GEMM
+// rate and a scratch much smaller than a logits tile. Transposed because oneDNN runs b^T a at its logits-GEMM rate
+// and a^T b into [V, d] slices 1.5x slower (AVX-512 EPYC, d = 512, V = 65,536).
 void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& acc_t,
                             const at::Tensor& scratch, bool accumulate, bool use_onednn) {
   const int64_t vocab = a.size(1);
