@@ -367,25 +367,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   const at::TensorOptions compute_options = pr.rows.options();
   at::Tensor buffer = at::empty({largest_tile * pr.vocab_size}, compute_options);
-  if (input_type == at::kHalf) {
-    // vocabulary slices of a sixteenth of a logits tile's elements
-    const int64_t d = weight.size(1);
-    const int64_t slice = std::clamp<int64_t>(largest_tile * pr.vocab_size / (16 * d), 1, pr.vocab_size);
-    pr.weight_slice = at::empty({slice, d}, compute_options);
-  }
+  const int64_t d = weight.size(1);
+  // vocabulary entries of a [entries, d] scratch that holds a 1/parts share of a logits tile's elements
+  const auto vocabulary_slice = [&](int64_t parts) {
+    return std::clamp<int64_t>(largest_tile * pr.vocab_size / (parts * d), 1, pr.vocab_size);
+  };
+  if (input_type == at::kHalf) pr.weight_slice = at::empty({vocabulary_slice(16), d}, compute_options);
   at::Tensor grad_rows, grad_weight_acc;
-  if (need_hidden && need_gradients) grad_rows = at::empty({valid_tokens, hidden.size(1)}, compute_options);
+  if (need_hidden && need_gradients) grad_rows = at::empty({valid_tokens, d}, compute_options);
   // grad_weight accumulates across tiles in float32 (float64 for float64 inputs), bfloat16 included, where it is
   // kept transposed (add_transposed_product); the first tile with gradients writes it, so it starts empty
   at::Tensor weight_scratch;
   if (need_weight && need_gradients) {
     const auto accumulator_options = compute_options.dtype(compute_type == at::kDouble ? at::kDouble : at::kFloat);
-    const int64_t d = weight.size(1);
     if (compute_type == at::kBFloat16) {
       grad_weight_acc = at::empty({d, pr.vocab_size}, accumulator_options);
-      // vocabulary slices of a quarter of a logits tile's elements
-      const int64_t slice = std::clamp<int64_t>(largest_tile * pr.vocab_size / (4 * d), 1, pr.vocab_size);
-      weight_scratch = at::empty({d, slice}, compute_options);
+      weight_scratch = at::empty({d, vocabulary_slice(4)}, compute_options);
     } else {
       grad_weight_acc = at::empty(weight.sizes(), accumulator_options);
     }
