@@ -469,36 +469,56 @@ def test_cpp_gemm_providers_agree(dtype, monkeypatch):
 
 @pytest.mark.parametrize("aten_share, chosen", [(0.5, "aten"), (0.95, "onednn"), (2.0, "onednn")])
 def test_cpp_gemm_provider_is_the_faster_one_for_the_shape(aten_share, chosen, monkeypatch, tmp_path):
-    """Where oneDNN takes the dtype, the tiles run on whichever provider timed a default tile's GEMMs faster (at::mm
-    by a margin), timed once per machine and kept; ADVDISTILL_CPP_GEMM still decides when set."""
+    """Where oneDNN takes the dtype, the tiles run on whichever provider's tiles ran faster in the kernel's step (at::mm
+    by a margin), timed once per machine and kept; ADVDISTILL_CPP_GEMM still decides when set. The step's fixed
+    work, the same for both, cancels: timed as whole one-tile steps, at::mm at half oneDNN's tile time would lose
+    the margin (5.5 s against 6)."""
     if reason := _cpp_skip_reason():
         pytest.skip(reason)
     if not cpp_backend.onednn_runs(torch.float32):
         pytest.skip("oneDNN does not take float32 on this CPU: at::mm is the only provider")
     timed = []
 
-    def fake_seconds(hidden, weight, use_onednn):
-        timed.append((tuple(hidden.shape), tuple(weight.shape), use_onednn))
-        return 1.0 if use_onednn else aten_share
+    def fake_seconds(hidden, weight, tile_tokens, use_onednn):
+        timed.append((tuple(hidden.shape), tuple(weight.shape), tile_tokens, use_onednn))
+        return 5.0 + hidden.shape[0] / tile_tokens * (1.0 if use_onednn else aten_share)
 
-    monkeypatch.setattr(cpp_backend, "tile_gemm_seconds", fake_seconds)
+    monkeypatch.setattr(cpp_backend, "step_seconds", fake_seconds)
     monkeypatch.setenv("ADVDISTILL_KERNELS_CACHE", str(tmp_path))  # the choices file lives in the build folder
     monkeypatch.delenv("ADVDISTILL_CPP_GEMM", raising=False)
     cpp_backend.fastest_gemm.cache_clear()
     try:
         assert cpp_backend.gemm_provider(torch.float32, (24, 1000)) == chosen
         tile = cpp_backend.default_tile_tokens(1000)
-        assert set(timed) == {((tile, 24), (1000, 24), True), ((tile, 24), (1000, 24), False)} and len(timed) == 12
+        assert set(timed) == {((tokens, 24), (1000, 24), tile, onednn)
+                              for tokens in (tile, 3 * tile) for onednn in (True, False)}
+        assert len(timed) == 2 + 5 * 4
         cpp_backend.fastest_gemm.cache_clear()  # a new process: it reads the kept choice and times nothing
-        monkeypatch.setattr(cpp_backend, "tile_gemm_seconds", lambda *_: pytest.fail("timed again"))
+        monkeypatch.setattr(cpp_backend, "step_seconds", lambda *_: pytest.fail("timed again"))
         assert cpp_backend.gemm_provider(torch.float32, (24, 1000)) == chosen
         (kept,) = tmp_path.rglob(cpp_backend.GEMM_CHOICES_FILE)
-        assert json.loads(kept.read_text()) == {f"float32 d=24 V=1000 threads={torch.get_num_threads()}": chosen}
+        key = f"float32 d=24 V=1000 tile={tile} threads={torch.get_num_threads()}"
+        assert json.loads(kept.read_text()) == {key: chosen}
         for provider in cpp_backend.GEMM_PROVIDERS:
             monkeypatch.setenv("ADVDISTILL_CPP_GEMM", provider)
             assert cpp_backend.gemm_provider(torch.float32, (24, 1000)) == provider
     finally:
         cpp_backend.fastest_gemm.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpp_providers_are_timed_on_the_kernels_own_step(dtype):
+    """The provider timing runs the extension's step, for each provider that takes the dtype: a broken call to the
+    kernel fails here, not in a user's first step, and more tiles take longer."""
+    if reason := _cpp_skip_reason():
+        pytest.skip(reason)
+    tile = cpp_backend.MIN_TILE_TOKENS
+    hidden = torch.randn(8 * tile, 64).to(dtype)
+    weight = torch.randn(4000, 64).to(dtype)
+    for use_onednn in [False] + ([True] if cpp_backend.onednn_runs(dtype) else []):
+        one, eight = (min(cpp_backend.step_seconds(hidden[:n * tile], weight, tile, use_onednn) for _ in range(3))
+                      for n in (1, 8))
+        assert 0.0 < one < eight
 
 
 @pytest.mark.parametrize("provider", ["onednn", "aten"])

@@ -149,7 +149,7 @@ def gemm_provider(dtype: torch.dtype, shape: tuple[int, int] | None = None) -> s
     """The GEMM library behind the tiles for ``dtype`` inputs and a ``shape`` (hidden size, vocabulary).
 
     ``at::mm`` (MKL/OpenBLAS) where oneDNN does not take the dtype on this CPU (:func:`onednn_runs`; float16
-    tiles are upcast to float32), else whichever of the two runs a default tile's three GEMMs faster here
+    tiles are upcast to float32), else whichever of the two runs a default tile of its step faster here
     (:func:`fastest_gemm`, measured once per machine, dtype, shape and thread count): neither wins everywhere (on
     AVX-512 AMD CPUs MKL's sgemm runs its AVX2 kernel; on AMX Xeons ``torch.mm`` beat oneDNN in float32 at
     d = 512). Without ``shape`` oneDNN where it runs. ``$ADVDISTILL_CPP_GEMM`` (``onednn`` or ``aten``)
@@ -173,8 +173,7 @@ def gemm_provider(dtype: torch.dtype, shape: tuple[int, int] | None = None) -> s
 
 @functools.cache
 def fastest_gemm(dtype: torch.dtype, hidden_size: int, vocab_size: int, threads: int) -> str:
-    """The provider that runs one default tile's logits, ``grad_hidden`` and ``grad_weight`` GEMMs faster here
-    (:func:`_time_providers`).
+    """The provider that runs a default tile of the extension's step faster here (:func:`_time_providers`).
 
     Timed once per machine, not per process: the choice is kept in the build directory (one per CPU, torch and
     source) under a lock, and every later process reads it, so that a run's numbers (the providers round
@@ -182,7 +181,8 @@ def fastest_gemm(dtype: torch.dtype, hidden_size: int, vocab_size: int, threads:
     beat oneDNN by ``ATEN_MARGIN`` to be chosen, so that a near tie does not turn on timing noise.
     """
     path = build_directory() / GEMM_CHOICES_FILE
-    key = f"{str(dtype).removeprefix('torch.')} d={hidden_size} V={vocab_size} threads={threads}"
+    tile = default_tile_tokens(vocab_size)
+    key = f"{str(dtype).removeprefix('torch.')} d={hidden_size} V={vocab_size} tile={tile} threads={threads}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -208,27 +208,37 @@ def _read_choices(path: Path) -> dict[str, str]:
 
 
 def _time_providers(dtype: torch.dtype, hidden_size: int, vocab_size: int) -> dict[str, float]:
-    """Per provider, the best of five runs of a default tile's GEMMs, the providers alternating run by run after a
-    warm-up of each (a provider timed in one block was seen to lose by its first, slower runs)."""
-    gemm_dtype = torch.float32 if dtype == torch.float16 else dtype
+    """Per provider, the seconds one default tile adds to the extension's step: the best of five steps of three
+    tiles less the best of five of one tile, halved, so that the step's fixed work (its float32 ``grad_weight``
+    sum and outputs, freshly allocated, at medium size twice a tile's GEMMs) cancels instead of diluting the
+    providers' difference. The providers alternate run by run after a warm-up of each (a provider timed in one
+    block was seen to lose by its first, slower runs)."""
+    tile = default_tile_tokens(vocab_size)
     generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(default_tile_tokens(vocab_size), hidden_size, generator=generator).to(gemm_dtype)
-    weight = torch.randn(vocab_size, hidden_size, generator=generator).to(gemm_dtype)
+    hidden = torch.randn(3 * tile, hidden_size, generator=generator).to(dtype)
+    weight = torch.randn(vocab_size, hidden_size, generator=generator).to(dtype)
+    inputs = {"one": hidden[:tile], "three": hidden}
     for provider in GEMM_PROVIDERS:
-        tile_gemm_seconds(hidden, weight, provider == "onednn")
-    runs = [{p: tile_gemm_seconds(hidden, weight, p == "onednn") for p in GEMM_PROVIDERS} for _ in range(5)]
-    return {provider: min(run[provider] for run in runs) for provider in GEMM_PROVIDERS}
+        step_seconds(inputs["one"], weight, tile, provider == "onednn")
+    runs = [{(p, n): step_seconds(x, weight, tile, p == "onednn") for p in GEMM_PROVIDERS for n, x in inputs.items()}
+            for _ in range(5)]
+    best = {key: min(run[key] for run in runs) for key in runs[0]}
+    return {p: (best[p, "three"] - best[p, "one"]) / 2 for p in GEMM_PROVIDERS}
 
 
-def tile_gemm_seconds(hidden: torch.Tensor, weight: torch.Tensor, use_onednn: bool) -> float:
-    """Wall seconds of a tile's three GEMMs through the extension: logits, ``grad_hidden``, ``grad_weight``."""
-    gemm = torch.ops.advdistill_kernels.gemm
-    logits = torch.empty(hidden.shape[0], weight.shape[0], dtype=hidden.dtype)
-    grad_hidden, grad_weight = torch.empty_like(hidden), torch.empty_like(weight)
+def step_seconds(hidden: torch.Tensor, weight: torch.Tensor, tile_tokens: int, use_onednn: bool) -> float:
+    """Wall seconds of the extension's loss and both gradients for ``hidden`` (one response) in tiles of
+    ``tile_tokens``: the kernel's own step, so that the providers are timed on the GEMMs it runs (the bfloat16
+    ``grad_weight`` as ``h^T dlogits`` slices added into its float32 sum, the float16 weight upcast slice by slice)."""
+    tokens = hidden.shape[0]
+    targets = torch.arange(tokens) % weight.shape[0]
+    response_index = torch.zeros(tokens, dtype=torch.long)
+    no_wrong = torch.zeros(1, dtype=torch.bool)
+    plan = plan_tiles(targets, response_index, no_wrong, 0.0, -100, tile_tokens, tile_tokens, True)
     start = time.perf_counter()
-    gemm(hidden, weight.t(), logits, False, use_onednn)
-    gemm(logits, weight, grad_hidden, False, use_onednn)
-    gemm(logits.t(), hidden, grad_weight, False, use_onednn)
+    torch.ops.advdistill_kernels.fused_loss(
+        hidden, weight, targets, response_index, torch.ones(1, dtype=torch.float64), no_wrong, 0.0, 0.5,
+        plan.order, tiles_tensor(plan.tiles), True, True, use_onednn)
     return time.perf_counter() - start
 
 
