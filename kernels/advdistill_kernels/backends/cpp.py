@@ -210,7 +210,7 @@ def _read_choices(path: Path) -> dict[str, str]:
 def _time_providers(dtype: torch.dtype, hidden_size: int, vocab_size: int) -> dict[str, float]:
     """Per provider, the seconds one default tile adds to the extension's step: the best of five steps of three
     tiles less the best of five of one tile, halved, so that the step's fixed work (its float32 ``grad_weight``
-    sum and outputs, freshly allocated, at medium size twice a tile's GEMMs) cancels instead of diluting the
+    sum and outputs, freshly allocated, at medium size about as long as a tile) cancels instead of diluting the
     providers' difference. The providers alternate run by run after a warm-up of each (a provider timed in one
     block was seen to lose by its first, slower runs)."""
     tile = default_tile_tokens(vocab_size)
