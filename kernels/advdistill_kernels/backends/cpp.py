@@ -150,7 +150,7 @@ def gemm_provider(dtype: torch.dtype, shape: tuple[int, int] | None = None) -> s
 
     ``at::mm`` (MKL/OpenBLAS) where oneDNN does not take the dtype on this CPU (:func:`onednn_runs`; float16
     tiles are upcast to float32), else whichever of the two runs a default tile of its step faster here
-    (:func:`fastest_gemm`, measured once per machine, dtype, shape and thread count): neither wins everywhere (on
+    (:func:`fastest_gemm`, measured once per machine, dtype, shape, tile and thread count): neither wins everywhere (on
     AVX-512 AMD CPUs MKL's sgemm runs its AVX2 kernel; on AMX Xeons ``torch.mm`` beat oneDNN in float32 at
     d = 512). Without ``shape`` oneDNN where it runs. ``$ADVDISTILL_CPP_GEMM`` (``onednn`` or ``aten``)
     overrides the choice; asking for oneDNN where it does not run is an error.
