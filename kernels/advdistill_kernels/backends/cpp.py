@@ -188,7 +188,7 @@ def fastest_gemm(dtype: torch.dtype, hidden_size: int, vocab_size: int, threads:
         fcntl.flock(lock, fcntl.LOCK_EX)
         choices = _read_choices(path)
         if key not in choices:
-            seconds = _time_providers(dtype, hidden_size, vocab_size)
+            seconds = _time_providers(dtype, hidden_size, vocab_size, tile)
             choices[key] = "aten" if seconds["aten"] < ATEN_MARGIN * seconds["onednn"] else "onednn"
             partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
             partial.write_text(json.dumps(choices, indent=1, sort_keys=True) + "\n")
@@ -207,13 +207,12 @@ def _read_choices(path: Path) -> dict[str, str]:
     return {key: value for key, value in choices.items() if value in GEMM_PROVIDERS}
 
 
-def _time_providers(dtype: torch.dtype, hidden_size: int, vocab_size: int) -> dict[str, float]:
-    """Per provider, the seconds one default tile adds to the extension's step: the best of five steps of three
-    tiles less the best of five of one tile, halved, so that the step's fixed work (its float32 ``grad_weight``
-    sum and outputs, freshly allocated, at medium size about as long as a tile) cancels instead of diluting the
-    providers' difference. The providers alternate run by run after a warm-up of each (a provider timed in one
-    block was seen to lose by its first, slower runs)."""
-    tile = default_tile_tokens(vocab_size)
+def _time_providers(dtype: torch.dtype, hidden_size: int, vocab_size: int, tile: int) -> dict[str, float]:
+    """Per provider, the seconds one tile of ``tile`` tokens adds to the extension's step: the best of five steps of
+    three tiles less the best of five of one tile, halved, so that the step's fixed work (its float32
+    ``grad_weight`` sum and outputs, freshly allocated, at medium size about as long as a tile) cancels instead of
+    diluting the providers' difference. The providers alternate run by run after a warm-up of each (a provider
+    timed in one block was seen to lose by its first, slower runs)."""
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(3 * tile, hidden_size, generator=generator).to(dtype)
     weight = torch.randn(vocab_size, hidden_size, generator=generator).to(dtype)
@@ -234,11 +233,9 @@ def step_seconds(hidden: torch.Tensor, weight: torch.Tensor, tile_tokens: int, u
     targets = torch.arange(tokens) % weight.shape[0]
     response_index = torch.zeros(tokens, dtype=torch.long)
     no_wrong = torch.zeros(1, dtype=torch.bool)
-    plan = plan_tiles(targets, response_index, no_wrong, 0.0, -100, tile_tokens, tile_tokens, True)
     start = time.perf_counter()
-    torch.ops.advdistill_kernels.fused_loss(
-        hidden, weight, targets, response_index, torch.ones(1, dtype=torch.float64), no_wrong, 0.0, 0.5,
-        plan.order, tiles_tensor(plan.tiles), True, True, use_onednn)
+    _fused_loss(hidden, weight, targets, response_index, torch.ones(1, dtype=torch.float64), no_wrong, 0.0, 0.5, -100,
+                tile_tokens, True, True, use_onednn=use_onednn)
     return time.perf_counter() - start
 
 
@@ -248,14 +245,17 @@ def default_tile_tokens(vocab_size: int) -> int:
 
 
 def _fused_loss(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index,
-                chunk_size, need_hidden_grad, need_weight_grad):
+                chunk_size, need_hidden_grad, need_weight_grad, *, use_onednn: bool | None = None):
+    """The extension's step; its tiles' GEMMs on oneDNN or ``at::mm`` as ``use_onednn`` says, else as
+    :func:`gemm_provider` chooses."""
     load_extension()
+    if use_onednn is None:
+        use_onednn = gemm_provider(hidden.dtype, (weight.shape[1], weight.shape[0])) == "onednn"
     plan = plan_tiles(targets, response_index, wrong, lam, ignore_index, chunk_size,
                       default_tile_tokens(weight.shape[0]), need_hidden_grad or need_weight_grad)
     return torch.ops.advdistill_kernels.fused_loss(
         hidden, weight, targets, response_index, response_weights, wrong, float(lam), float(p_max), plan.order,
-        tiles_tensor(plan.tiles), need_hidden_grad, need_weight_grad,
-        gemm_provider(hidden.dtype, (weight.shape[1], weight.shape[0])) == "onednn")
+        tiles_tensor(plan.tiles), need_hidden_grad, need_weight_grad, use_onednn)
 
 
 def fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
