@@ -136,6 +136,15 @@ def _add_train(sub) -> None:
     p.add_argument("--checkpoints", type=Path,
                    help="checkpoint folder: the resume point of a killed run with the same inputs, settings, seed "
                         "and code; deleted once the model is saved (default beside --out)")
+    p.add_argument("--run-name",
+                   help="the run's name in the experiment trackers of training.report_to (W&B, MLflow, Trackio, ...); "
+                        "the workflow passes <run_name>/<student>-<objective>[@variant][@seed] (default: the name of "
+                        "--out)")
+    p.add_argument("--tracker-dir", type=Path,
+                   help="this run's folder for the trackers that write files (TensorBoard's event files), outside "
+                        "--out, which is replaced as a whole; kept when a killed run resumes, emptied when training "
+                        "starts from step 0, made only when such a tracker is on (default: <out>.trackers beside "
+                        "--out)")
     _add_device(p)
     p.add_argument("--out", type=Path, required=True, help="output model folder")
 
@@ -197,9 +206,12 @@ def check_before_loading(stage: str, settings, args: argparse.Namespace) -> None
     device (--device cuda: no silent CPU fallback), the backends its settings name, and the model folder."""
     from advdistill.devices import check_backends, check_device
     from advdistill.model_folders import check_model_source
+    from advdistill.trackers import check_report_to
 
     check_device(stage, args.device)
     check_backends(stage, settings)
+    if stage == "train":
+        check_report_to(settings.report_to, "training.report_to")
     check_model_source(args.model)
 
 
@@ -239,9 +251,8 @@ def run(args: argparse.Namespace) -> None:
         check_before_loading("train", settings, args)
         from advdistill.train import run_train
 
-        checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
         run_train(args.model, args.rows, args.scored, args.objective, settings, prompt, args.seed, args.out,
-                  checkpoints, args.few_shot_seed)
+                  checkpoint_folder(args), args.few_shot_seed, args.run_name, tracker_folder(args))
     elif args.stage == "evaluate":
         settings, prompt = section_from_json("evaluation", args.settings), section_from_json("prompt", args.prompt)
         check_before_loading("evaluate", settings, args)
@@ -288,20 +299,45 @@ def _given_paths(args: argparse.Namespace, names: tuple[str, ...]) -> Iterator[t
                 yield f"--{name.replace('_', '-')}", Path(path)
 
 
+def checkpoint_folder(args: argparse.Namespace) -> Path:
+    """The train stage's ``--checkpoints``, or its default beside ``--out``."""
+    return args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
+
+
+def tracker_folder(args: argparse.Namespace) -> Path:
+    """The train stage's ``--tracker-dir``, or its default beside ``--out``."""
+    from advdistill.trackers import default_tracker_dir
+
+    return args.tracker_dir or default_tracker_dir(args.out)
+
+
+def _overlap(one: Path, other: Path) -> bool:
+    """``one`` is, holds or lies inside ``other``."""
+    one, other = one.resolve(), other.resolve()
+    return one == other or one in other.parents or other in one.parents
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     """Every input given as a path exists, and the output is none of them, nor inside or around one, before a
     stage loads anything: a stage never writes over its own inputs (``train --out X --model X`` would replace
-    the base model)."""
+    the base model). The train stage's tracker folder, emptied when a run starts from step 0, keeps clear of its
+    inputs, its checkpoints and its output too."""
     for option, path in _given_paths(args, INPUT_ARGUMENTS):
         if not path.exists():
             raise InputError(f"{option}: no such file or folder: {path}")
     output = getattr(args, "out", None) or getattr(args, "out_dir", None)
     for option, path in _given_paths(args, INPUT_ARGUMENTS + ("checkpoints",)) if output is not None else ():
-        given, out = path.resolve(), output.resolve()
-        if given == out or given in out.parents or out in given.parents:
+        if _overlap(path, output):
             raise OutputError(f"--{'out-dir' if args.stage == 'report' else 'out'} {output} is, holds or lies "
                               f"inside {option} {path}: a stage never writes over its own inputs; choose another "
                               "output path")
+    if args.stage == "train":
+        trackers = tracker_folder(args)
+        for option, path in [("--out", args.out), ("--checkpoints", checkpoint_folder(args)),
+                             *_given_paths(args, INPUT_ARGUMENTS)]:
+            if _overlap(trackers, path):
+                raise OutputError(f"--tracker-dir {trackers} is, holds or lies inside {option} {path}: the trackers' "
+                                  "folder is emptied when training starts from step 0; choose a folder of its own")
 
 
 def main(argv: list[str] | None = None) -> int:

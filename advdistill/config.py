@@ -223,6 +223,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     processes: int = 1
     fsdp: bool = False
+    report_to: str | list[str] = "none"
 
     def __post_init__(self):
         if self.nonfinite_loss not in ("error", "skip"):

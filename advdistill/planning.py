@@ -21,6 +21,7 @@ from advdistill import paths
 from advdistill.config import section_from_dict
 from advdistill.errors import ConfigError
 from advdistill.schema import read_config_file, validate
+from advdistill.trackers import check_report_to
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -169,6 +170,17 @@ def check_variants(config: dict[str, Any]) -> None:
                           "would be trained (add variants or set plain_runs: true)")
 
 
+def check_trackers(config: dict[str, Any]) -> None:
+    """The experiment trackers of the training section and of each variant that sets its own are known to
+    transformers and installed where Snakemake runs (:func:`~advdistill.trackers.check_report_to`; the train job
+    checks its own environment again, a container's under --sdm apptainer)."""
+    report_to = config["training"]["report_to"]
+    check_report_to(report_to, "training.report_to")
+    for name in config.get("variants") or {}:
+        if variant_training(config, name)["report_to"] != report_to:
+            check_report_to(variant_training(config, name)["report_to"], f"variants.{name}.training.report_to")
+
+
 def derived_model_names(config: dict[str, Any]) -> list[tuple[str, str]]:
     """Every model name the pipeline derives, with the config key it comes from: the teacher's and each student's
     name, ``<student>-base`` (the untrained student, evaluated) and each :func:`trained_runs` name."""
@@ -267,6 +279,7 @@ def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> 
     validate(config, set_defaults=True)
     check_stage_sections(config)
     check_variants(config)
+    check_trackers(config)
     check_model_names(config)
     check_file_names(config)
     check_context_lengths(config)

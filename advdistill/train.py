@@ -9,6 +9,8 @@ trains on fp32 master weights unless ``training.precision`` is ``bf16-pure``.
 Checkpoints are written every ``save_steps``; a killed run resumes from the newest one. The checkpoint
 folder is stamped with a fingerprint of the run (student, data, settings, seed, code), so a rerun
 after any of them changed starts from the student base, and it is deleted once the model is saved.
+Experiment trackers (``training.report_to``) name the run ``run_name``; TensorBoard writes into the run's tracker
+folder beside the model folder (:mod:`advdistill.trackers`).
 The parts live in :mod:`advdistill.training`; this module reads the inputs and runs them in order.
 """
 
@@ -34,6 +36,7 @@ from advdistill.io import (
     write_json,
 )
 from advdistill.prompts import render_prompts
+from advdistill.trackers import default_tracker_dir
 from advdistill.training.checkpoints import training_fingerprint
 from advdistill.training.groups import best_pairs, build_groups, split_validation
 from advdistill.training.student import load_student, resolve_precision, save_student
@@ -46,16 +49,21 @@ log = logging.getLogger(__name__)
 
 def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,
               prompt_cfg: PromptConfig, seed: int, out: Path, checkpoints: Path,
-              few_shot_seed: int | None = None) -> dict[str, Any]:
+              few_shot_seed: int | None = None, run_name: str | None = None,
+              tracker_dir: Path | None = None) -> dict[str, Any]:
     """Fine-tune a student on scored teacher groups with the ``sft`` or ``advdistill`` objective.
 
     Few-shot turns (``prompt_cfg.few_shot``) come from ``rows_path``, picked by ``few_shot_seed`` (default
     ``seed``): the pipeline passes the sampler's seed, so the student learns from the prompts the teacher saw.
 
     ``checkpoints`` holds the checkpoints of this run only (see
-    :func:`~advdistill.training.checkpoints.training_fingerprint`).
+    :func:`~advdistill.training.checkpoints.training_fingerprint`). The trackers name the run ``run_name``
+    (default: the name of ``out``); ``tracker_dir`` (default ``<out>.trackers``) is this run's folder for the
+    trackers that write files.
     """
+    tracker_dir = tracker_dir or default_tracker_dir(out)
     check_replaceable(out)
+    check_replaceable(tracker_dir)
     check_resume_folder(checkpoints)
     scored = read_parquet(scored_path, SCORED_COLUMNS)
     if not scored["kept"].any():
@@ -71,7 +79,8 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
     else:
         train_items, eval_items = train_groups, eval_groups
     model, saved_dtype = load_student(model_path, cfg.precision)
-    trainer = build_trainer(model, tokenizer, objective, train_items, cfg, checkpoints, seed, eval_items)
+    trainer = build_trainer(model, tokenizer, objective, train_items, cfg, checkpoints, seed, eval_items,
+                            run_name=run_name or out.name, tracker_dir=tracker_dir)
     if trainer.is_world_process_zero():
         claim_resume_folder(checkpoints, training_fingerprint(model_path, rows_path, scored_path, objective, cfg,
                                                               prompt_cfg, seed))

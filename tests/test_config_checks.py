@@ -24,7 +24,7 @@ from advdistill.config import (
     from_json,
 )
 from advdistill.errors import ConfigError
-from advdistill.planning import check_config, check_model_names, check_stage_sections
+from advdistill.planning import check_config, check_model_names, check_stage_sections, check_trackers
 from advdistill.rewards import REWARD_FUNCTIONS
 from advdistill.schema import declared_properties, load_schema, read_config_file, validate
 from tests.helpers import REPO
@@ -220,6 +220,8 @@ def test_colliding_derived_model_names_name_both_keys():
      "config training.optim.lr_scheduler: 'cosine_warmup' is not one of"),
     ("training", TrainingConfig, {"optim": {"learning_rate": 0}},
      "config training.optim.learning_rate: 0 is less than or equal to the minimum of 0"),
+    ("training", TrainingConfig, {"report_to": 5}, "config training.report_to: 5 is not of type 'string', 'array'"),
+    ("training", TrainingConfig, {"report_to": []}, "config training.report_to: [] should be non-empty"),
 ], ids=["temperature-0-n-4", "temperature-0-default-n", "evaluation-greedy-n-4", "evaluation-top-p-0", "zero-weights",
         "no-weights", "unknown-reward", "unknown-scheduler", "zero-lr"])
 def test_sections_are_checked_as_the_cli_takes_them(section, cls, settings, message):
@@ -245,6 +247,34 @@ def test_planning_rejects_several_greedy_evaluation_samples():
                                           r"evaluation.temperature 0 \(greedy decoding\)"):
         check_stage_sections(config)
     check_stage_sections({**config, "evaluation": {**config["evaluation"], "temperature": 0.6}})
+
+
+@pytest.mark.parametrize("training, variant, message", [
+    ({"report_to": "wandb"}, {}, "config training.report_to: 'wandb' needs the Python package wandb, which is not "
+                                 "installed here (pip install wandb)"),
+    ({}, {"report_to": ["tensorboard", "wandb"]}, "config variants.low.training.report_to: 'wandb' needs the Python "
+                                                  "package wandb"),
+    ({}, {"report_to": "all"}, "config variants.low.training.report_to: 'all' reports to whichever trackers"),
+], ids=["training", "variant", "variant-all"])
+@pytest.mark.failure_mode(
+    "training.report_to naming a tracker transformers does not offer, 'all', or one whose package is not installed",
+    sees="planning stops naming training.report_to (or variants.<name>.training.report_to), the tracker and the "
+         "package to install; the train job checks its own environment (a container's) again before loading",
+    kept="everything; no job starts")
+def test_planning_names_the_key_of_a_tracker_it_cannot_run(monkeypatch, training, variant, message):
+    from transformers.integrations import integration_utils
+
+    monkeypatch.setattr(integration_utils, "is_wandb_available", lambda: False)
+    config = copy.deepcopy(BASIC)
+    config["training"] = {**config.get("training", {}), **training}
+    config["variants"] = {"low": {"training": {"loss": {"lam": 0.1}, **variant}}}
+    validate(config, set_defaults=True)
+    with pytest.raises(ConfigError) as raised:
+        check_trackers(config)
+    assert message in str(raised.value)
+    config["variants"]["low"]["training"]["report_to"] = "tensorboard"
+    config["training"]["report_to"] = "none"
+    check_trackers(config)
 
 
 def test_planning_checks_parse_every_stage_section(tmp_path):

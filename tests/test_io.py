@@ -198,20 +198,20 @@ def test_a_resume_folder_is_claimed_only_if_empty_or_stamped_by_a_run(tmp_path):
 
 
 @pytest.mark.failure_mode(
-    "advdistill train --checkpoints/--out pointed at the user's folders",
+    "advdistill train --checkpoints/--out/--tracker-dir pointed at the user's folders",
     sees="one line naming the folder, exit 2, before any training",
-    kept="both folders untouched")
+    kept="the folders untouched")
 def test_train_cli_pointed_at_foreign_folders_stops_before_deleting(tmp_path, tiny_model_dir, rows_file):
     scored = tmp_path / "scored.parquet"
     pl.DataFrame({"prompt_id": ["p"], "sample_idx": [0], "response": ["r"], "advantage": [1.0], "correct": [True],
                   "kept": [True]}).write_parquet(scored)
-    for flag in ("--checkpoints", "--out"):
+    for flag in ("--checkpoints", "--out", "--tracker-dir"):
         foreign = user_folder(tmp_path / flag.strip("-"))
-        other = tmp_path / ("out" if flag == "--checkpoints" else "ck")
+        other_flag, other = ("--checkpoints", tmp_path / "ck") if flag == "--out" else ("--out", tmp_path / "model")
         done = subprocess.run([sys.executable, "-m", "advdistill.cli", "train", "--model", str(tiny_model_dir),
                                "--rows", str(rows_file), "--scored", str(scored), "--objective", "sft",
-                               flag, str(foreign), "--out" if flag == "--checkpoints" else "--checkpoints",
-                               str(other)], capture_output=True, text=True, timeout=300)
+                               flag, str(foreign), other_flag, str(other)], capture_output=True, text=True,
+                              timeout=300)
         assert done.returncode == 2, done.stderr[-2000:]
         assert str(foreign) in done.stderr and "Traceback" not in done.stderr
         assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]

@@ -104,9 +104,11 @@ def whole_run_loss(log_history: Sequence[dict[str, Any]]) -> float | None:
 
 def training_fingerprint(model_path: str, rows_path: Path, scored_path: Path, objective: str, cfg: TrainingConfig,
                          prompt_cfg: PromptConfig, seed: int) -> str:
-    """What a training run's checkpoints depend on; a checkpoint of another run must not be resumed."""
+    """What a training run's checkpoints depend on; a checkpoint of another run must not be resumed. The trackers
+    (``report_to``) are left out: they do not change the weights, so a killed run resumes with a tracker added."""
+    training = {key: value for key, value in dataclasses.asdict(cfg).items() if key != "report_to"}
     return fingerprint({
         "model": path_identity(model_path), "rows": path_identity(str(rows_path)),
-        "scored": path_identity(str(scored_path)), "objective": objective, "training": dataclasses.asdict(cfg),
+        "scored": path_identity(str(scored_path)), "objective": objective, "training": training,
         "prompt": dataclasses.asdict(prompt_cfg), "seed": seed, "code": source_digest(),
     })

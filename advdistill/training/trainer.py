@@ -1,6 +1,7 @@
 """The Hugging Face ``Trainer`` of a student with its fused loss: its arguments (one device per process, FSDP
-when asked), the subclass that handles non-finite losses, records the loss terms and saves the student alone,
-and training that resumes from the newest complete checkpoint."""
+when asked, the experiment trackers of ``training.report_to``), the subclass that handles non-finite losses,
+records the loss terms and saves the student alone, and training that resumes from the newest complete
+checkpoint."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from advdistill.config import TrainingConfig
 from advdistill.errors import TrainingError
 from advdistill.io import read_json
+from advdistill.trackers import start_tracker_folder, tensorboard_folder, tracker_names
 from advdistill.training.checkpoints import CLOCK_FILE, RunClock, set_aside_incomplete_checkpoints, whole_run_loss
 from advdistill.training.collators import GroupCollator, ListDataset, PairCollator
 from advdistill.training.student import StudentWithLoss, resolve_precision, save_student
@@ -51,7 +53,8 @@ def fsdp_arguments(cfg: TrainingConfig, layer_classes: Sequence[str]) -> dict[st
 
 
 def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, has_eval: bool, save_checkpoints: bool,
-                       layer_classes: Sequence[str] = ()) -> TrainingArguments:
+                       layer_classes: Sequence[str] = (), run_name: str | None = None) -> TrainingArguments:
+    """``run_name`` names the run in the trackers (W&B, MLflow, Trackio, ...); None: transformers' default."""
     optim = cfg.optim
     return SingleDeviceArguments(
         output_dir=str(output_dir),
@@ -78,7 +81,9 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, has_eva
         save_steps=optim.save_steps,
         save_total_limit=2,
         logging_steps=optim.logging_steps,
-        report_to="none",
+        report_to=tracker_names(cfg.report_to),
+        run_name=run_name,
+        project="advdistill",  # Trackio's project (transformers' default: huggingface)
         seed=seed,
         data_seed=seed,
         remove_unused_columns=False,
@@ -97,8 +102,11 @@ class FusedLossTrainer(Trainer):
     split into processes and accumulation steps gives the same update); AdvDistill is a mean over groups.
     """
 
-    def __init__(self, *args, nonfinite_loss: str = "error", **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, nonfinite_loss: str = "error", tracker_dir: Path | None = None, **kwargs):
+        """``tracker_dir``: the folder of the trackers that write files (TensorBoard), see :func:`fit`."""
+        with tensorboard_folder(tracker_dir):
+            super().__init__(*args, **kwargs)
+        self.tracker_dir = tracker_dir
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite: list[dict[str, Any]] = []
         self.loss_is_scaled_for_ga = self.model.objective == "sft"
@@ -122,12 +130,15 @@ class FusedLossTrainer(Trainer):
         return (loss, {}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Training logs also carry the mean loss terms recorded since the last log (AdvDistill)."""
+        """Training logs also carry the mean loss terms recorded since the last log (AdvDistill), and so do the
+        trackers. A term without a value (no wrong response since the last log) is left out: trackers take
+        numbers only (TensorBoard's and MLflow's callbacks drop anything else with a warning)."""
         recorded = self.model.recorded_terms
         if "loss" in logs and recorded:
             for name in recorded[0]:
                 values = [terms[name] for terms in recorded if terms[name] is not None]
-                logs[name] = sum(values) / len(values) if values else None
+                if values:
+                    logs[name] = sum(values) / len(values)
             recorded.clear()
         super().log(logs, *args, **kwargs)
 
@@ -191,8 +202,10 @@ def advdistill_steps(groups: int, cfg: TrainingConfig) -> int:
 
 def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_items: Sequence[Any],
                   cfg: TrainingConfig, checkpoints: Path, seed: int, eval_items: Sequence[Any] = (),
-                  save_checkpoints: bool = True) -> FusedLossTrainer:
-    """A trainer of ``model`` on pairs (``sft``) or groups (``advdistill``, one group per micro-batch)."""
+                  save_checkpoints: bool = True, run_name: str | None = None,
+                  tracker_dir: Path | None = None) -> FusedLossTrainer:
+    """A trainer of ``model`` on pairs (``sft``) or groups (``advdistill``, one group per micro-batch), reporting to
+    the trackers of ``cfg.report_to`` as ``run_name``; file-based ones (TensorBoard) write into ``tracker_dir``."""
     if not train_items:
         raise TrainingError("no training examples")
     check_launch(cfg.processes)
@@ -209,11 +222,12 @@ def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_
     trainer = FusedLossTrainer(
         model=StudentWithLoss(model, objective, cfg.loss),
         args=training_arguments(cfg, checkpoints, seed, bool(eval_items), save_checkpoints,
-                                getattr(model, "_no_split_modules", None) or ()),
+                                getattr(model, "_no_split_modules", None) or (), run_name),
         train_dataset=ListDataset(train_items),
         eval_dataset=ListDataset(eval_items) if eval_items else None,
         data_collator=collator,
         nonfinite_loss=cfg.nonfinite_loss,
+        tracker_dir=tracker_dir,
     )
     if cfg.fsdp and not trainer.is_fsdp_enabled:
         raise TrainingError(f"training.fsdp is true but accelerate did not shard the model (distributed type "
@@ -223,7 +237,9 @@ def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_
 
 def fit(trainer: FusedLossTrainer, checkpoints: Path, save_checkpoints: bool = True) -> dict[str, Any]:
     """Train, resuming from the newest complete checkpoint in ``checkpoints``; returns metrics of the whole
-    run (loss and runtime over every segment) beside the trainer's metrics of this segment."""
+    run (loss and runtime over every segment) beside the trainer's metrics of this segment. The trainer's tracker
+    folder goes on with a resumed run and starts empty otherwise (:func:`~advdistill.trackers.start_tracker_folder`).
+    """
     incomplete, checkpoint = [], None
     if save_checkpoints:
         # Every process waits here, whether or not it sees the folder yet: process 0 may create it meanwhile.
@@ -231,6 +247,8 @@ def fit(trainer: FusedLossTrainer, checkpoints: Path, save_checkpoints: bool = T
             incomplete = set_aside_incomplete_checkpoints(checkpoints)
         trainer.accelerator.wait_for_everyone()
         checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if trainer.tracker_dir is not None and trainer.is_world_process_zero():
+        start_tracker_folder(trainer.tracker_dir, trainer.args.report_to, resuming=checkpoint is not None)
     clock_file = Path(checkpoint) / CLOCK_FILE if checkpoint else None
     clock = RunClock(read_json(clock_file)["seconds"] if clock_file and clock_file.exists() else 0.0)
     trainer.add_callback(clock)
