@@ -167,7 +167,6 @@ def _add_report(sub) -> None:
     p.add_argument("--plan", type=_json_object, required=True,
                    help="JSON: the models, test sets and the declared input files to report on "
                         "(advdistill.report.run_report)")
-    p.add_argument("--benchmarks", type=Path, default=Path("benchmarks"), help="Snakemake benchmark folder")
     p.add_argument("--out-dir", type=Path, required=True)
 
 
@@ -262,7 +261,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.stage == "report":
         from advdistill.report import run_report
 
-        run_report(args.plan, args.benchmarks, args.out_dir)
+        run_report(args.plan, args.out_dir)
     elif args.stage == "standin":
         from advdistill.standin import run_standin
 
@@ -275,7 +274,9 @@ INPUT_ARGUMENTS = ("model", "rows", "samples", "scored", "tokenizer", "few_shot_
 
 
 def record_provenance(args: argparse.Namespace, started: float) -> None:
-    """Write the manifest of this stage beside its main output."""
+    """Write the manifest of this stage beside its main output, with the model it loaded (``--model``) and, for a
+    merge, the manifests of the sampling jobs whose parts it joined."""
+    from advdistill.io import manifest_path, read_json
     from advdistill.provenance import stage_manifest, write_manifest
 
     settings = {}
@@ -288,7 +289,10 @@ def record_provenance(args: argparse.Namespace, started: float) -> None:
             settings[name] = getattr(args, name)
     inputs = [str(getattr(args, name)) for name in INPUT_ARGUMENTS if getattr(args, name, None) is not None]
     output = args.out_dir / "index.html" if args.stage == "report" else args.out
-    write_manifest(output, stage_manifest(args.stage, settings, getattr(args, "seed", None), started, inputs))
+    parts = ({str(part): read_json(manifest_path(part)) for part in args.parts if manifest_path(part).is_file()}
+             if args.stage == "merge-samples" else None)
+    write_manifest(output, stage_manifest(args.stage, settings, getattr(args, "seed", None), started, inputs,
+                                          getattr(args, "model", None), parts))
 
 
 def _given_paths(args: argparse.Namespace, names: tuple[str, ...]) -> Iterator[tuple[str, Path]]:

@@ -51,5 +51,11 @@ def loss_terms_plot(train_set: str, model: str) -> str:
     return f"loss_terms_{train_set}_{model}.png"
 
 
+def training_curves_plot(train_set: str, model: str) -> str:
+    """Training and validation loss and learning rate of a trained run; no longer than :func:`loss_terms_plot`,
+    so the name check of that one covers it."""
+    return f"curves_{train_set}_{model}.png"
+
+
 def lengths_plot(testset: str) -> str:
     return f"lengths_{testset}.png"

@@ -1,18 +1,23 @@
-"""Provenance manifests: what produced an artefact (settings hash, code version, image, seed, time).
+"""Provenance manifests: what produced an artefact (settings hash, code version, image, seed, time, environment,
+the model it loaded).
 
 Each CLI stage writes ``<output>.manifest.json`` beside its main output; the report lists them. A stage run in
 an Apptainer image records the image's path and its sha256: the path names a file that can be rebuilt or
-replaced under the same name, the digest names its contents.
+replaced under the same name, the digest names its contents. The environment is the job's: package versions,
+CUDA runtime and driver, CPU and GPU models. A stage that loads a model records the folder it loaded and the
+sha256 of its ``config.json`` (which also marks a stand-in, :data:`STAND_IN_KEY`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +28,11 @@ from advdistill.io import manifest_path, write_json
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_SUFFIXES = {".py", ".cpp"}
+PACKAGES = ("torch", "transformers", "accelerate", "vllm", "triton", "advdistill")
+CPUINFO = Path("/proc/cpuinfo")
+STAND_IN_KEY = "advdistill_stand_in_for"
+"""The ``config.json`` key of a stand-in model (:mod:`advdistill.standin`): the hub id it stands in for. A model
+trained from a stand-in inherits it with the rest of its config, so its results are marked as well."""
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -110,8 +120,86 @@ def image_digest(image: str) -> str | None:
     return value
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (None if absent), read from its metadata: nothing is
+    imported, so asking for vllm costs nothing."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what :mod:`platform` knows."""
+    try:
+        for line in CPUINFO.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cuda_driver() -> str | None:
+    """The NVIDIA driver version, as ``nvidia-smi`` reports it."""
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    versions = result.stdout.split()  # one line per GPU, all alike
+    return versions[0] if versions else None
+
+
+def gpu_environment() -> dict[str, Any]:
+    """CUDA runtime and driver and the visible GPUs, asked of torch only where the stage imported it: a stage that
+    did not used no GPU, and importing torch would cost it seconds."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {"cuda_runtime": None, "cuda_driver": None, "gpus": []}
+    available = torch.cuda.is_available()
+    return {"cuda_runtime": torch.version.cuda, "cuda_driver": cuda_driver() if available else None,
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if available else []}
+
+
+def environment() -> dict[str, Any]:
+    """The software and machine of this job."""
+    return {"python": platform.python_version(), "packages": {name: package_version(name) for name in PACKAGES},
+            **gpu_environment(), "cpu": cpu_model(), "os": platform.platform()}
+
+
+def model_record(source: str) -> dict[str, Any]:
+    """The model a stage loaded from ``source`` (a folder, or a hub id and its snapshot in the local hub cache if
+    it is there): the folder, the sha256 of its ``config.json`` and, for a stand-in, the hub id it stands in for."""
+    path = Path(source)
+    if path.is_dir():
+        folder: Path | None = path.resolve()
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(source, "config.json")
+        except ValueError:  # not a valid hub id
+            cached = None
+        folder = Path(cached).parent if isinstance(cached, str) else None
+    config_sha256, stands_in_for = None, None
+    if folder is not None and (folder / "config.json").is_file():
+        config_sha256 = file_sha256(folder / "config.json")
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            config = None
+        stands_in_for = config.get(STAND_IN_KEY) if isinstance(config, dict) else None
+    return {"source": source, "folder": None if folder is None else str(folder), "config_sha256": config_sha256,
+            "stands_in_for": stands_in_for}
+
+
 def stage_manifest(stage: str, settings: dict[str, Any], seed: int | None, started: float,
-                   inputs: list[str]) -> dict[str, Any]:
+                   inputs: list[str], model: str | None = None,
+                   parts: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The manifest of a stage's job; ``model`` the model it loaded (``--model``), ``parts`` the manifests of the
+    parts a merge joined, by part path (the jobs that did the work, e.g. on GPUs)."""
     image = container_image()
     return {
         "stage": stage,
@@ -122,10 +210,13 @@ def stage_manifest(stage: str, settings: dict[str, Any], seed: int | None, start
         "container": image,
         "container_sha256": image_digest(image) if image else None,
         "host": platform.node(),
+        "environment": environment(),
+        "model": None if model is None else model_record(model),
         "seed": seed,
         "inputs": inputs,
         "started_unix": round(started, 3),
         "wall_seconds": round(time.time() - started, 3),
+        **({"parts": parts} if parts is not None else {}),
     }
 
 

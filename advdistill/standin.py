@@ -7,6 +7,8 @@ bfloat16 safetensors and ``dtype: bfloat16`` in ``config.json``; untied embeddin
 1.5B and 3B; a ChatML chat template that adds a default system turn; ``<|endoftext|>`` as EOS and pad
 token and as EOS/BOS of the model and generation configs (base models, not the Instruct ones). What
 they do not copy: size and vocabulary (a byte-level BPE trained on the rows, :mod:`advdistill.bootstrap`).
+``config.json`` also names the hub id under ``advdistill_stand_in_for``, which the stage manifests record and
+the report shows in a banner: a stand-in's results say nothing about the real model.
 
 Score keeps only groups with a correct response, so a teacher stand-in is pretrained on the reference
 solutions of the first training rows, which the rehearsal then samples; a row without a worked
@@ -27,6 +29,7 @@ from advdistill.bootstrap import build_model, pretrain, train_tokenizer
 from advdistill.config import ModelShape, OptimConfig, PromptConfig, TokenizerConfig
 from advdistill.errors import ConfigError
 from advdistill.io import atomic_directory, read_parquet, write_json
+from advdistill.provenance import STAND_IN_KEY
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,7 @@ def build_standin(like: str, tokenizer: PreTrainedTokenizerFast, pretrain_rows: 
     model.generation_config.pad_token_id = None
     model.generation_config.do_sample = False
     model.generation_config.max_new_tokens = 2048
+    setattr(model.config, STAND_IN_KEY, like)  # marks its results in every manifest and the report
     metrics: dict[str, Any] = {"stands_in_for": like, "examples": 0}
     if pretrain_rows:
         metrics.update(pretrain(model, tokenizer, with_solutions(pretrain_rows), TEACHER_OPTIM, prompt_cfg, seed, out))

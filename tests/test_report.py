@@ -231,6 +231,7 @@ def test_build_report_writes_tables_figures_and_page(report_inputs):
     assert "| arith | student-sft | 40 | n/a | 160 | 12.3 |" in (out_dir / "training_compute.md").read_text()
     figures = sorted(p.name for p in (out_dir / "plots").iterdir())
     assert figures == ["accuracy.png", "advantages_arith.png", "correct_per_group_arith.png",
+                       "curves_arith_student-advdistill.png", "curves_arith_student-sft.png",
                        "lengths_arith.png", "lengths_logic.png", "loss_terms_arith_student-advdistill.png",
                        "loss_terms_arith_student-sft.png"]
     for name in figures:
@@ -343,7 +344,7 @@ def test_run_report_reads_the_declared_inputs_of_its_plan(tmp_path):
             "scored": {"arith": str(scored)}, "provenance": [str(scored), str(trained)],
             "trained": [{"train_set": "arith", "model": "student-sft", "student": "student", "objective": "sft",
                          "variant": None, "seed": 7, "path": str(trained)}]}
-    run_report(plan, tmp_path / "no-benchmarks", tmp_path / "report")
+    run_report(plan, tmp_path / "report")
     assert pl.read_csv(tmp_path / "report" / "training_compute.csv").rows() == [
         ("arith", "student-sft", 3, None, 6, 1.0)]
     figure = tmp_path / "report" / "plots" / "loss_terms_arith_student-sft.png"
@@ -352,6 +353,25 @@ def test_run_report_reads_the_declared_inputs_of_its_plan(tmp_path):
     assert "student-sft on arith: training loss and its terms" in page
     provenance = page.split("<h2>Provenance</h2>")[1]
     assert str(scored) in provenance and "other.parquet" not in provenance
+
+
+def test_stage_costs_count_the_benchmark_files_of_the_plan_alone(tmp_path):
+    """A foreign benchmark file beside the run's own (another run's job, or a job this config no longer has) and
+    a listed job that has not run yet are not counted."""
+    benchmarks = tmp_path / "results" / "default" / "benchmarks"
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for name, seconds in (("train/arith/student-sft", 10.0), ("train/arith/student-advdistill", 30.0),
+                          ("train/arith/student-sft@foreign", 500.0), ("score/arith", 2.0)):
+        path = benchmarks / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:10\t100.0\t1\t1\t1\t0\t0\t50\t{seconds / 2}\n")
+    plan = {"models": [], "testsets": [], "evaluations": [], "scored": {},
+            "benchmarks": {"train": [str(benchmarks / "train/arith/student-sft.tsv"),
+                                     str(benchmarks / "train/arith/student-advdistill.tsv")],
+                           "evaluate": [str(benchmarks / "evaluate/arith/student-sft/arith.tsv")]}}
+    run_report(plan, tmp_path / "report")
+    costs = pl.read_csv(tmp_path / "report" / "stage_costs.csv")
+    assert costs.select("stage", "jobs", "total_wall_s").rows() == [("train", 2, 40.0)]
 
 
 @pytest.mark.failure_mode("report --out-dir pointed at a folder advdistill did not write",
@@ -363,11 +383,11 @@ def test_the_report_never_writes_into_a_folder_it_did_not_make(tmp_path):
     (user / "index.html").write_text("my page")
     plan = {"models": [], "testsets": [], "evaluations": [], "scored": {}}
     with pytest.raises(OutputError, match="was not written by advdistill"):
-        run_report(plan, tmp_path / "no-benchmarks", user)
+        run_report(plan, user)
     assert [p.name for p in user.iterdir()] == ["index.html"] and (user / "index.html").read_text() == "my page"
-    index = run_report(plan, tmp_path / "no-benchmarks", tmp_path / "report")
+    index = run_report(plan, tmp_path / "report")
     assert index == tmp_path / "report" / "index.html" and index.is_file()
-    assert run_report(plan, tmp_path / "no-benchmarks", tmp_path / "report").is_file()  # its own folder: replaced
+    assert run_report(plan, tmp_path / "report").is_file()  # its own folder: replaced
 
 
 def test_provenance_table_lists_each_manifest(tmp_path):
@@ -390,7 +410,7 @@ def test_zero_shot_fallback_is_noted_under_the_accuracy_table(report_inputs):
     page = build_report(**report_inputs).read_text()
     accuracy_section = page.split("<h3>Accuracy</h3>")[1].split("<h3>")[0]
     assert f"<li>teacher on logic: {note}</li>" in accuracy_section
-    assert page.count("<li>") == 1
+    assert page.split('<section id="tables">')[1].count("<li>") == 1  # the contents above list sections
 
 
 SWEEP_RUNS = {name: {"student": "student", "objective": objective, "variant": variant, "seed": seed}
@@ -547,3 +567,241 @@ def test_an_incomplete_plan_is_named_before_anything_is_read(capsys, tmp_path, p
     code, err = run_cli(capsys, "report", "--plan", plan, "--out-dir", tmp_path / "report")
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "report").exists()
+
+
+CONFIG_BYTES = b'{"model_type": "qwen2", "hidden_size": 32}\n'
+
+
+def model_folder(folder, stands_in_for=None):
+    """A folder with a hand-written config.json (marked as a stand-in for ``stands_in_for``); its bytes."""
+    from advdistill.provenance import STAND_IN_KEY
+
+    data = CONFIG_BYTES if stands_in_for is None else CONFIG_BYTES.replace(
+        b"}", f', "{STAND_IN_KEY}": "{stands_in_for}"}}'.encode())
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_bytes(data)
+    return data
+
+
+def test_a_stage_manifest_records_the_environment_and_the_model_folder(tmp_path, monkeypatch):
+    """What ``advdistill evaluate`` writes after its work: torch as installed (importlib.metadata, no import of
+    absent vllm), the CPU model of /proc/cpuinfo, and the --model folder with the sha256 of its config.json."""
+    import hashlib
+    import time
+
+    import torch
+
+    from advdistill import provenance
+    from advdistill.cli import build_parser, record_provenance
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: Test\nmodel name\t: Test CPU 9000 @ 3.00GHz\n")
+    monkeypatch.setattr(provenance, "CPUINFO", cpuinfo)
+    data = model_folder(tmp_path / "models" / "student")
+    out = tmp_path / "eval" / "responses.parquet"
+    args = build_parser().parse_args(["evaluate", "--model", str(tmp_path / "models" / "student"), "--rows",
+                                      str(tmp_path / "rows.parquet"), "--out", str(out), "--metrics",
+                                      str(tmp_path / "eval" / "metrics.json")])
+    record_provenance(args, time.time())
+    manifest = read_json(tmp_path / "eval" / "responses.parquet.manifest.json")
+    environment = manifest["environment"]
+    assert environment["packages"]["torch"] == torch.__version__
+    assert environment["packages"]["vllm"] == provenance.package_version("vllm")
+    assert provenance.package_version("no-such-distribution") is None
+    assert environment["cpu"] == "Test CPU 9000 @ 3.00GHz"
+    assert environment["cuda_runtime"] == torch.version.cuda
+    assert environment["gpus"] == ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+                                   if torch.cuda.is_available() else [])
+    assert manifest["model"] == {"source": str(tmp_path / "models" / "student"),
+                                 "folder": str((tmp_path / "models" / "student").resolve()),
+                                 "config_sha256": hashlib.sha256(data).hexdigest(), "stands_in_for": None}
+
+
+def test_on_a_gpu_node_the_manifest_names_the_cuda_runtime_driver_and_gpus(monkeypatch):
+    """No GPU here: a stand-in torch that sees two, and nvidia-smi's answer (a line per GPU)."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from advdistill import provenance
+
+    cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+                           get_device_name=lambda i: f"NVIDIA H100 80GB HBM3 #{i}")
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda, version=SimpleNamespace(cuda="12.4")))
+    asked = []
+
+    def nvidia_smi(command, **kwargs):
+        asked.append(command[0])
+        return subprocess.CompletedProcess(command, 0, stdout="550.54.15\n550.54.15\n", stderr="")
+
+    monkeypatch.setattr(provenance.subprocess, "run", nvidia_smi)
+    assert provenance.gpu_environment() == {"cuda_runtime": "12.4", "cuda_driver": "550.54.15",
+                                            "gpus": ["NVIDIA H100 80GB HBM3 #0", "NVIDIA H100 80GB HBM3 #1"]}
+    assert asked == ["nvidia-smi"]
+    monkeypatch.delitem(sys.modules, "torch")  # a stage that never imported torch used no GPU
+    assert provenance.gpu_environment() == {"cuda_runtime": None, "cuda_driver": None, "gpus": []}
+
+
+def test_a_hub_model_is_recorded_with_its_cached_snapshot(tmp_path, monkeypatch):
+    import hashlib
+
+    import huggingface_hub.constants
+
+    from advdistill.provenance import model_record
+
+    repo = tmp_path / "hub" / "models--Qwen--Qwen2.5-7B"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    data = model_folder(repo / "snapshots" / "abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert model_record("Qwen/Qwen2.5-7B") == {"source": "Qwen/Qwen2.5-7B",
+                                               "folder": str(repo / "snapshots" / "abc123"),
+                                               "config_sha256": hashlib.sha256(data).hexdigest(),
+                                               "stands_in_for": None}
+    assert model_record("Qwen/Qwen2.5-3B") == {"source": "Qwen/Qwen2.5-3B", "folder": None, "config_sha256": None,
+                                               "stands_in_for": None}
+
+
+def test_a_merge_manifest_carries_the_sampling_jobs_and_the_report_lists_their_machines(tmp_path):
+    """The sampling jobs loaded the teacher on the GPUs; the merge that the report's plan names did neither."""
+    import time
+
+    from advdistill.cli import build_parser, record_provenance
+    from advdistill.report.tables import environment_table, models_table, stage_jobs
+
+    parts = [tmp_path / "parts" / f"part-{i}.parquet" for i in range(3)]
+    gpu = {"python": "3.11.9", "packages": {"torch": "2.5.1", "vllm": "0.6.3"}, "cuda_runtime": "12.4",
+           "cuda_driver": "550.54.15", "cpu": "EPYC", "gpus": ["NVIDIA H100", "NVIDIA H100"]}
+    for i, part in enumerate(parts[:2]):
+        write_json({"stage": "sample", "host": "gpu-node", "environment": gpu,
+                    "model": {"source": "Qwen/Qwen2.5-7B", "folder": "/hub/snap", "config_sha256": "f" * 64,
+                              "stands_in_for": None}}, part.with_name(part.name + ".manifest.json"))
+    args = build_parser().parse_args(["merge-samples", *map(str, parts), "--out", str(tmp_path / "samples.parquet")])
+    record_provenance(args, time.time())
+    merged = tmp_path / "samples.parquet.manifest.json"
+    manifest = read_json(merged)
+    assert list(manifest["parts"]) == [str(parts[0]), str(parts[1])]  # part-2 wrote no manifest
+    assert manifest["model"] is None
+    jobs = stage_jobs([merged])
+    assert [output for output, _ in jobs] == [str(parts[0]), str(parts[1]), str(tmp_path / "samples.parquet")]
+    environment = environment_table(jobs)
+    assert environment.height == 2  # the two sampling jobs are one row
+    sample = environment.row(0, named=True)
+    assert (sample["stages"], sample["jobs"], sample["host"], sample["vllm"], sample["cuda_driver"],
+            sample["gpus"]) == ("sample", 2, "gpu-node", "0.6.3", "550.54.15", "2 × NVIDIA H100")
+    assert environment.row(1, named=True)["stages"] == "merge-samples"
+    assert models_table(jobs).rows() == [("sample", 2, "Qwen/Qwen2.5-7B", "/hub/snap", "f" * 12, None)]
+
+
+def stage_manifest_of(tmp_path, name: str, stands_in_for=None):
+    """The manifest of an evaluation of a model folder ``name`` (a stand-in for ``stands_in_for``)."""
+    from advdistill.provenance import stage_manifest, write_manifest
+
+    folder = tmp_path / "models" / name
+    model_folder(folder, stands_in_for)
+    return write_manifest(tmp_path / "eval" / name / "responses.parquet",
+                          stage_manifest("evaluate", {}, 0, 0.0, [str(folder)], model=str(folder)))
+
+
+def test_the_page_opens_with_a_banner_naming_the_stand_ins(report_inputs, tmp_path):
+    report_inputs["manifests"] = [stage_manifest_of(tmp_path, "teacher-standin", "Qwen/Qwen2.5-7B"),
+                                  stage_manifest_of(tmp_path, "student-base")]
+    page = build_report(**report_inputs).read_text()
+    body = page.split("<body>", 1)[1].lstrip()
+    assert body.startswith('<div class="standin" role="alert"><strong>This run used stand-in models')
+    banner = body.split("</div>")[0]
+    assert f"Qwen/Qwen2.5-7B replaced by {(tmp_path / 'models' / 'teacher-standin').resolve()}" in banner
+    assert "student-base" not in banner and "say nothing about the real models" in banner
+    models = page.split('<section id="provenance-models">')[1].split("</section>")[0]
+    assert "<td>Qwen/Qwen2.5-7B</td>" in models and "student-base" in models
+
+
+def test_no_banner_without_a_stand_in(report_inputs, tmp_path):
+    report_inputs["manifests"] = [stage_manifest_of(tmp_path, "student-base")]
+    page = build_report(**report_inputs).read_text()
+    assert 'class="standin"' not in page and "stand-in models" not in page
+    assert "student-base" in page.split('<section id="provenance-models">')[1]
+
+
+def test_the_page_names_the_run_its_config_files_and_when_it_was_built(tmp_path):
+    import re
+    from datetime import datetime, timezone
+
+    plan = {"models": [], "testsets": [], "evaluations": [], "scored": {},
+            "run": {"name": "paper-gsm8k", "config_files": ["config/paper/gsm8k.yaml", "overrides.yaml"]}}
+    before = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    page = run_report(plan, tmp_path / "report").read_text()
+    assert "<title>AdvDistill report: paper-gsm8k</title>" in page
+    run_line = page.split('<p class="run">')[1].split("</p>")[0]
+    assert run_line.startswith("Run: <strong>paper-gsm8k</strong>")
+    assert "Config files: <code>config/paper/gsm8k.yaml</code>, <code>overrides.yaml</code>" in run_line
+    built = re.search(r"Report built: (\d{4}-\d{2}-\d{2}) \d{2}:\d{2} UTC", run_line)
+    assert built and built.group(1) in (before, datetime.now(timezone.utc).strftime("%Y-%m-%d"))
+    plan.pop("run")
+    assert "Run: <strong>–</strong><br>Config files: –" in run_report(plan, tmp_path / "report").read_text()
+
+
+@pytest.mark.parametrize("run, message", [
+    ('[]', "--plan: 'run' must be a JSON object"),
+    ('{"name": 3}', "--plan: 'run' must have a string 'name' and an array of strings 'config_files'"),
+    ('{"name": "r", "config_files": "config.yaml"}', "an array of strings 'config_files'"),
+])
+def test_a_malformed_run_section_is_named(capsys, tmp_path, run, message):
+    from tests.helpers import run_cli
+
+    plan = f'{{"models": [], "testsets": [], "scored": {{}}, "evaluations": [], "run": {run}}}'
+    code, err = run_cli(capsys, "report", "--plan", plan, "--out-dir", tmp_path / "report")
+    assert code == 2 and message in err
+    assert not (tmp_path / "report").exists()
+
+
+def test_every_table_and_figure_is_linked_from_the_contents(report_inputs, tmp_path):
+    import re
+
+    report_inputs["manifests"] = [stage_manifest_of(tmp_path, "student-base")]
+    page = build_report(**report_inputs).read_text()
+    out_dir = report_inputs["out_dir"]
+    contents = page.split("<h2>Contents</h2>")[1].split("</ul>\n")[0]
+    links = re.findall(r'href="#([^"]+)"', contents)
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)) and set(links) <= set(ids)
+    assert set(links) >= {f"table-{p.stem}" for p in out_dir.glob("*.md")} | {
+        f"figure-{p.stem}" for p in (out_dir / "plots").glob("*.png")} | {
+        "tables", "figures", "provenance", "provenance-outputs", "provenance-environment", "provenance-models"}
+    assert page.index("<h2>Contents</h2>") < page.index('<section id="tables">')
+
+
+HISTORY = [{"step": 1, "loss": 2.0, "learning_rate": 1e-5, "grad_norm": 3.0},
+           {"step": 2, "loss": 1.5, "learning_rate": 2e-5, "grad_norm": 2.0},
+           {"step": 2, "eval_loss": 1.8, "eval_runtime": 0.1},
+           {"step": 3, "loss": 1.0, "learning_rate": 1.5e-5, "grad_norm": 1.0},
+           {"step": 4, "loss": 0.8, "learning_rate": 1e-5},
+           {"step": 4, "eval_loss": 1.2, "eval_runtime": 0.1},
+           {"step": 4, "train_runtime": 5.0, "train_loss": 1.3}]
+
+
+def test_training_curves_show_training_and_validation_loss_and_the_learning_rate():
+    from advdistill.report.plots import training_curves_figure
+
+    figure = training_curves_figure(HISTORY, "s-sft on arith")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FigureCanvasAgg(figure).draw()
+    loss_axes, rate_axes = figure.axes
+    train, validation = loss_axes.get_lines()
+    assert (train.get_label(), list(train.get_xdata()), list(train.get_ydata())) == (
+        "training loss", [1, 2, 3, 4], [2.0, 1.5, 1.0, 0.8])
+    assert (validation.get_label(), list(validation.get_xdata()), list(validation.get_ydata())) == (
+        "validation loss", [2, 4], [1.8, 1.2])
+    (rate,) = rate_axes.get_lines()
+    assert list(rate.get_xdata()) == [1, 2, 3, 4] and list(rate.get_ydata()) == [1e-5, 2e-5, 1.5e-5, 1e-5]
+
+
+def test_the_report_writes_a_curves_figure_per_trained_run(report_inputs):
+    path = report_inputs["train_metrics_files"][("arith", "student-sft")]
+    write_json({**read_json(path), "log_history": HISTORY}, path)
+    page = build_report(**report_inputs).read_text()
+    figure = report_inputs["out_dir"] / "plots" / "curves_arith_student-sft.png"
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    assert ('<figure id="figure-curves_arith_student-sft"><img src="plots/curves_arith_student-sft.png" '
+            'alt="student-sft on arith: training and validation loss and learning rate per step">') in page

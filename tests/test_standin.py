@@ -7,6 +7,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from advdistill.cli import main
+from advdistill.provenance import STAND_IN_KEY, model_record
 from advdistill.standin import DEFAULT_SYSTEM_PROMPT, END_OF_TEXT
 
 
@@ -31,6 +32,8 @@ def test_standin_is_saved_like_a_qwen25_release(standin_dir):
     assert config["eos_token_id"] == config["bos_token_id"] == eos
     assert json.loads((standin_dir / "generation_config.json").read_text())["eos_token_id"] == eos
     assert json.loads((standin_dir / "standin.json").read_text())["stands_in_for"] == "Qwen/Qwen2.5-1.5B"
+    assert config[STAND_IN_KEY] == "Qwen/Qwen2.5-1.5B"  # what manifests and the report's banner go by
+    assert model_record(str(standin_dir))["stands_in_for"] == "Qwen/Qwen2.5-1.5B"
     assert (standin_dir.parent / "qwen2.5-1.5b.manifest.json").exists()
 
 

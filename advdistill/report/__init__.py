@@ -12,16 +12,18 @@ comparisons of the trained students with each other, their base model and the te
 with its 95 % interval and an exact McNemar p-value on the prompts both models answered (:mod:`advdistill.stats`;
 a sampled prompt's outcome is the majority of its samples), and the first comparison per test set heads the page;
 a training compute table lists optimizer steps, items and wall time per trained student.
-Each table is written as Markdown and CSV, each figure as PNG, and ``index.html`` shows them
-all on one page with the run manifests as provenance. Every file is written to a temporary sibling
-and moved into place, so an interrupted run leaves no half-written artefact.
+Each table is written as Markdown and CSV, each figure as PNG (per trained run also its training and validation
+loss and learning rate), and ``index.html`` shows them all on one page with the run manifests as provenance (the
+stage outputs, the versions and machines of their jobs, the models they loaded). The page opens with a banner where
+the run loaded stand-in models, the run's name, config files and build date, and a table of contents. Every file is
+written to a temporary sibling and moved into place, so an interrupted run leaves no half-written artefact.
 
 One concern a module:
 
 - :mod:`.comparisons`: each model's role (teacher, base, trained run), the paired comparisons and their
   McNemar tests, the summary over seeds, the headline sentences;
 - :mod:`.tables`: accuracy, behaviour, training compute, loss terms, the paper's numbers, stage costs, the memory
-  plan and provenance as data frames;
+  plan and provenance (outputs, versions and machines, models, stand-ins) as data frames;
 - :mod:`.plots`: the figures;
 - :mod:`.page`: tables as Markdown, CSV and HTML, the captions and ``index.html``;
 - :mod:`.build`: :func:`build_report` and :func:`run_report`, the stage that reads the run's outputs and writes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from advdistill.report.plots import (
     plot_correct_per_group,
     plot_length_distributions,
     plot_loss_terms,
+    plot_training_curves,
 )
 from advdistill.report.tables import (
     NOT_RECORDED,
@@ -56,7 +58,7 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
                  testsets: list[str], memory_plan: list[dict[str, Any]] | None = None,
                  train_metrics_files: Mapping[tuple[str, str], Path] | None = None,
                  runs: Mapping[str, Mapping[str, Any]] | None = None,
-                 paper: Mapping[str, Any] | None = None) -> Path:
+                 paper: Mapping[str, Any] | None = None, run: Mapping[str, Any] | None = None) -> Path:
     """Write the report's tables (``<name>.md`` and ``<name>.csv``), figures (``plots/*.png``) and
     ``index.html`` under ``out_dir``; return the path of ``index.html``.
 
@@ -67,7 +69,8 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     ``train_metrics_files`` (``train_metrics.json`` keyed by (training dataset, model)) give the training
     compute table. ``runs`` describes trained runs by name (``student``, ``objective``, ``variant``, ``seed``;
     plain names are understood without it); with several seeds or variants the report adds the replicate
-    summary. ``paper`` is a config's ``paper_reference`` (the paper's own numbers, shown beside ours).
+    summary. ``paper`` is a config's ``paper_reference`` (the paper's own numbers, shown beside ours). ``run`` (its
+    ``name`` and ``config_files``) heads the page with the time it was built.
     """
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
@@ -126,6 +129,10 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
         caption = f"{model} on {train_set}: training loss and its terms per logged step"
         figures.append((caption, plot_loss_terms(trained.get("log_history", []),
                                                  plots_dir / paths.loss_terms_plot(train_set, model), caption)))
+        caption = f"{model} on {train_set}: training and validation loss and learning rate per step"
+        figures.append((caption, plot_training_curves(trained.get("log_history", []),
+                                                      plots_dir / paths.training_curves_plot(train_set, model),
+                                                      caption)))
     for testset in testsets:
         by_model = {model: responses[(model, testset)] for model in models if (model, testset) in responses}
         if by_model:
@@ -135,20 +142,21 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
 
     if paper.get("notes"):
         notes["paper_accuracy"] = list(paper["notes"])
+    built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = html_page(tables, table_files, figures, [Path(m) for m in manifests or []], out_dir, notes,
-                      headlines(comparisons, replicates))
+                     headlines(comparisons, replicates), run, built)
     return atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 PLAN_SECTIONS = {"models": list, "testsets": list, "evaluations": list, "scored": dict}
-OPTIONAL_PLAN_SECTIONS = {"trained": list, "provenance": list}
+OPTIONAL_PLAN_SECTIONS = {"trained": list, "provenance": list, "benchmarks": dict, "run": dict}
 PLAN_ENTRY_KEYS = {"evaluations": ("model", "testset", "metrics", "responses"),
                    "trained": ("train_set", "model", "student", "objective", "path")}
 
 
 def check_plan(plan: dict[str, Any]) -> None:
     """The report rule writes the plan; a hand-written one that lacks a part is named here, before any file is
-    read (``trained`` and ``provenance`` may be absent)."""
+    read (``trained``, ``provenance``, ``benchmarks`` and ``run`` may be absent)."""
     present = {section: kind for section, kind in OPTIONAL_PLAN_SECTIONS.items() if section in plan}
     for section, kind in {**PLAN_SECTIONS, **present}.items():
         if not isinstance(plan.get(section), kind):
@@ -159,9 +167,14 @@ def check_plan(plan: dict[str, Any]) -> None:
             missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
             if missing:
                 raise InputError(f"--plan: {section}[{i}] lacks {', '.join(missing)}")
+    run = plan.get("run", {})
+    files = run.get("config_files", [])
+    if not isinstance(run.get("name", ""), str) or not (isinstance(files, list) and all(isinstance(f, str)
+                                                                                         for f in files)):
+        raise InputError("--plan: 'run' must have a string 'name' and an array of strings 'config_files'")
 
 
-def run_report(plan: dict[str, Any], benchmarks: Path, out_dir: Path) -> Path:
+def run_report(plan: dict[str, Any], out_dir: Path) -> Path:
     """The run's report from the files the report rule declares as its inputs, as ``plan`` lists them.
 
     ``plan`` has ``models`` (row order), ``testsets`` (column order), ``evaluations`` (``model``, ``testset``,
@@ -169,14 +182,16 @@ def run_report(plan: dict[str, Any], benchmarks: Path, out_dir: Path) -> Path:
     trained run: ``train_set``, ``model``, ``student``, ``objective``, ``variant``, ``seed`` and its ``path``,
     a folder holding ``train_metrics.json``), ``provenance`` (files whose ``.manifest.json`` the provenance
     table lists), optionally ``memory`` (a GPU run's memory plan rows) and ``paper`` (the config's
-    ``paper_reference``). Benchmarks are read from every ``*.tsv`` under ``benchmarks``, per stage folder.
+    ``paper_reference``) and ``benchmarks`` (stage -> the benchmark files of this run's jobs: the stage costs
+    count those that exist, and no other file) and ``run`` (``name``: the run's name, ``config_files``: the config
+    files it ran with), which heads the page.
     """
     check_plan(plan)
     metrics_files = {(e["model"], e["testset"]): Path(e["metrics"]) for e in plan["evaluations"]}
     responses_files = {(e["model"], e["testset"]): Path(e["responses"]) for e in plan["evaluations"]}
     scored_files = {name: Path(path) for name, path in plan["scored"].items()}
-    stage_dirs = sorted(d for d in benchmarks.iterdir() if d.is_dir()) if benchmarks.is_dir() else []
-    benchmark_files = {d.name: sorted(d.rglob("*.tsv")) for d in stage_dirs if any(d.rglob("*.tsv"))}
+    benchmark_files = {stage: existing for stage, files in plan.get("benchmarks", {}).items()
+                       if (existing := [Path(f) for f in files if Path(f).is_file()])}
     manifests = [path for output in plan.get("provenance", []) if (path := manifest_path(Path(output))).is_file()]
     train_metrics_files = {(run["train_set"], run["model"]): Path(run["path"]) / "train_metrics.json"
                            for run in plan.get("trained", [])}
@@ -185,5 +200,5 @@ def run_report(plan: dict[str, Any], benchmarks: Path, out_dir: Path) -> Path:
     with atomic_directory(out_dir) as folder:
         index = build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, folder,
                              plan["models"], plan["testsets"], plan.get("memory"), train_metrics_files, runs,
-                             plan.get("paper"))
+                             plan.get("paper"), plan.get("run"))
     return Path(out_dir) / index.relative_to(folder)

@@ -1,5 +1,5 @@
-"""Tables as Markdown and HTML, and ``index.html``: every table with its caption and files, every figure and the
-provenance on one page."""
+"""Tables as Markdown and HTML, and ``index.html``: the run's name, a stand-in banner where it used stand-ins, a table
+of contents, every table with its caption and files, every figure and the provenance on one page."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from typing import Any
 import polars as pl
 
 from advdistill.io import atomic_write
-from advdistill.report.tables import CORRECT_MARK, WRONG_MARK, provenance_table
+from advdistill.report.tables import (
+    CORRECT_MARK,
+    WRONG_MARK,
+    environment_table,
+    models_table,
+    provenance_table,
+    stage_jobs,
+    stand_ins,
+)
 
 MISSING_CELL = "–"
 
@@ -92,6 +100,7 @@ th:first-child, td:first-child { text-align: left; }
 figure { display: inline-block; margin: 0.5em; }
 img { max-width: 100%; }
 pre { background: #f4f4f4; padding: 0.8em; overflow-x: auto; }
+.standin { border: 3px solid #b00020; background: #fde7e9; padding: 0.8em 1em; font-size: 1.15em; }
 """
 
 
@@ -126,30 +135,94 @@ def sampling_notes(metrics: Mapping[tuple[str, str], dict], models: list[str], t
                                      f"{', '.join(names)}" for (n, temperature, top_p), names in settings.items())]
 
 
+PROVENANCE_CAPTIONS = {
+    "outputs": "One row per stage output the report read: its manifest's settings hash, code version, image, seed "
+               "and wall time.",
+    "environment": ("Versions and machines of the stage jobs behind these outputs, the sampling jobs of a merged "
+                    "sample included (their manifests): host, Python and package versions, CUDA runtime and driver "
+                    "(recorded by the stages that use torch), CPU and GPU models. Jobs with identical rows are "
+                    "merged."),
+    "models": ("The models the stage jobs loaded: as given (folder or hub id), the folder (a hub id's cached "
+               "snapshot), the sha256 of its config.json (first 12 digits; the manifests have all 64) and, for a "
+               "stand-in, the hub id it stands in for. Jobs with identical rows are merged."),
+}
+
+
+def stand_in_banner(found: Mapping[str, list[str]]) -> list[str]:
+    """The page's first element where some job loaded a stand-in: which ones, and that the results say nothing
+    about the real models."""
+    if not found:
+        return []
+    models = "; ".join(f"{hub_id} replaced by {', '.join(folders)}" for hub_id, folders in found.items())
+    return ['<div class="standin" role="alert"><strong>This run used stand-in models, not the real ones.</strong> '
+            f"{html.escape(models)}. A stand-in (advdistill standin) is a tiny model for rehearsing a "
+            "configuration: its tables and figures say nothing about the real models.</div>"]
+
+
+def run_summary(run: Mapping[str, Any], built: str) -> str:
+    """The run's name and config files (the plan's ``run`` section) and when the report was built."""
+    name = html.escape(run["name"]) if run.get("name") else MISSING_CELL
+    files = ", ".join(f"<code>{html.escape(f)}</code>" for f in run.get("config_files") or []) or MISSING_CELL
+    return (f'<p class="run">Run: <strong>{name}</strong><br>Config files: {files}<br>'
+            f"Report built: {html.escape(built)}</p>")
+
+
+def contents(sections: list[tuple[str, str, list[tuple[str, str]]]]) -> list[str]:
+    """The table of contents: a link per section (id, title) and per entry of it."""
+    items = []
+    for anchor, title, entries in sections:
+        links = "".join(f'<li><a href="#{html.escape(a)}">{html.escape(t)}</a></li>' for a, t in entries)
+        items.append(f'<li><a href="#{anchor}">{html.escape(title)}</a>' + (f"<ul>{links}</ul>" if links else "")
+                     + "</li>")
+    return ["<h2>Contents</h2>", f'<ul class="contents">{"".join(items)}</ul>']
+
+
 def html_page(tables: Mapping[str, pl.DataFrame], table_files: Mapping[str, Path],
-               figures: list[tuple[str, Path]], manifests: list[Path], out_dir: Path,
-               notes: Mapping[str, list[str]], headline: list[str]) -> str:
-    """The text of ``index.html``: the headline sentences, each table with its caption, notes and links to its
-    Markdown and CSV files, each figure, and the provenance of ``manifests``."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>AdvDistill report</title>", f"<style>{PAGE_STYLE}</style></head><body>",
-             "<h1>AdvDistill report</h1>", *(f'<p class="headline">{html.escape(line)}</p>' for line in headline),
-             "<h2>Tables</h2>"]
+              figures: list[tuple[str, Path]], manifests: list[Path], out_dir: Path,
+              notes: Mapping[str, list[str]], headline: list[str], run: Mapping[str, Any] | None = None,
+              built: str = MISSING_CELL) -> str:
+    """The text of ``index.html``: a banner if the run used stand-in models, the run's name, config files and build
+    date, the headline sentences, a table of contents, each table with its caption, notes and links to its Markdown
+    and CSV files, each figure, and the provenance of ``manifests`` (outputs, versions and machines, models)."""
+    run = run or {}
+    jobs = stage_jobs(manifests)
+    body, sections = ['<section id="tables">', "<h2>Tables</h2>"], []
+    table_entries, figure_entries = [], []
     for name, df in tables.items():
         markdown = table_files[name].relative_to(out_dir).as_posix()
         csv = table_files[name].with_suffix(".csv").relative_to(out_dir).as_posix()
-        parts += [f"<h3>{html.escape(name.replace('_', ' ').capitalize())}</h3>",
-                  (f"<p>{html.escape(TABLE_CAPTIONS[name])} "
-                   f'(<a href="{html.escape(markdown)}">Markdown</a>, <a href="{html.escape(csv)}">CSV</a>)</p>'),
-                  html_table(df)]
+        anchor, title = f"table-{name}", name.replace("_", " ").capitalize()
+        body += [f'<section id="{html.escape(anchor)}">', f"<h3>{html.escape(title)}</h3>",
+                 (f"<p>{html.escape(TABLE_CAPTIONS[name])} "
+                  f'(<a href="{html.escape(markdown)}">Markdown</a>, <a href="{html.escape(csv)}">CSV</a>)</p>'),
+                 html_table(df)]
         if notes.get(name):
-            parts.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes[name]) + "</ul>")
-    parts.append("<h2>Figures</h2>")
+            body.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes[name]) + "</ul>")
+        body.append("</section>")
+        table_entries.append((anchor, title))
+    body += ["</section>", '<section id="figures">', "<h2>Figures</h2>"]
     for caption, path in figures:
-        source = html.escape(path.relative_to(out_dir).as_posix())
-        parts.append(f'<figure><img src="{source}" alt="{html.escape(caption)}">'
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        source, anchor = html.escape(path.relative_to(out_dir).as_posix()), f"figure-{path.stem}"
+        body.append(f'<figure id="{html.escape(anchor)}"><img src="{source}" alt="{html.escape(caption)}">'
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        figure_entries.append((anchor, caption))
+    body.append("</section>")
+    sections += [("tables", "Tables", table_entries), ("figures", "Figures", figure_entries)]
     if manifests:
-        parts += ["<h2>Provenance</h2>", html_table(provenance_table(manifests))]
-    parts.append("</body></html>")
+        models = models_table(jobs)
+        provenance = [("outputs", "Stage outputs", provenance_table(manifests)),
+                      ("environment", "Versions and machines", environment_table(jobs)),
+                      *([("models", "Models loaded", models)] if models.height else [])]
+        body += ['<section id="provenance">', "<h2>Provenance</h2>"]
+        for key, title, df in provenance:
+            body += [f'<section id="provenance-{key}">', f"<h3>{title}</h3>",
+                     f"<p>{html.escape(PROVENANCE_CAPTIONS[key])}</p>", html_table(df), "</section>"]
+        body.append("</section>")
+        sections.append(("provenance", "Provenance", [(f"provenance-{key}", title) for key, title, _ in provenance]))
+    title = f"AdvDistill report: {run['name']}" if run.get("name") else "AdvDistill report"
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title>", f"<style>{PAGE_STYLE}</style></head><body>",
+             *stand_in_banner(stand_ins(jobs)), f"<h1>{html.escape(title)}</h1>", run_summary(run, built),
+             *(f'<p class="headline">{html.escape(line)}</p>' for line in headline), *contents(sections), *body,
+             "</body></html>"]
     return "\n".join(parts) + "\n"

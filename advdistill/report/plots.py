@@ -1,5 +1,6 @@
 """The report's figures as PNG: advantages and correct responses per group of the scored tables, the training loss
-and its terms, accuracy as grouped bars and response lengths of correct and wrong answers."""
+and its terms, training and validation loss with the learning rate, accuracy as grouped bars and response lengths
+of correct and wrong answers."""
 
 from __future__ import annotations
 
@@ -92,6 +93,41 @@ def loss_terms_figure(log_history: list[dict[str, Any]], title: str) -> Figure:
 def plot_loss_terms(log_history: list[dict[str, Any]], path: Path, title: str) -> Path:
     """The :func:`loss_terms_figure` of ``log_history`` as a PNG at ``path``."""
     return _save_figure(loss_terms_figure(log_history, title), path)
+
+
+def _logged(log_history: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    return [(entry["step"], entry[key]) for entry in log_history
+            if entry.get(key) is not None and entry.get("step") is not None]
+
+
+def training_curves_figure(log_history: list[dict[str, Any]], title: str) -> Figure:
+    """Training loss and validation loss (``eval_loss``) per optimizer step above, the learning rate below, on a
+    shared step axis."""
+    figure = Figure(figsize=(6, 5))
+    loss_axes, rate_axes = figure.subplots(nrows=2, ncols=1, sharex=True, height_ratios=(2, 1))
+    for key, label, style in (("loss", "training loss", "."), ("eval_loss", "validation loss", "o")):
+        if points := _logged(log_history, key):
+            loss_axes.plot(*zip(*points), marker=style, label=label)
+    if loss_axes.lines:
+        loss_axes.legend(fontsize="small")
+    else:
+        loss_axes.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=loss_axes.transAxes)
+    loss_axes.set_ylabel("loss")
+    if rates := _logged(log_history, "learning_rate"):
+        rate_axes.plot(*zip(*rates), color="tab:purple")
+    else:
+        rate_axes.text(0.5, 0.5, "no learning rate logged", ha="center", va="center", transform=rate_axes.transAxes)
+    rate_axes.set_ylabel("learning rate")
+    rate_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    rate_axes.set_xlabel("optimizer step")
+    rate_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_axes.set_title(title)
+    return figure
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """The :func:`training_curves_figure` of ``log_history`` as a PNG at ``path``."""
+    return _save_figure(training_curves_figure(log_history, title), path)
 
 
 def plot_accuracy_bars(accuracy: pl.DataFrame, testsets: list[str], path: Path) -> Path:

@@ -1,6 +1,7 @@
 """The report's tables as data frames: accuracy with its intervals (and majority and pass@k for sampled
 evaluations), behaviour per model and test set, training compute and loss terms, the paper's numbers beside ours,
-stage costs from Snakemake benchmarks, the memory plan and the provenance of the run's outputs."""
+stage costs from Snakemake benchmarks, the memory plan and the provenance of the run's outputs: its stage jobs, their
+versions and machines and the models they loaded."""
 
 from __future__ import annotations
 
@@ -284,3 +285,69 @@ def provenance_table(manifests: list[Path]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"stage": pl.String, "output": pl.String, "settings_sha256": pl.String,
                                       "version": pl.String, "git_commit": pl.String, "container": pl.String,
                                       "container_sha256": pl.String, "seed": pl.Int64, "wall_s": pl.Float64})
+
+
+def stage_jobs(manifests: list[Path]) -> list[tuple[str, dict[str, Any]]]:
+    """(output, manifest) of every job behind ``manifests``: each stage's and, for a merge, those of the parts it
+    joined (the sampling jobs, which loaded the teacher and ran on the GPUs)."""
+    jobs = []
+    for path in manifests:
+        manifest = read_json(path)
+        jobs += [*(manifest.get("parts") or {}).items(), (str(path).removesuffix(".manifest.json"), manifest)]
+    return jobs
+
+
+def _gpus(names: list[str]) -> str | None:
+    """``2 × NVIDIA H100 80GB HBM3`` for two alike GPUs."""
+    counts = {name: names.count(name) for name in names}
+    return ", ".join(f"{n} × {name}" for name, n in counts.items()) or None
+
+
+def _merged(rows: list[tuple[str, tuple]], columns: list[str]) -> pl.DataFrame:
+    """One row per distinct value tuple (in order of first appearance), with the stages that gave it and how many
+    jobs: ``rows`` are (stage, values) pairs."""
+    merged: dict[tuple, list[str]] = {}
+    for stage, values in rows:
+        merged.setdefault(values, []).append(stage)
+    return pl.DataFrame([[", ".join(filter(None, dict.fromkeys(stages))) or None, len(stages), *values]
+                         for values, stages in merged.items()],
+                        schema={"stages": pl.String, "jobs": pl.Int64, **{c: pl.String for c in columns}},
+                        orient="row")
+
+
+def environment_table(jobs: list[tuple[str, dict[str, Any]]]) -> pl.DataFrame:
+    """Versions and machines per job (manifest ``environment``), identical rows merged; a job whose manifest
+    predates the environment record gives a row of nulls. The package columns are those the manifests name, in
+    their order (the report does not import the module that writes them: its code would become the report's)."""
+    environments = [manifest.get("environment") or {} for _, manifest in jobs]
+    names = list(dict.fromkeys(name for env in environments for name in env.get("packages") or {}))
+    columns = ["host", "python", *names, "cuda_runtime", "cuda_driver", "cpu", "gpus"]
+    rows = []
+    for (_, manifest), env in zip(jobs, environments):
+        packages = env.get("packages") or {}
+        rows.append((manifest.get("stage"), (manifest.get("host"), env.get("python"),
+                                             *(packages.get(name) for name in names),
+                                             env.get("cuda_runtime"), env.get("cuda_driver"), env.get("cpu"),
+                                             _gpus(env.get("gpus") or []))))
+    return _merged(rows, columns)
+
+
+def models_table(jobs: list[tuple[str, dict[str, Any]]]) -> pl.DataFrame:
+    """The models the jobs loaded (manifest ``model``): as given, the folder, the sha256 of its config.json (first
+    12 digits; the manifest has all) and the hub id a stand-in stands in for; identical rows merged."""
+    rows = [(manifest.get("stage"), (model["source"], model.get("folder"), (model.get("config_sha256") or "")[:12]
+                                     or None, model.get("stands_in_for")))
+            for _, manifest in jobs if (model := manifest.get("model"))]
+    return _merged(rows, ["model", "folder", "config_sha256", "stands_in_for"])
+
+
+def stand_ins(jobs: list[tuple[str, dict[str, Any]]]) -> dict[str, list[str]]:
+    """Hub id -> the stand-in folders (or trained descendants of one) that jobs loaded in its place."""
+    found: dict[str, list[str]] = {}
+    for _, manifest in jobs:
+        model = manifest.get("model") or {}
+        if model.get("stands_in_for"):
+            folders = found.setdefault(model["stands_in_for"], [])
+            if (folder := model.get("folder") or model["source"]) not in folders:
+                folders.append(folder)
+    return found
