@@ -10,6 +10,8 @@ so a derived name fits only with both decorations; planning checks every derived
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -31,6 +33,21 @@ def snapshot_folder(model_folder: str | Path, step: int) -> Path:
 
 def temporary_prefix(name: str) -> str:
     return f".{name}.tmp-"
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """``text`` into ``path`` through a temporary sibling, for the files planning writes (advdistill.io has the
+    stages' writers, but imports polars, which planning does not need)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return path
 
 
 def needed_bytes(name: str) -> int:

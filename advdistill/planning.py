@@ -121,22 +121,6 @@ def variant_training(config: dict[str, Any], variant: str | None) -> dict[str, A
     return merged
 
 
-# Folders under results/ that the stages own; the report's folder must be another one.
-STAGE_FOLDERS = ("prepare", "tokenizer", "models", "sample", "score", "train", "evaluate")
-
-
-def check_report_name(config: dict[str, Any]) -> None:
-    """The report's folder, ``results/<report_name>``, is neither a stage's folder nor an existing file."""
-    name = config["report_name"]
-    if name in STAGE_FOLDERS:
-        raise ConfigError(f"config report_name: '{name}' is the folder of a stage (results/{name}); choose another "
-                          "name")
-    folder = Path("results") / name
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"config report_name: results/{name} exists and is not a folder; the report would have to "
-                          "replace it: choose another name or move the file away")
-
-
 def check_paper_reference(config: dict[str, Any]) -> None:
     """The paper's numbers must name test sets, training sets and models of this configuration, so that every one
     of them is shown against a reproduced value."""
@@ -207,14 +191,14 @@ def check_model_names(config: dict[str, Any]) -> None:
 def derived_file_names(config: dict[str, Any]) -> list[tuple[str, str]]:
     """Every path component the pipeline derives from configured names, with the config key it comes from."""
     names = [*derived_model_names(config), *((name, f"datasets.{name}") for name in config.get("datasets", {}))]
-    if config.get("report_name"):
-        names.append((config["report_name"], "report_name"))
+    names.append((config["run_name"], "run_name"))
     runs = trained_runs(config)
     for dataset, experiment in config.get("experiments", {}).items():
         key = f"experiments.{dataset}"
         names += [(paths.advantages_plot(dataset), key), (paths.correct_per_group_plot(dataset), key)]
         names += [(paths.lengths_plot(testset), f"{key}.testsets") for testset in experiment.get("testsets", [])]
-        names += [(paths.loss_terms_plot(dataset, run.name), f"{key} and {run.config_key}") for run in runs]
+        names += [(plot(dataset, run.name), f"{key} and {run.config_key}") for run in runs
+                  for plot in (paths.loss_terms_plot, paths.training_curves_plot)]
     return names
 
 
@@ -276,6 +260,9 @@ def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> 
     """Every planning check of the config itself, in order; fills in the schema's defaults."""
     for path in config_files:
         read_config_file(path)
+    if "report_name" in config:
+        raise ConfigError("config report_name: replaced by run_name, the folder results/<run_name> that holds every "
+                          "output of a run, its report in results/<run_name>/report")
     validate(config, set_defaults=True)
     check_stage_sections(config)
     check_variants(config)
@@ -283,7 +270,6 @@ def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> 
     check_model_names(config)
     check_file_names(config)
     check_context_lengths(config)
-    check_report_name(config)
     check_paper_reference(config)
 
 

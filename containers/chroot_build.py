@@ -43,7 +43,7 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "advdistill", "kernels", 
 # tiny workflow configuration up to scoring (prepare, tokenizer and teacher bootstrap, sample, merge, score)
 FIXTURE_PREPARES = (("gsm8k", "test"), ("gsm_plus", "test"), ("mmlu_pro", "train"), ("mmlu_pro", "test"),
                     ("open_s1", "train"), ("open_rs", "test"))
-SCORE_TARGET = "results/score/arith/scored.parquet"
+SCORE_TARGET = "results/test_basic/score/arith/scored.parquet"
 # JSON keys that describe the run rather than the result: manifests' and trainers' clocks, host and image
 RUN_KEYS = re.compile(r"started_unix|wall_seconds|host|container|container_sha256|git_commit|.*runtime|.*per_second")
 

@@ -1,7 +1,7 @@
 """Sampling throughput: Hugging Face ``generate`` vs vLLM on the same prompts and model, in one run.
 
-    python scripts/bench_sampling.py --model results/models/teacher \\
-        --rows results/prepare/arith/train.parquet --prompts 64 --n 8 --max-new-tokens 160 [--json out.json]
+    python scripts/bench_sampling.py --model results/default/models/teacher \\
+        --rows results/default/prepare/arith/train.parquet --prompts 64 --n 8 --max-new-tokens 160 [--json out.json]
 
 Each backend loads the model, runs one discarded warm-up batch, then samples every prompt ``n`` times
 (T=0.9) in batches of ``--batch-size`` prompts; tokens/s counts generated tokens (stop tokens excluded)

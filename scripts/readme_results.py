@@ -1,13 +1,15 @@
 """The README's result sections, generated from a finished run's report so that they cannot drift from it.
 
-    python scripts/readme_results.py record default results/report --log .snakemake/log/<run>.snakemake.log
+    python scripts/readme_results.py record default results/default --log .snakemake/log/<run>.snakemake.log
     python scripts/readme_results.py record ablation results/ablation --log .snakemake/log/<run>.snakemake.log
     python scripts/readme_results.py check                             # README == what the records give
 
-``record`` copies the report tables a section needs into ``docs/results/<name>/`` with ``machine.json`` (the
-machine that ran it: CPU and the vector instructions torch uses there, cores, torch, commit, date; with ``--log``,
-the run's elapsed time from its Snakemake log, which for concurrent jobs is less than their wall times' sum) and
-rewrites the README between ``<!-- results:<name> -->`` and ``<!-- /results:<name> -->``. ``check`` (run by
+``record`` takes a finished run's folder (``results/<run_name>``) and copies the report tables a section needs
+into ``docs/results/<name>/`` with ``machine.json`` (the machine that ran it: CPU and the vector instructions torch
+uses there, cores, torch, commit, date; with ``--log``, the run's elapsed time from its Snakemake log, which for
+concurrent jobs is less than their wall times' sum), and the whole report page with its figures into
+``docs/results/<name>/report/`` so that it can be read without running the pipeline. It then rewrites the README
+between ``<!-- results:<name> -->`` and ``<!-- /results:<name> -->``. ``check`` (run by
 tests/test_readme_results.py) renders every recorded section again and fails if the README differs, so a README
 edit by hand or a record without its README update is caught.
 """
@@ -18,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -28,21 +29,18 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from advdistill.provenance import cpu_model
 from advdistill.report.comparisons import signed_points
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 RECORDS = REPO / "docs" / "results"
-TABLES = {"default": ("accuracy.csv", "template_adherence.csv", "paired_comparisons.csv", "stage_costs.csv"),
+TABLES = {"default": ("accuracy.csv", "template_adherence.csv", "paired_comparisons.csv", "training_compute.csv",
+                      "loss_terms.csv", "stage_costs.csv"),
           "ablation": ("replicates.csv", "loss_terms.csv", "stage_costs.csv")}
+# What of a report folder the recorded page keeps: the page, its figures and its tables (not the manifests).
+PAGE_FILES = ("index.html", "*.md", "*.csv", "plots/*.png")
 TELEMETRY = ("weighted_ce", "contrastive", "contrastive_share", "wrong_p_mean", "wrong_at_clamp", "grad_norm")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def elapsed_seconds(snakemake_log: Path) -> float:
@@ -106,6 +104,17 @@ def render_default(record: Path) -> str:
               f"[{signed_points(r['ci_lower'])}, {signed_points(r['ci_upper'])}], p = {r['mcnemar_p']:.2g} "
               f"(n = {r['n']})"
               for r in comparisons.iter_rows(named=True)]
+    lines += ["", render_training_compute(pl.read_csv(record / "training_compute.csv")), "",
+              render_telemetry(pl.read_csv(record / "loss_terms.csv"))]
+    return "\n".join(lines)
+
+
+def render_training_compute(compute: pl.DataFrame) -> str:
+    lines = ["Training compute (`training_compute.csv`): optimizer steps, training items (SFT: best responses; "
+             "AdvDistill: groups) and the trainer's wall time:", "",
+             "| model | optimizer steps | training items | wall time (s) |", "|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['optimizer_steps']:,} | {r['train_items']:,} | {r['wall_s']:.0f} |"
+              for r in compute.iter_rows(named=True)]
     return "\n".join(lines)
 
 
@@ -164,7 +173,8 @@ def rendered_readme(readme: str) -> str:
     return readme
 
 
-def record(name: str, report: Path, snakemake_log: Path | None = None) -> None:
+def record(name: str, run: Path, snakemake_log: Path | None = None) -> None:
+    report = run / "report"
     missing = [table for table in TABLES[name] if not (report / table).is_file()]
     if missing:
         raise SystemExit(f"{report}: no {', '.join(missing)}; run the pipeline for '{name}' first")
@@ -172,6 +182,14 @@ def record(name: str, report: Path, snakemake_log: Path | None = None) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for table in TABLES[name]:
         shutil.copyfile(report / table, target / table)
+    page = target / "report"
+    if page.is_dir():
+        shutil.rmtree(page)
+    for pattern in PAGE_FILES:
+        for source in sorted(report.glob(pattern)):
+            destination = page / source.relative_to(report)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
     (target / "machine.json").write_text(json.dumps(machine(snakemake_log), indent=2) + "\n")
     README.write_text(rendered_readme(README.read_text()))
 
@@ -181,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     recording = sub.add_parser("record", help="copy a report's tables into docs/results/NAME and update the README")
     recording.add_argument("name", choices=sorted(RENDERERS))
-    recording.add_argument("report", type=Path, help="the report folder of that run")
+    recording.add_argument("run", type=Path, help="that run's folder, results/<run_name>")
     recording.add_argument("--log", type=Path, help="that run's .snakemake/log file (for its elapsed time)")
     sub.add_parser("check", help="fail if the README differs from what docs/results gives")
     args = parser.parse_args(argv)
     if args.command == "record":
-        record(args.name, args.report, args.log)
+        record(args.name, args.run, args.log)
         return 0
     if rendered_readme(README.read_text()) != README.read_text():
         print("README.md results sections differ from docs/results; run scripts/readme_results.py record ...",

@@ -73,6 +73,11 @@ def loaded_script(path: Path) -> Iterator[ModuleType]:
         del sys.modules[spec.name]
 
 
+def file_stamps(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` with its modification time: equal stamps, not one file written."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
 def files_under(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 

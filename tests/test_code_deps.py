@@ -90,7 +90,7 @@ def test_an_edited_local_dataset_file_reruns_its_prepare(tmp_path):
     (workdir / "local.yaml").write_text(yaml.safe_dump(config))
 
     def snakemake(*args: str) -> str:
-        done = subprocess.run(["snakemake", "results/prepare/gsm8k/test.parquet", "--cores", "1", *args,
+        done = subprocess.run(["snakemake", "results/default/prepare/gsm8k/test.parquet", "--cores", "1", *args,
                                "--configfile", "local.yaml"], cwd=workdir, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -103,7 +103,7 @@ def test_an_edited_local_dataset_file_reruns_its_prepare(tmp_path):
     assert "prepare" in snakemake("--dry-run").split("Job stats:")[1]
     snakemake()
     release = data / "gsm8k_test.jsonl"
-    older = (workdir / "results/prepare/gsm8k/test.parquet").stat().st_mtime - 3600
+    older = (workdir / "results/default/prepare/gsm8k/test.parquet").stat().st_mtime - 3600
     release.write_bytes(release.read_bytes().replace(b"Tom has 3 apples", b"Tom has 4 apples"))
     os.utime(release, (older, older))
     planned = snakemake("--dry-run")

@@ -330,19 +330,54 @@ def test_schema_ships_with_the_package(tmp_path):
         assert yaml.safe_load(archive.read("advdistill/config.schema.yaml")) == load_schema()
 
 
-def test_a_report_name_that_names_an_existing_file_stops_planning(tmp_path, monkeypatch):
-    from advdistill.planning import check_report_name
+def test_a_run_name_that_names_an_existing_file_stops_planning(tmp_path, monkeypatch):
+    from advdistill.runs import check_run_folder
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match=r"^config report_name: results/notes.txt exists and is not a folder"):
-        check_report_name({"report_name": "notes.txt"})
-    check_report_name({"report_name": "default"})
+    with pytest.raises(ConfigError, match=r"^config run_name: results/notes.txt exists and is not a folder"):
+        check_run_folder({"run_name": "notes.txt"}, ["config.yaml"])
+    check_run_folder({"run_name": "default"}, ["config.yaml"])
     assert (tmp_path / "results" / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("path", [("report_name",), ("teacher", "name"), ("students", 0, "name")])
+def test_a_run_record_lets_its_own_config_files_and_equal_configs_through(tmp_path, monkeypatch):
+    from advdistill.runs import check_run_folder, write_record
+
+    monkeypatch.chdir(tmp_path)
+    config = {"run_name": "default", "seed": 1, "sampling": {"temperature": 0.9}}
+    write_record(config, [tmp_path / "config.yaml"])
+    edited = {**config, "sampling": {"temperature": 0.7}}
+    check_run_folder(edited, ["config.yaml"])  # its own file, edited: an incremental rerun
+    check_run_folder(config, ["copy.yaml"])  # another file that gives the same configuration
+    with pytest.raises(ConfigError, match=r"^config run_name: 'default' is the run of other config files "
+                                          r"\(config.yaml; results/default/run.json\), and this configuration "
+                                          r"\(copy.yaml\) differs from it in sampling.temperature"):
+        check_run_folder(edited, ["copy.yaml"])
+
+
+def test_an_upstream_run_lends_its_results_only_where_its_config_agrees(tmp_path, monkeypatch):
+    from advdistill.runs import check_upstream_run, write_record
+
+    monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load((REPO / ".test" / "config_basic.yaml").read_text())
+    write_record(base, ["config_basic.yaml"])
+    sweep = {**copy.deepcopy(base), "run_name": "sweep", "upstream_run": "test_basic", "seeds": [1, 2],
+             "training": {"optim": {"learning_rate": 0.1}}}
+    sweep["students"][0]["objectives"] = ["advdistill"]
+    check_upstream_run(sweep)  # training, seeds and objectives are the sweep's own
+    sweep["students"][0]["snapshot"]["step"] = 3
+    with pytest.raises(ConfigError, match=r"^config upstream_run: run 'test_basic' \(config_basic.yaml\) was made "
+                                          r"with another students\[0\].snapshot.step"):
+        check_upstream_run(sweep)
+    sweep["students"][0]["snapshot"]["step"] = 2
+    sweep["experiments"] = {"gsm8k": {"testsets": ["arith"]}}
+    with pytest.raises(ConfigError, match=r"run 'test_basic' has no experiment gsm8k"):
+        check_upstream_run(sweep)
+
+
+@pytest.mark.parametrize("path", [("run_name",), ("teacher", "name"), ("students", 0, "name")])
 def test_a_name_with_a_trailing_newline_is_refused(path):
     """JSON Schema's final ``$`` is the end of the string; Python's also matched before a trailing newline."""
     config = yaml.safe_load((REPO / ".test" / "config_basic.yaml").read_text())

@@ -19,8 +19,20 @@ def test_readme_matches_the_recorded_results():
     assert readme_results.main(["check"]) == 0
 
 
-def write_report(report: Path) -> None:
-    report.mkdir(parents=True)
+def write_report(run: Path) -> Path:
+    """A finished run's folder with the report tables the sections read, a page and a figure; returns the report."""
+    report = run / "report"
+    (report / "plots").mkdir(parents=True)
+    (report / "index.html").write_text('<img src="plots/accuracy.png">')
+    (report / "plots" / "accuracy.png").write_bytes(b"\x89PNG")
+    (report / "index.html.manifest.json").write_text("{}")
+    pl.DataFrame({"train_set": ["arith"] * 2, "model": ["student-sft", "student-advdistill"],
+                  "optimizer_steps": [351, 2793], "tokens_seen": [None, 51200], "train_items": [910, 7300],
+                  "wall_s": [14.2, 102.4]}).write_csv(report / "training_compute.csv")
+    pl.DataFrame({"train_set": ["arith"] * 2, "model": ["student-sft", "student-advdistill"], "steps": [0, 140],
+                  "weighted_ce": [None, 0.89], "contrastive": [None, 0.69], "contrastive_share": [None, 0.44],
+                  "wrong_p_mean": [None, 0.42], "wrong_at_clamp": [None, 0.0], "grad_norm": [None, 1.73]}
+                 ).write_csv(report / "loss_terms.csv")
     pl.DataFrame({"model": ["teacher", "student-sft", "student-advdistill"], "arith": [85.0, 40.5, 11.0],
                   "arith lower": [79.41, 33.95, 7.39], "arith upper": [89.28, 47.38, 16.07],
                   "arith majority": [85.0, 40.5, 11.0]}).write_csv(  # a sampled run's extra column
@@ -33,6 +45,7 @@ def write_report(report: Path) -> None:
                   "mcnemar_p": [4.1e-14, 1e-40], "note": [None, None]}).write_csv(report / "paired_comparisons.csv")
     pl.DataFrame({"stage": ["train", "evaluate"], "jobs": [2, 6], "total_wall_s": [120.0, 60.0],
                   "total_cpu_s": [200.0, 100.0], "max_rss_mb": [900.0, 800.0]}).write_csv(report / "stage_costs.csv")
+    return report
 
 
 @pytest.fixture
@@ -46,9 +59,15 @@ def readme(tmp_path, monkeypatch) -> Path:
 
 def test_record_writes_the_section_and_check_catches_an_edit(tmp_path, readme):
     readme.write_text("# Title\n\n<!-- results:default -->\nold numbers\n<!-- /results:default -->\n\nAfter.\n")
-    write_report(tmp_path / "report")
-    readme_results.record("default", tmp_path / "report")
+    write_report(tmp_path / "run")
+    readme_results.record("default", tmp_path / "run")
     text = readme.read_text()
+    page = tmp_path / "docs" / "results" / "default" / "report"
+    assert sorted(p.relative_to(page).as_posix() for p in page.rglob("*") if p.is_file()) == [
+        "accuracy.csv", "index.html", "loss_terms.csv", "paired_comparisons.csv", "plots/accuracy.png",
+        "stage_costs.csv", "template_adherence.csv", "training_compute.csv"]
+    assert "| student-advdistill | 2,793 | 7,300 | 102 |" in text
+    assert "| student-advdistill | 1 | 0.890 | 0.690 | 0.440 | 0.420 | 0.000 | 1.730 |" in text
     assert "old numbers" not in text and text.endswith("<!-- /results:default -->\n\nAfter.\n")
     assert "| student-advdistill | 11.0 [7.4, 16.1] | 38.5 |" in text
     assert ("- student-advdistill vs student-sft on arith: −29.5 points [−36.5, −22.5], p = 4.1e-14 (n = 200)"
@@ -61,15 +80,14 @@ def test_record_writes_the_section_and_check_catches_an_edit(tmp_path, readme):
 
 def test_record_names_a_missing_report_table(tmp_path, monkeypatch):
     monkeypatch.setattr(readme_results, "RECORDS", tmp_path / "docs" / "results")
-    (tmp_path / "report").mkdir()
+    (tmp_path / "run" / "report").mkdir(parents=True)
     with pytest.raises(SystemExit, match="no accuracy.csv, template_adherence.csv"):
-        readme_results.record("default", tmp_path / "report")
+        readme_results.record("default", tmp_path / "run")
 
 
 def test_ablation_section_names_the_reference_and_averages_the_telemetry_over_seeds(tmp_path, readme):
     readme.write_text("<!-- results:ablation -->\n<!-- /results:ablation -->\n")
-    report = tmp_path / "report"
-    write_report(report)
+    report = write_report(tmp_path / "run")
     pl.DataFrame({"testset": ["arith", "arith"], "student": ["student"] * 2, "objective": ["sft", "advdistill"],
                   "variant": ["baseline", "sum-lam0"], "seeds": [3, 3], "accuracy": [40.0, 45.5],
                   "lower": [35.0, 40.25], "upper": [45.0, 50.75], "template_adherence": [100.0, 99.0],
@@ -84,7 +102,7 @@ def test_ablation_section_names_the_reference_and_averages_the_telemetry_over_se
                  ).write_csv(report / "loss_terms.csv")
     log = tmp_path / "run.snakemake.log"
     log.write_text("56 of 56 steps (100%) done\nElapsed time: 0:27:03.5\n")
-    readme_results.record("ablation", report, log)
+    readme_results.record("ablation", tmp_path / "run", log)
     text = readme.read_text()
     assert "the run took 27.1 min; the jobs' wall times add up to 3.0 min" in text
     assert "against the SFT run of the same seed (`student-sft@baseline`)" in text
@@ -93,4 +111,4 @@ def test_ablation_section_names_the_reference_and_averages_the_telemetry_over_se
     assert readme_results.main(["check"]) == 0
     log.write_text("Error in rule train\n")
     with pytest.raises(SystemExit, match="no 'Elapsed time' line"):
-        readme_results.record("ablation", report, log)
+        readme_results.record("ablation", tmp_path / "run", log)

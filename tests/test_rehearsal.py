@@ -37,7 +37,7 @@ from advdistill.config import PromptConfig
 from advdistill.datasets import get_adapter
 from advdistill.datasets.base import normalise_split
 from advdistill.standin import build_standin, standin_tokenizer
-from tests.helpers import REPO, SHARED_DATA, copy_workflow, snakemake
+from tests.helpers import REPO, SHARED_DATA, copy_workflow, file_stamps, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -118,9 +118,10 @@ def planned_outputs(paper: dict) -> tuple[list[Path], list[Path]]:
     students = [(s["name"], objective) for s in paper["students"] for objective in s["objectives"]]
     models = [paper["teacher"]["name"], *(f"{s['name']}-base" for s in paper["students"]),
               *(f"{name}-{objective}" for name, objective in students)]
-    trained = [Path("results/train", train_set, f"{name}-{objective}")
+    run = Path("results", paper["run_name"])
+    trained = [run / "train" / train_set / f"{name}-{objective}"
                for train_set in paper["experiments"] for name, objective in students]
-    metrics = [Path("results/evaluate", train_set, model, testset, "metrics.json")
+    metrics = [run / "evaluate" / train_set / model / testset / "metrics.json"
                for train_set, experiment in paper["experiments"].items()
                for model in models for testset in experiment["testsets"]]
     return trained, metrics
@@ -128,15 +129,14 @@ def planned_outputs(paper: dict) -> tuple[list[Path], list[Path]]:
 
 @pytest.fixture(scope="session")
 def workdirs(tmp_path_factory):
-    """One copy of the workflow per training set: a 3-response ablation runs in the folder its full
-    configuration ran in (when that ran first), as a user edits ``sampling.n_samples`` and reruns."""
+    """One copy of the workflow per training set: a 3-response ablation runs in the checkout its full
+    configuration ran in (when that ran first), as a user runs one configuration after the other."""
     made: dict[str, Path] = {}
 
-    def workdir(train_set: str) -> tuple[Path, bool]:
-        reused = train_set in made
-        if not reused:
+    def workdir(train_set: str) -> Path:
+        if train_set not in made:
             made[train_set] = copy_workflow(tmp_path_factory.mktemp(f"rehearsal-{train_set}"))
-        return made[train_set], reused
+        return made[train_set]
 
     return workdir
 
@@ -148,11 +148,9 @@ def test_rehearsal_of_paper_config(paper_config, standins, workdirs, tmp_path, r
     overrides = tmp_path / "overrides.yaml"
     overrides.write_text(yaml.safe_dump({"local_sources": {**datasets, **standins(paper, datasets)}, **SIZES}))
     (train_set,) = paper["experiments"]
-    workdir, reused = workdirs(train_set)
+    workdir = workdirs(train_set)
     trained, metrics_files = planned_outputs(paper)
-    teacher = paper["teacher"]["name"]
-    teacher_metrics = [workdir / path for path in metrics_files if path.parts[3] == teacher]
-    teacher_evaluated = [path.stat().st_mtime_ns for path in teacher_metrics] if reused else []
+    earlier = {folder: file_stamps(folder) for folder in (workdir / "results").glob("*")}
 
     started = time.monotonic()
     result = snakemake(workdir, "--configfile", str(paper_config.relative_to(REPO)), str(overrides))
@@ -162,12 +160,13 @@ def test_rehearsal_of_paper_config(paper_config, standins, workdirs, tmp_path, r
     print(f"\nrehearsal {paper_config.stem}: {wall:.1f} s (snakemake; stand-ins built beforehand), "
           f"fixtures for {', '.join(fixtures) or 'no dataset'}")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    if reused:  # fewer responses per prompt: new samples, scores and students, the same teacher evaluation
-        assert [path.stat().st_mtime_ns for path in teacher_metrics] == teacher_evaluated
+    for folder, stamps in earlier.items():  # the full configuration's run, when it ran first: not one file written
+        assert file_stamps(folder) == stamps, folder
 
-    assert (workdir / "results/report/index.html").stat().st_size > 0
+    run = workdir / "results" / paper["run_name"]
+    assert (run / "report/index.html").stat().st_size > 0
     for train_set in paper["experiments"]:
-        assert json.loads((workdir / f"results/score/{train_set}/summary.json").read_text())["groups_kept"] > 0
+        assert json.loads((run / f"score/{train_set}/summary.json").read_text())["groups_kept"] > 0
     for folder in trained:
         assert {"config.json", "model.safetensors", "tokenizer.json", "train_metrics.json"} <= {
             p.name for p in (workdir / folder).iterdir()}, folder
@@ -175,14 +174,14 @@ def test_rehearsal_of_paper_config(paper_config, standins, workdirs, tmp_path, r
     requested = paper["evaluation"]["base_few_shot"]
     for path in metrics_files:
         metrics = json.loads((workdir / path).read_text())
-        train_set, model = path.parts[2:4]
+        train_set, model = path.parts[3:5]
         if model in base_models:  # few-shot where the training split has enough worked solutions (not MMLU-PRO)
-            rows = pl.read_parquet(workdir / "results/prepare" / train_set / "train.parquet")
+            rows = pl.read_parquet(run / "prepare" / train_set / "train.parquet")
             expected = requested if (rows["solution"] != "").sum() >= requested else 0
             assert (metrics["few_shot"], metrics["few_shot_requested"]) == (expected, requested), path
             assert ("few_shot_note" in metrics) == (expected < requested), path
         else:
             assert metrics["few_shot"] == paper["prompt"]["few_shot"], path
-    paper_accuracy = pl.read_csv(workdir / "results/report/paper_accuracy.csv")
+    paper_accuracy = pl.read_csv(run / "report/paper_accuracy.csv")
     assert paper_accuracy.height == sum(map(len, paper["paper_reference"]["accuracy"].values()))
     assert paper_accuracy["reproduced"].null_count() == 0  # every model the paper reports was evaluated here

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 
 CONFIG = REPO / ".test" / "config_basic.yaml"
 PROFILE = REPO / ".test" / "slurm"
-COMPARED = ["results/prepare/arith/train.parquet", "results/sample/arith/samples.parquet",
-            "results/score/arith/scored.parquet"]
+COMPARED = ["results/test_basic/prepare/arith/train.parquet", "results/test_basic/sample/arith/samples.parquet",
+            "results/test_basic/score/arith/scored.parquet"]
 
 
 def free_ports(count: int) -> list[str]:
@@ -109,12 +109,12 @@ def test_failing_slurm_job_is_reported_and_finished_outputs_are_kept(cluster, tm
     config["datasets"]["arith_ood"]["options"]["variant"] = "no-such-variant"
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, cluster, "--workflow-profile", str(PROFILE), "--configfile",
-                       str(tmp_path / "broken.yaml"), "--keep-going", "results/prepare/arith/test.parquet",
-                       "results/prepare/arith_ood/test.parquet")
+                       str(tmp_path / "broken.yaml"), "--keep-going", "results/test_basic/prepare/arith/test.parquet",
+                       "results/test_basic/prepare/arith_ood/test.parquet")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Error in rule prepare" in output and "arith_ood" in output
-    assert (tmp_path / "results/prepare/arith/test.parquet").exists()
-    assert not (tmp_path / "results/prepare/arith_ood/test.parquet").exists()
+    assert (tmp_path / "results/test_basic/prepare/arith/test.parquet").exists()
+    assert not (tmp_path / "results/test_basic/prepare/arith_ood/test.parquet").exists()
     assert "options.variant: expected in_distribution, ood or mixed, got 'no-such-variant'" in (
-        tmp_path / "logs/prepare/arith_ood/test.log").read_text()
+        tmp_path / "results/test_basic/logs/prepare/arith_ood/test.log").read_text()

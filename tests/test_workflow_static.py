@@ -48,8 +48,8 @@ def test_dangling_dataset_reference_names_the_key(tmp_path):
 def test_default_teacher_run_saves_the_student_snapshot_and_training_loads_it(tmp_path):
     result = run_snakemake("--dry-run", "--printshellcmds", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "--snapshot-steps 300 --out results/models/teacher" in result.stdout
-    assert "--model results/models/teacher/snapshots/step-300" in result.stdout
+    assert "--snapshot-steps 300 --out results/default/models/teacher" in result.stdout
+    assert "--model results/default/models/teacher/snapshots/step-300" in result.stdout
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "config" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
@@ -153,7 +153,7 @@ def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path
     assert f"--model {tmp_path / 'Qwen2.5-7B'} " in result.stdout
     assert f"--source {REPO / 'tests/fixtures/datasets/gsm_plus.jsonl'} " in result.stdout
     # a mapped model folder is an input of the jobs that load it
-    assert f"input: results/prepare/gsm8k/train.parquet, {tmp_path / 'Qwen2.5-7B'}\n" in result.stdout
+    assert f"input: results/gsm8k/prepare/gsm8k/train.parquet, {tmp_path / 'Qwen2.5-7B'}\n" in result.stdout
 
 
 @pytest.mark.failure_mode(

@@ -3,13 +3,13 @@
 
 rule bootstrap_tokenizer:
     input:
-        rows=lambda wc: f"results/prepare/{config['tokenizer']['dataset']}/train.parquet",
+        rows=lambda wc: out(f"prepare/{config['tokenizer']['dataset']}/train.parquet"),
     output:
-        directory("results/tokenizer"),
+        directory(out("tokenizer")),
     log:
-        "logs/bootstrap/tokenizer.log",
+        out("logs/bootstrap/tokenizer.log"),
     benchmark:
-        "benchmarks/bootstrap/tokenizer.tsv"
+        out("benchmarks/bootstrap/tokenizer.tsv")
     params:
         settings=as_json(without_dataset(config.get("tokenizer", {}))),
         code=stage_code("bootstrap-tokenizer"),
@@ -26,14 +26,14 @@ rule bootstrap_tokenizer:
 
 rule bootstrap_model:
     input:
-        rows=lambda wc: f"results/prepare/{models()[wc.model]['bootstrap']['dataset']}/train.parquet",
-        tokenizer="results/tokenizer",
+        rows=lambda wc: out(f"prepare/{models()[wc.model]['bootstrap']['dataset']}/train.parquet"),
+        tokenizer=out("tokenizer"),
     output:
-        directory("results/models/{model}"),
+        directory(out("models/{model}")),
     log:
-        "logs/bootstrap/{model}.log",
+        out("logs/bootstrap/{model}.log"),
     benchmark:
-        "benchmarks/bootstrap/{model}.tsv"
+        out("benchmarks/bootstrap/{model}.tsv")
     params:
         settings=lambda wc: as_json(without_dataset(models()[wc.model]["bootstrap"])),
         prompt=as_json(config.get("prompt", {})),

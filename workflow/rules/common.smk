@@ -21,6 +21,7 @@ from advdistill.planning import (
     variant_training,
     without_dataset,
 )
+from advdistill.runs import check_run_folder, check_upstream_run, config_file_names, run_folder, write_record
 from advdistill.schema import load_schema
 
 
@@ -30,6 +31,28 @@ from advdistill.schema import load_schema
 check_config(config, workflow.configfiles)
 
 REPO = Path(workflow.basedir)
+
+# One folder per experiment (advdistill/runs.py): every output of this config, logs and benchmarks included, lies
+# under results/<run_name>; the results up to scoring come from results/<upstream_run> when the config names one.
+RUN_FOLDER = run_folder(config["run_name"]).as_posix()
+UPSTREAM_FOLDER = run_folder(config["upstream_run"] or config["run_name"]).as_posix()
+if workflow.is_main_process:
+    stop_on_config_error(check_run_folder)(config, workflow.configfiles)
+    stop_on_config_error(check_upstream_run)(config)
+
+
+def out(path):
+    """A path this run writes: results/<run_name>/<path> (wildcards in braces stay wildcards)."""
+    return f"{RUN_FOLDER}/{path}"
+
+
+def upstream(path):
+    """A result up to scoring, or a base model's evaluation: this run's own, or read from its upstream_run."""
+    return f"{UPSTREAM_FOLDER}/{path}"
+
+
+onstart:
+    write_record(config, workflow.configfiles)
 
 
 NAME = load_schema()["$defs"]["name"]["pattern"].strip("^$")  # one path component, as the schema allows names
@@ -179,7 +202,7 @@ def model_path(name):
     """Where a model is loaded from: the pipeline's own folder (a snapshot's inside its run's), the local folder
     that ``local_sources`` maps its hub id to, or its ``source`` (a local folder or a hub id)."""
     if is_bootstrapped(name):
-        return f"results/models/{name}"
+        return upstream(f"models/{name}")
     if models()[name]["source"] == "snapshot":
         snapshot = models()[name]["snapshot"]
         return str(snapshot_folder(model_path(snapshot["of"]), snapshot["step"]))
@@ -224,7 +247,7 @@ check_local_sources()
 def evaluated_model_path(train_set, name):
     """Where an evaluated model lives: the base model's path, or the trained student's folder."""
     base = name.removesuffix("-base")
-    return model_path(base) if base in models() else f"results/train/{train_set}/{name}"
+    return model_path(base) if base in models() else out(f"train/{train_set}/{name}")
 
 
 def evaluated_model_input(train_set, name):
@@ -293,10 +316,17 @@ def evaluation_prompt(model):
     return as_json(prompt)
 
 
+def evaluation_file(train_set, model, testset, kind):
+    """An evaluation's file: a trained student's is this run's, a base model's (teacher, base students) comes
+    from the upstream run where the config names one."""
+    path = f"evaluate/{train_set}/{model}/{testset}/{kind}"
+    return out(path) if model in TRAINED_RUNS else upstream(path)
+
+
 def evaluation_outputs(kind):
     """Every evaluation of every experiment (the report shows those of reported_evaluations)."""
     return [
-        f"results/evaluate/{train_set}/{model}/{testset}/{kind}"
+        evaluation_file(train_set, model, testset, kind)
         for train_set, experiment in config["experiments"].items()
         for model in evaluated_models()
         for testset in experiment["testsets"]
@@ -312,8 +342,8 @@ def reported_evaluations():
             first_experiment.setdefault(testset, train_set)
     return [
         {"model": model, "testset": testset,
-         "metrics": f"results/evaluate/{train_set}/{model}/{testset}/metrics.json",
-         "responses": f"results/evaluate/{train_set}/{model}/{testset}/responses.parquet"}
+         "metrics": evaluation_file(train_set, model, testset, "metrics.json"),
+         "responses": evaluation_file(train_set, model, testset, "responses.parquet")}
         for testset, train_set in first_experiment.items()
         for model in evaluated_models()
     ]
@@ -323,23 +353,66 @@ def reported_training():
     """Every trained run of every experiment with its folder (which holds its train_metrics.json)."""
     return [
         {"train_set": train_set, "model": run.name, "student": run.student, "objective": run.objective,
-         "variant": run.variant, "seed": run.seed, "path": f"results/train/{train_set}/{run.name}"}
+         "variant": run.variant, "seed": run.seed, "path": out(f"train/{train_set}/{run.name}")}
         for train_set in config["experiments"]
         for run in TRAINED_RUNS.values()
     ]
 
 
 def reported_scores():
-    return {train_set: f"results/score/{train_set}/scored.parquet" for train_set in config["experiments"]}
+    return {train_set: upstream(f"score/{train_set}/scored.parquet") for train_set in config["experiments"]}
 
 
 def upstream_outputs():
     """Outputs of the stages before training whose manifests the report's provenance table lists."""
-    prepared = [f"results/prepare/{name}/{split}.parquet"
+    prepared = [upstream(f"prepare/{name}/{split}.parquet")
                 for name, dataset in config["datasets"].items() for split in dataset["splits"]]
-    built = [f"results/models/{name}" for name in models() if is_bootstrapped(name)]
-    sampled = [f"results/sample/{train_set}/samples.parquet" for train_set in config["experiments"]]
+    built = [model_path(name) for name in models() if is_bootstrapped(name)]
+    sampled = [upstream(f"sample/{train_set}/samples.parquet") for train_set in config["experiments"]]
     return prepared + built + sampled
+
+
+def run_benchmarks():
+    """This run's benchmark files by stage, one per job of its DAG (the report's own is written after it): the
+    stage costs count these alone, not other runs' files or stale ones of jobs this config no longer has."""
+    files = {"train": [out(f"benchmarks/train/{train_set}/{run}.tsv")
+                       for train_set in config["experiments"] for run in TRAINED_RUNS],
+             "evaluate": [out(f"benchmarks/evaluate/{train_set}/{model}/{testset}.tsv")
+                          for train_set, experiment in config["experiments"].items()
+                          for model in evaluated_models() if model in TRAINED_RUNS or not config["upstream_run"]
+                          for testset in experiment["testsets"]]}
+    if config["upstream_run"]:
+        return files
+    bootstrapped = [name for name in models() if is_bootstrapped(name)]
+    return {
+        "prepare": [out(f"benchmarks/prepare/{name}/{split}.tsv")
+                    for name, dataset in config["datasets"].items() for split in dataset["splits"]],
+        "bootstrap": [out(f"benchmarks/bootstrap/{name}.tsv") for name in ["tokenizer"] * bool(bootstrapped)
+                      + bootstrapped],
+        "sample": [out(f"benchmarks/sample/{train_set}/{part}.tsv") for train_set in config["experiments"]
+                   for part in [*(f"part-{i}" for i in range(config["sampling"]["jobs"])), "merge"]],
+        "score": [out(f"benchmarks/score/{train_set}.tsv") for train_set in config["experiments"]],
+        **files,
+    }
+
+
+@stop_on_config_error
+def check_upstream_results():
+    """Every result an upstream_run lends is there, so that a run it has not finished stops here, named."""
+    if not config["upstream_run"]:
+        return
+    lent = [*upstream_outputs(), *reported_scores().values(),
+            *(path for kind in ("metrics.json", "responses.parquet") for path in evaluation_outputs(kind)
+              if Path(UPSTREAM_FOLDER) in Path(path).parents)]
+    missing = [path for path in lent if not Path(path).exists()]
+    if missing:
+        raise ConfigError(f"config upstream_run: run '{config['upstream_run']}' lacks {missing[0]}"
+                          f"{f' and {len(missing) - 1} more of the results it lends' if len(missing) > 1 else ''}; "
+                          f"finish that run first (its config files: {UPSTREAM_FOLDER}/run.json)")
+
+
+if workflow.is_main_process:
+    check_upstream_results()
 
 
 def report_plan():
@@ -356,14 +429,14 @@ def report_plan():
                        *(e["responses"] for e in evaluations)],
         "memory": plan_rows(MEMORY_PLAN),
         "paper": config.get("paper_reference", {}),
+        "benchmarks": run_benchmarks(),
+        "run": {"name": config["run_name"], "upstream_run": config["upstream_run"],
+                "config_files": config_file_names(workflow.configfiles)},
     }
 
 
-REPORT_DIR = f"results/{config['report_name']}"
-
-
 def final_outputs():
-    return [f"{REPORT_DIR}/index.html"]
+    return [out("report/index.html")]
 
 
 @stop_on_config_error

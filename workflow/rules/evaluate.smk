@@ -1,15 +1,15 @@
 rule evaluate:
     input:
-        rows="results/prepare/{testset}/test.parquet",
-        few_shot_rows="results/prepare/{dataset}/train.parquet",
+        rows=upstream("prepare/{testset}/test.parquet"),
+        few_shot_rows=upstream("prepare/{dataset}/train.parquet"),
         model=lambda wc: evaluated_model_input(wc.dataset, wc.model),
     output:
-        responses="results/evaluate/{dataset}/{model}/{testset}/responses.parquet",
-        metrics="results/evaluate/{dataset}/{model}/{testset}/metrics.json",
+        responses=out("evaluate/{dataset}/{model}/{testset}/responses.parquet"),
+        metrics=out("evaluate/{dataset}/{model}/{testset}/metrics.json"),
     log:
-        "logs/evaluate/{dataset}/{model}/{testset}.log",
+        out("logs/evaluate/{dataset}/{model}/{testset}.log"),
     benchmark:
-        "benchmarks/evaluate/{dataset}/{model}/{testset}.tsv"
+        out("benchmarks/evaluate/{dataset}/{model}/{testset}.tsv")
     params:
         model=lambda wc: evaluated_model_path(wc.dataset, wc.model),
         settings=as_json(config["evaluation"]),

@@ -2,12 +2,12 @@ rule prepare:
     input:
         source=lambda wc: dataset_source_input(wc.dataset, wc.split),
     output:
-        rows="results/prepare/{dataset}/{split}.parquet",
-        report="results/prepare/{dataset}/{split}.report.json",
+        rows=out("prepare/{dataset}/{split}.parquet"),
+        report=out("prepare/{dataset}/{split}.report.json"),
     log:
-        "logs/prepare/{dataset}/{split}.log",
+        out("logs/prepare/{dataset}/{split}.log"),
     benchmark:
-        "benchmarks/prepare/{dataset}/{split}.tsv"
+        out("benchmarks/prepare/{dataset}/{split}.tsv")
     params:
         adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
         source=lambda wc: dataset_source(wc.dataset, wc.split),

@@ -6,21 +6,20 @@ rule report:
         trained=[run["path"] for run in reported_training()],
         upstream=upstream_outputs(),
     output:
-        index=report(f"{REPORT_DIR}/index.html", caption="../report/index.rst", category="Report"),
-        accuracy=report(f"{REPORT_DIR}/accuracy.csv", caption="../report/accuracy.rst", category="Tables"),
+        index=report(out("report/index.html"), caption="../report/index.rst", category="Report"),
+        accuracy=report(out("report/accuracy.csv"), caption="../report/accuracy.rst", category="Tables"),
         plots=report(
-            directory(f"{REPORT_DIR}/plots"),
+            directory(out("report/plots")),
             patterns=["{name}.png"],
             caption="../report/plots.rst",
             category="Plots",
         ),
     log:
-        f"logs/report/{config['report_name']}.log",
+        out("logs/report.log"),
     benchmark:
-        f"benchmarks/report/{config['report_name']}.tsv"
+        out("benchmarks/report.tsv")
     params:
         plan=as_json(report_plan()),
-        benchmarks="benchmarks",
         out_dir=lambda wc, output: os.path.dirname(output.index),
         code=stage_code("report"),
     threads: 1
@@ -30,5 +29,5 @@ rule report:
     container:
         container_for("cpu")
     shell:
-        "advdistill report --plan {params.plan:q} --benchmarks {params.benchmarks:q}"
+        "advdistill report --plan {params.plan:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"

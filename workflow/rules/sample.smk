@@ -1,13 +1,13 @@
 rule sample:
     input:
-        rows="results/prepare/{dataset}/train.parquet",
+        rows=out("prepare/{dataset}/train.parquet"),
         model=lambda wc: model_input(config["teacher"]["name"]),
     output:
-        temp("results/sample/{dataset}/parts/part-{part}.parquet"),
+        temp(out("sample/{dataset}/parts/part-{part}.parquet")),
     log:
-        "logs/sample/{dataset}/part-{part}.log",
+        out("logs/sample/{dataset}/part-{part}.log"),
     benchmark:
-        "benchmarks/sample/{dataset}/part-{part}.tsv"
+        out("benchmarks/sample/{dataset}/part-{part}.tsv")
     params:
         model=lambda wc: model_path(config["teacher"]["name"]),
         settings=as_json(config["sampling"]),
@@ -31,13 +31,13 @@ rule sample:
 
 rule merge_samples:
     input:
-        lambda wc: [f"results/sample/{wc.dataset}/parts/part-{i}.parquet" for i in range(config["sampling"]["jobs"])],
+        lambda wc: [out(f"sample/{wc.dataset}/parts/part-{i}.parquet") for i in range(config["sampling"]["jobs"])],
     output:
-        "results/sample/{dataset}/samples.parquet",
+        out("sample/{dataset}/samples.parquet"),
     log:
-        "logs/sample/{dataset}/merge.log",
+        out("logs/sample/{dataset}/merge.log"),
     benchmark:
-        "benchmarks/sample/{dataset}/merge.tsv"
+        out("benchmarks/sample/{dataset}/merge.tsv")
     params:
         code=stage_code("merge-samples"),
     threads: 1

@@ -1,14 +1,14 @@
 rule score:
     input:
-        rows="results/prepare/{dataset}/train.parquet",
-        samples="results/sample/{dataset}/samples.parquet",
+        rows=out("prepare/{dataset}/train.parquet"),
+        samples=out("sample/{dataset}/samples.parquet"),
     output:
-        scored="results/score/{dataset}/scored.parquet",
-        summary="results/score/{dataset}/summary.json",
+        scored=out("score/{dataset}/scored.parquet"),
+        summary=out("score/{dataset}/summary.json"),
     log:
-        "logs/score/{dataset}.log",
+        out("logs/score/{dataset}.log"),
     benchmark:
-        "benchmarks/score/{dataset}.tsv"
+        out("benchmarks/score/{dataset}.tsv")
     params:
         settings=as_json(config["score"]),
         code=stage_code("score"),
