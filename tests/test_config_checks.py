@@ -223,7 +223,7 @@ def test_colliding_derived_model_names_name_both_keys():
     ("training", TrainingConfig, {"report_to": 5}, "config training.report_to: 5 is not of type 'string', 'array'"),
     ("training", TrainingConfig, {"report_to": []}, "config training.report_to: [] should be non-empty"),
 ], ids=["temperature-0-n-4", "temperature-0-default-n", "evaluation-greedy-n-4", "evaluation-top-p-0", "zero-weights",
-        "no-weights", "unknown-reward", "unknown-scheduler", "zero-lr"])
+        "no-weights", "unknown-reward", "unknown-scheduler", "zero-lr", "report-to-a-number", "report-to-empty"])
 def test_sections_are_checked_as_the_cli_takes_them(section, cls, settings, message):
     with pytest.raises(ConfigError) as raised:
         from_dict(cls, settings, section)
