@@ -24,9 +24,20 @@ from advdistill.errors import AdvDistillError, ConfigError, InputError, OutputEr
 from advdistill.schema import json_object, validate
 
 
+def _json_text(text: str) -> str:
+    """A JSON option's text as given, or read from the file named after ``@`` (the workflow passes long settings,
+    e.g. a large sweep's report plan, that way: a command line has room for 128 KiB)."""
+    if not text.startswith("@"):
+        return text
+    try:
+        return Path(text[1:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise argparse.ArgumentTypeError(f"cannot read the JSON file {text[1:]}: {err}") from err
+
+
 def _json_object(text: str) -> dict:
     try:
-        return json_object(text, "the argument")
+        return json_object(_json_text(text), "the argument")
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
 
@@ -74,7 +85,7 @@ def _add_prepare(sub) -> None:
     p.add_argument("--dataset", required=True, help="adapter name, e.g. synthetic or gsm8k")
     p.add_argument("--source", required=True, help="hub id or local file of the official release")
     p.add_argument("--split", required=True, help="split to prepare, e.g. train or test")
-    p.add_argument("--options", type=_json_object, default={}, help="adapter options as JSON")
+    p.add_argument("--options", type=_json_object, default={}, help="adapter options as JSON or @FILE")
     p.add_argument("--name", help="dataset name used in reports (default: the adapter name)")
     p.add_argument("--out", type=Path, required=True, help="output rows parquet")
     p.add_argument("--report", type=Path, help="skipped-rows report JSON (default: beside --out)")
@@ -83,14 +94,15 @@ def _add_prepare(sub) -> None:
 def _add_bootstrap(sub) -> None:
     p = sub.add_parser("bootstrap-tokenizer", help="train a byte-level BPE on a rows parquet")
     p.add_argument("--rows", type=Path, required=True)
-    p.add_argument("--settings", default="{}", help="tokenizer settings as JSON")
+    p.add_argument("--settings", type=_json_text, default="{}", help="tokenizer settings as JSON or @FILE")
     p.add_argument("--out", type=Path, required=True, help="output tokenizer folder")
 
     p = sub.add_parser("bootstrap-model", help="build and pretrain a tiny Qwen2 model")
     p.add_argument("--rows", type=Path, required=True, help="rows with reference solutions")
     p.add_argument("--tokenizer", type=Path, required=True)
-    p.add_argument("--settings", default="{}", help="bootstrap settings (shape, optim) as JSON")
-    p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
+    p.add_argument("--settings", type=_json_text, default="{}",
+                   help="bootstrap settings (shape, optim) as JSON or @FILE")
+    p.add_argument("--prompt", type=_json_text, default="{}", help="prompt settings as JSON or @FILE")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--snapshot-steps", type=_snapshot_steps, default=(),
                    help="comma-separated optimizer steps whose weights are also saved (models/<name>/snapshots/step-N)")
@@ -101,8 +113,8 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="sample teacher responses for every prompt")
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--rows", type=Path, required=True, help="rows parquet (prepare output)")
-    p.add_argument("--settings", default="{}", help="sampling settings as JSON")
-    p.add_argument("--prompt", default="{}", help="prompt settings as JSON")
+    p.add_argument("--settings", type=_json_text, default="{}", help="sampling settings as JSON or @FILE")
+    p.add_argument("--prompt", type=_json_text, default="{}", help="prompt settings as JSON or @FILE")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--part", type=_part, default="0/1", help="I/J: sample the I-th of J prompt ranges (0-based)")
     _add_device(p)
@@ -117,7 +129,7 @@ def _add_score(sub) -> None:
     p = sub.add_parser("score", help="rewards, group advantages and filtering")
     p.add_argument("--rows", type=Path, required=True)
     p.add_argument("--samples", type=Path, required=True)
-    p.add_argument("--settings", default="{}", help="score settings as JSON")
+    p.add_argument("--settings", type=_json_text, default="{}", help="score settings as JSON or @FILE")
     p.add_argument("--out", type=Path, required=True, help="output scored parquet")
     p.add_argument("--summary", type=Path, required=True, help="output summary JSON")
 
@@ -128,8 +140,9 @@ def _add_train(sub) -> None:
     p.add_argument("--rows", type=Path, required=True, help="training rows parquet (for the prompts)")
     p.add_argument("--scored", type=Path, required=True, help="scored parquet")
     p.add_argument("--objective", choices=["sft", "advdistill"], required=True)
-    p.add_argument("--settings", default="{}", help="training settings as JSON")
-    p.add_argument("--prompt", default="{}", help="prompt settings as JSON (few_shot turns come from --rows)")
+    p.add_argument("--settings", type=_json_text, default="{}", help="training settings as JSON or @FILE")
+    p.add_argument("--prompt", type=_json_text, default="{}",
+                   help="prompt settings as JSON or @FILE (few_shot turns come from --rows)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--few-shot-seed", type=_seed,
                    help="seed that picks the few-shot turns, the sampler's and evaluation's (default: --seed)")
@@ -154,8 +167,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--rows", type=Path, required=True, help="test rows parquet")
     p.add_argument("--few-shot-rows", type=Path, help="training rows for few-shot turns")
-    p.add_argument("--settings", default="{}", help="evaluation settings as JSON")
-    p.add_argument("--prompt", default="{}", help="prompt settings as JSON (few_shot > 0 for base models)")
+    p.add_argument("--settings", type=_json_text, default="{}", help="evaluation settings as JSON or @FILE")
+    p.add_argument("--prompt", type=_json_text, default="{}",
+                   help="prompt settings as JSON or @FILE (few_shot > 0 for base models)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, required=True, help="output responses parquet")
     p.add_argument("--metrics", type=Path, required=True, help="output metrics JSON")
@@ -165,7 +179,7 @@ def _add_evaluate(sub) -> None:
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="tables, plots and cost of a finished run")
     p.add_argument("--plan", type=_json_object, required=True,
-                   help="JSON: the models, test sets and the declared input files to report on "
+                   help="JSON or @FILE: the models, test sets and the declared input files to report on "
                         "(advdistill.report.run_report)")
     p.add_argument("--out-dir", type=Path, required=True)
 
@@ -178,7 +192,8 @@ def _add_standin(sub) -> None:
     p.add_argument("--pretrain-rows", type=int, default=0,
                    help="pretrain on the reference solutions of the first N rows (a teacher: sampling.max_prompts, "
                         "so that some samples are right); 0 = untrained")
-    p.add_argument("--prompt", default="{}", help="prompt settings as JSON, as sampling renders them")
+    p.add_argument("--prompt", type=_json_text, default="{}",
+                   help="prompt settings as JSON or @FILE, as sampling renders them")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, required=True, help="output model folder")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import json
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -253,6 +255,24 @@ def check_stage_sections(config: dict[str, Any]) -> None:
     for key, model in labelled_models(config):
         if "bootstrap" in model:
             section_from_dict("bootstrap", without_dataset(model["bootstrap"]), f"{key}.bootstrap")
+    wanted, samples = config["score"]["min_correct"], config["sampling"]["n_samples"]
+    if wanted > samples:
+        raise ConfigError(f"config score.min_correct: {wanted} is above sampling.n_samples {samples}: no group could "
+                          "have that many correct responses, so scoring would drop every group after sampling")
+
+
+CONFIGFILE_OPTIONS = ("--configfile", "--configfiles")
+
+
+@stop_on_config_error
+def check_configfile_options(argv: list[str]) -> None:
+    """Snakemake keeps the files of the last ``--configfile`` alone, so a second one would silently drop the first
+    one's files: a configuration built on several files would run without some of them."""
+    given = [word for word in argv if word.split("=", 1)[0] in CONFIGFILE_OPTIONS]
+    if len(given) > 1:
+        raise ConfigError(f"--configfile is given {len(given)} times, and Snakemake keeps the files of the last one "
+                          "alone; give every file after a single --configfile (e.g. --configfile config.yaml "
+                          "config/ablation.yaml)")
 
 
 @stop_on_config_error
@@ -271,6 +291,51 @@ def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> 
     check_file_names(config)
     check_context_lengths(config)
     check_paper_reference(config)
+
+
+# JSON escapes for the characters that end a <script> block or start markup: a rule's params are embedded unescaped
+# in the <script> of Snakemake's report (snakemake --report), so a config string must not be able to close it.
+MARKUP_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
+
+
+# A rule's shell command is one argument of `bash -c`, and Linux caps one argument at 128 KiB (MAX_ARG_STRLEN): a
+# long system prompt, or the report plan of a large sweep, would fail the job with "Argument list too long".
+INLINE_JSON_LIMIT = 8192
+
+
+def params_json(section: Any, store: Path) -> str:
+    """A config section as the CLI takes it and the params trigger compares: compact JSON with ``<``, ``>`` and ``&``
+    written as JSON escapes (the same value once parsed); over :data:`INLINE_JSON_LIMIT` characters, ``@<file>``
+    instead, a file in ``store`` named by the JSON's sha256 (so the parameter still changes with the value)."""
+    text = json.dumps(section, sort_keys=True, separators=(",", ":")).translate(MARKUP_ESCAPES)
+    if len(text) <= INLINE_JSON_LIMIT:
+        return text
+    path = store / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+    if not path.is_file():
+        paths.write_text_atomically(path, text)
+    return f"@{path.as_posix()}"
+
+
+# Resources the SLURM executor writes into the sbatch command line, which it runs through a shell.
+SHELL_METACHARACTERS = set(";|&$`<>()\n\\")
+SUBMITTED_RESOURCES = ("constraint", "qos", "clusters", "gres", "gpu_model")
+
+
+def check_submitted_resources(default: dict[str, Any], per_rule: dict[str, dict[str, Any]]) -> None:
+    """Profile values that reach the submitting host's shell (``slurm_*``, constraint, qos, ...) hold no shell
+    metacharacter: a ``;`` in ``slurm_extra`` would run a command there."""
+    sources = [("default-resources", default)] + [(f"set-resources {rule}", values) for rule, values in
+                                                   per_rule.items()]
+    for where, values in sources:
+        for name, raw in values.items():
+            if not isinstance(raw, str) or not (name.startswith("slurm_") or name in SUBMITTED_RESOURCES):
+                continue
+            found = sorted(SHELL_METACHARACTERS & set(raw))
+            if found:
+                shown = ", ".join(repr(c) for c in found)
+                raise ConfigError(f"profile {where}: {name} = {raw!r} holds the shell metacharacter(s) {shown}; the "
+                                  "SLURM executor hands it to a shell on the submitting host, so it is refused: give "
+                                  "the sbatch options without ; | & $ ` < > ( ) \\ or line breaks")
 
 
 def accelerate_launch_args(processes: int) -> list[str]:

@@ -222,4 +222,34 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                           f"{context}{err.problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of config keys, got {type(data).__name__}")
+    size = expanded_size(data)
+    if size > MAX_CONFIG_VALUES:
+        raise ConfigError(f"config file {path}: its YAML aliases expand to {size:,} values, over the limit of "
+                          f"{MAX_CONFIG_VALUES:,} (an alias bomb?); write the values out or use fewer nested aliases")
     return data
+
+
+# Far above any real configuration (the paper's have a few hundred values), far below what exhausts memory.
+MAX_CONFIG_VALUES = 100_000
+
+
+def expanded_size(node: Any) -> int:
+    """How many values ``node`` holds once every YAML alias is written out, counted without writing them out: an
+    aliased node is one object that PyYAML shares, so its size is computed once (time linear in the file). A node
+    that holds itself (``&a [*a]``) never ends: its size is counted as over the limit."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        if id(value) in open_nodes:
+            return MAX_CONFIG_VALUES + 1
+        if id(value) not in sizes:
+            open_nodes.add(id(value))
+            children = value.values() if isinstance(value, dict) else value
+            sizes[id(value)] = 1 + sum(size(child) for child in children)
+            open_nodes.discard(id(value))
+        return sizes[id(value)]
+
+    return size(node)

@@ -90,3 +90,24 @@ def test_malformed_part_is_a_usage_error(capsys, tmp_path, part, message):
     assert f"argument --part: {message}" in err and "Traceback" not in err
     parsed = cli.build_parser().parse_args(["sample", "--model", "m", "--rows", "r", "--part", "3/4", "--out", "o"])
     assert parsed.part == "3/4"
+
+
+def test_json_options_read_a_file_named_after_an_at_sign(tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"reward_weights": {"cosine": 2.0, "format": 1.0}}')
+    args = cli.build_parser().parse_args(["score", "--rows", "r", "--samples", "s", "--out", "o", "--summary", "m",
+                                          "--settings", f"@{settings}"])
+    assert args.settings == settings.read_text()
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"models": []}')
+    assert cli.build_parser().parse_args(["report", "--plan", f"@{plan}", "--out-dir", "x"]).plan == {"models": []}
+
+
+@pytest.mark.failure_mode("a JSON option given as @FILE where the file cannot be read",
+                          sees="the usage error naming the option and the file, exit 2", kept="everything")
+def test_an_unreadable_json_file_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["score", "--rows", "r", "--samples", "s", "--out", "o", "--summary", "m",
+                                       "--settings", f"@{tmp_path / 'missing.json'}"])
+    assert exit_info.value.code == 2
+    assert f"--settings: cannot read the JSON file {tmp_path / 'missing.json'}" in capsys.readouterr().err

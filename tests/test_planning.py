@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from advdistill.planning import trained_runs
+from advdistill.planning import params_json, trained_runs
 from tests.helpers import REPO, copy_workflow
 
 CONFIGS = [REPO / ".test" / "config_basic.yaml", REPO / "config" / "paper" / "gsm8k.yaml"]
@@ -160,6 +160,64 @@ def test_hostile_config_values_stay_single_arguments(config_file, tmp_path):
     assert any(key.endswith(".adapter") for key in reached) and any(key.endswith(".source") for key in reached)
 
 
+@pytest.mark.failure_mode(
+    "config text holding markup (</script><img onerror=...>) in a value that reaches a rule's params",
+    sees="nothing: the params carry it as JSON escapes, so Snakemake's report page embeds no live markup",
+    kept="the value itself, which the stages read back unchanged")
+def test_markup_in_config_values_reaches_params_only_as_json_escapes(tmp_path):
+    markup = "</script><img src=x onerror=alert(1)> & more"
+
+    def change(config):
+        config["paper_reference"] = {"notes": [markup]}
+        config["prompt"]["system_prompt"] = markup
+    result = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, change)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "</script>" not in result.stdout and "<img" not in result.stdout
+    assert "\\u003c/script\\u003e\\u003cimg src=x onerror=alert(1)\\u003e \\u0026 more" in result.stdout
+    assert json.loads(params_json({"notes": [markup]}, tmp_path)) == {"notes": [markup]}
+
+
+@pytest.mark.failure_mode(
+    "a profile's slurm_extra (or another value the SLURM executor submits) holding ; | & $ ` or a line break",
+    sees="planning stops naming the profile section, the resource, its value and the metacharacters",
+    kept="everything; no job is submitted and no command runs on the submitting host")
+@pytest.mark.parametrize("option", [("--default-resources", "slurm_extra='--qos=x; touch pwned'"),
+                                    ("--set-resources", "train:slurm_account='$(touch pwned)'")])
+def test_shell_metacharacters_in_submitted_resources_stop_planning(tmp_path, option):
+    result = snakemake(tmp_path, "--configfile", str(CONFIGS[0]), *option)
+    output = assert_clean_stop(result)
+    name = "slurm_extra" if "extra" in option[1] else "slurm_account"
+    assert re.search(rf"^profile (default-resources|set-resources train): {name} = .* holds the shell "
+                     r"metacharacter\(s\) ", output, re.MULTILINE), output[-2000:]
+    assert not list(tmp_path.rglob("pwned"))
+    ok = snakemake(tmp_path, "--configfile", str(CONFIGS[0]), "--default-resources", "slurm_extra='--qos=long'")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+@pytest.mark.failure_mode(
+    "settings too long for a command line: a 140 kB system prompt, the report plan of 30 students x 3 seeds",
+    sees="nothing: such a value reaches its job as @<file> named by its digest, so every command stays far below "
+         "Linux's 128 KiB per argument (the jobs used to fail with 'Argument list too long')",
+    kept="the value, which the stage reads back from the file unchanged")
+def test_long_settings_reach_their_jobs_through_files(tmp_path):
+    def change(config):
+        config["prompt"]["system_prompt"] = "Think step by step. " * 7000
+        config["students"] = [{**config["students"][0], "name": f"student{i}"} for i in range(30)]
+        config["seeds"] = [7, 8, 9]
+    result = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, change)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = shell_commands(result.stdout)
+    assert commands and max(map(len, commands)) < 16384
+    report = next(command for command in commands if " report --plan " in command)
+    plan_file = tmp_path / shlex.split(report)[shlex.split(report).index("--plan") + 1].removeprefix("@")
+    assert plan_file.parent == tmp_path / ".snakemake" / "advdistill" / "params"
+    plan = json.loads(plan_file.read_text())
+    assert len(plan_file.read_text()) > 131072 and len(plan["trained"]) == 30 * 2 * 3
+    bootstrap = next(command for command in commands if " bootstrap-model " in command)
+    prompt_file = tmp_path / shlex.split(bootstrap)[shlex.split(bootstrap).index("--prompt") + 1].removeprefix("@")
+    assert json.loads(prompt_file.read_text())["system_prompt"] == "Think step by step. " * 7000
+
+
 def test_every_shell_placeholder_is_quoted():
     """Each `{...}` of every rule's shell command is shell-quoted (`:q`), wildcards and paths included."""
     for rules in sorted((REPO / "workflow" / "rules").glob("*.smk")):
@@ -213,8 +271,12 @@ def set_key(path, value):
     (set_key(("variants",), {"low": {"training": {"loss": {"lam": -1}}}}),
      "config variants.low.training.loss.lam: -1 is less than the minimum of 0"),
     (set_key(("seeds",), [7, 7]), "config seeds: [7, 7] has non-unique elements"),
+    (set_key(("score", "min_correct"), 4), "config score.min_correct: 4 is above sampling.n_samples 3"),
     (set_key(("plain_runs",), False), "config plain_runs: false trains the variants only, but there are no variants"),
-    (set_key(("report_name",), "train"), "config report_name: 'train' is the folder of a stage"),
+    (set_key(("report_name",), "sweep"), "config report_name: replaced by run_name, the folder results/<run_name>"),
+    (set_key(("upstream_run",), "elsewhere"), "config upstream_run: 'elsewhere' has no record "
+                                              "results/elsewhere/run.json; run that configuration first"),
+    (set_key(("upstream_run",), "test_basic"), "config upstream_run: 'test_basic' is this run itself (run_name)"),
     (set_key(("paper_reference",), {"accuracy": {"arith": {"student-dpo": 50.0}}}),
      "config paper_reference.accuracy.arith.student-dpo: not a model this configuration"),
     (set_key(("datasets", "arith", "source"), "./no-such-release.jsonl"),
@@ -239,14 +301,17 @@ def set_key(path, value):
      "config students[0].snapshot.of: 'student' is not another model with source 'bootstrap'"),
     (set_key(("students", 0, "snapshot", "of"), "gpt"),
      "config students[0].snapshot.of: 'gpt' is not another model with source 'bootstrap'"),
+    (set_key(("variants",), {"low": {"training": {"report_to": ["tensorboard", "wandbb"]}}}),
+     "config variants.low.training.report_to: 'wandbb' is not a tracker transformers offers; the trackers: "),
 ], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
         "split-path", "dash-name", "student-sft-collision", "teacher-base-collision", "variant-path",
-        "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "variants-only-none",
-        "report-stage-folder",
+        "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "min-correct-above-samples",
+        "variants-only-none",
+        "report-name-replaced", "upstream-never-run", "upstream-itself",
         "paper-unknown-model", "missing-local-release", "missing-local-model", "file-name-too-long",
         "model-source-a-file", "dataset-source-a-folder",
         "evaluation-past-context", "sampling-past-context", "snapshot-past-run", "snapshot-of-itself",
-        "snapshot-of-unknown"])
+        "snapshot-of-unknown", "variant-unknown-tracker"])
 @pytest.mark.failure_mode(
     "a snapshot student naming a model that is not bootstrapped, or a step beyond its run",
     sees="planning stops naming students[i].snapshot.of or .step and the run's max_steps",
@@ -270,6 +335,12 @@ def set_key(path, value):
     "training key; a seed listed twice",
     sees="planning stops naming variants.<name>.training.<key> (or seeds) and what is wrong",
     kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "score.min_correct above sampling.n_samples (no group could ever be kept)",
+    sees="planning stops naming both keys and values", kept="everything; no job starts")
+@pytest.mark.failure_mode(
+    "upstream_run naming a run that never ran here, or this run itself",
+    sees="planning stops naming upstream_run and the missing record", kept="everything; no job starts")
 @pytest.mark.failure_mode(
     "plain_runs: false (train the variants only) without any variant",
     sees="planning stops naming plain_runs: nothing would be trained", kept="everything; no job starts")
@@ -327,7 +398,7 @@ def test_edge_values_plan(tmp_path):
         config["students"].append({**config["students"][0], "name": "student-sft.v2", "objectives": ["sft"]})
     result = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, change)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "results/evaluate/arith/student-sft.v2-sft/arith/metrics.json" in result.stdout
+    assert "results/test_basic/evaluate/arith/student-sft.v2-sft/arith/metrics.json" in result.stdout
     assert "--seed 4294967295" in result.stdout
 
 
@@ -342,6 +413,28 @@ def test_repeated_key_in_a_configfile_stops_planning(tmp_path):
     line = text.count("\n") + 1
     assert f"twice.yaml, line {line}, column 1: key 'seed' is given twice in this mapping (first on line " in output
     assert "YAML keeps only the last value" in output
+
+
+@pytest.mark.failure_mode(
+    "--configfile given twice (Snakemake keeps the last one's files alone)",
+    sees="planning stops saying so and how to give several files", kept="everything; no job starts")
+def test_a_second_configfile_option_stops_planning(tmp_path):
+    output = assert_clean_stop(snakemake(tmp_path, "--configfile", str(CONFIGS[0]), "--configfile",
+                                         str(REPO / "config" / "ablation.yaml")))
+    assert "--configfile is given 2 times, and Snakemake keeps the files of the last one alone" in output
+
+
+@pytest.mark.failure_mode(
+    "a YAML alias bomb in a --configfile (a 1 kB file whose nested aliases expand to a billion values)",
+    sees="planning stops at once naming the file, the expanded count and the limit", kept="everything; no job starts")
+def test_a_yaml_alias_bomb_stops_planning_at_once(tmp_path):
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text(CONFIGS[0].read_text() + "\n".join(
+        ["x_bomb:", *(f"  {line}" for line in levels)]) + "\n")
+    output = assert_clean_stop(snakemake(tmp_path, "--configfile", "bomb.yaml"))
+    assert re.search(r"config file \S*bomb.yaml: its YAML aliases expand to 1,2\d\d,\d{3},\d{3} values, over the "
+                     r"limit of 100,000 \(an alias bomb\?\)", output), output[-2000:]
 
 
 @pytest.mark.failure_mode(
@@ -364,7 +457,7 @@ def test_configfile_replaces_config_yaml(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     result = snakemake(tmp_path, "--configfile", str(REPO / "config/paper/gsm8k.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "results/prepare/arith" not in result.stdout and "results/prepare/gsm8k/train.parquet" in result.stdout
+    assert "prepare/arith" not in result.stdout and "results/gsm8k/prepare/gsm8k/train.parquet" in result.stdout
     # without --configfile, config.yaml is the config
     result = snakemake(tmp_path)
-    assert result.returncode == 0 and "results/prepare/arith/train.parquet" in result.stdout
+    assert result.returncode == 0 and "results/default/prepare/arith/train.parquet" in result.stdout

@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from snakemake.logging import logger
@@ -15,7 +16,10 @@ from advdistill.planning import (
     accelerate_launch_args,
     building_run,
     check_config,
+    check_configfile_options,
+    check_submitted_resources,
     labelled_models,
+    params_json,
     stop_on_config_error,
     trained_runs,
     variant_training,
@@ -28,6 +32,8 @@ from advdistill.schema import load_schema
 # Config files read strictly, the schema (advdistill/config.schema.yaml; fills in defaults), every stage's
 # section as its CLI parses it, unique model names. A config error anywhere in planning stops the run before any
 # job with one message naming the key (stop_on_config_error), not a traceback.
+if workflow.is_main_process:
+    check_configfile_options(sys.argv)
 check_config(config, workflow.configfiles)
 
 REPO = Path(workflow.basedir)
@@ -160,8 +166,10 @@ def dataset_source_digest(dataset, split):
 
 
 def as_json(section):
-    """A config section as compact JSON, the form the CLI takes and the params trigger compares."""
-    return json.dumps(section, sort_keys=True, separators=(",", ":"))
+    """A config section as the CLI takes it (advdistill.planning.params_json): JSON with its markup characters
+    escaped, since Snakemake's report embeds params in a <script> block; a long one as @<file> in
+    .snakemake/advdistill/params, named by its digest, since a command line has room for 128 KiB."""
+    return params_json(section, Path(".snakemake/advdistill/params"))
 
 
 # Stage code digests, cached in .snakemake/advdistill while no source file changes (advdistill/code_deps.py).
@@ -449,3 +457,7 @@ def check_profile_resources():
     if unknown:
         raise ConfigError(f"profile set-resources/set-threads name unknown rule(s) {', '.join(unknown)}; "
                          f"rules are: {', '.join(sorted(known))}")
+    default = settings.default_resources.items() if settings.default_resources is not None else []
+    check_submitted_resources({name: resource.raw for name, resource in default},
+                              {rule: {name: resource.raw for name, resource in values.items()}
+                               for rule, values in settings.overwrite_resources.items()})
