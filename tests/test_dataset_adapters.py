@@ -63,6 +63,22 @@ def test_gsm_plus_keeps_numbers_and_fractions_and_skips_unanswerable():
     assert only["answer"].to_list() == ["1200"]
 
 
+def test_gsm_golds_keep_commas_only_as_thousands_separators(tmp_path):
+    finals = ["1,234", "12,345,678", "-1,000", "58.625", "0.042", "2,5", "250.000", "2.500", "1,23,456", "1234,567",
+              "0,5", "1.234.567", "1,234.5"]
+    gsm8k = write_jsonl(tmp_path / "gsm8k.jsonl",
+                        [{"question": f"q{i}", "answer": f"so\n#### {final}"} for i, final in enumerate(finals)])
+    rows, report = normalise_split(get_adapter("gsm8k", str(gsm8k)), "test", "gsm8k")
+    assert rows["answer"].to_list() == ["1234", "12345678", "-1000", "58.625", "0.042", "1234.5"]
+    assert dict(report.skipped) == {"ambiguous_gold_answer": 7}
+    plus = write_jsonl(tmp_path / "gsm_plus.jsonl",
+                       [{"question": f"q{i}", "answer": final, "solution": f"#### {final}"}
+                        for i, final in enumerate(finals)])
+    rows, report = normalise_split(get_adapter("gsm_plus", str(plus)), "test", "gsm_plus")
+    assert rows["answer"].to_list() == ["1234", "12345678", "-1000", "58.625", "0.042", "1234.5"]
+    assert dict(report.skipped) == {"ambiguous_gold_answer": 7}
+
+
 def test_mmlu_pro_letters_held_out_split_and_skips():
     test, test_report = prepare("mmlu_pro", "mmlu_pro.jsonl", "test")
     train, train_report = prepare("mmlu_pro", "mmlu_pro.jsonl", "train")

@@ -1,12 +1,17 @@
 import math
+import random
+import re
+import time
 
 import pytest
 
+from advdistill.answers import extract_boxed
 from advdistill.config import CosineConfig
 from advdistill.rewards import (
     REWARD_FUNCTIONS,
     composite_reward,
     format_reward,
+    is_well_formatted,
     make_cosine_reward,
 )
 
@@ -48,6 +53,45 @@ WELL_FORMED = "<think>2 + 2 = 4.</think>\n<answer>\\boxed{4}</answer>"
 ])
 def test_format_reward(response, expected):
     assert format_reward([response]) == [expected]
+
+
+# The format check before the linear one (a regular expression with two lazy groups, quadratic on unclosed tags),
+# kept here to show that the answers are unchanged.
+OLD_FORMAT = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*$", re.DOTALL)
+
+
+def _old_is_well_formatted(response):
+    match = OLD_FORMAT.match(response or "")
+    if not match or any(response.count(t) != 1 for t in ("<think>", "</think>", "<answer>", "</answer>")):
+        return False
+    return extract_boxed(match.group("answer")) is not None
+
+
+def test_linear_format_check_gives_the_answers_of_the_old_one():
+    tags = ["<think>", "</think>", "<answer>", "</answer>"]
+    text = ["\\boxed{", "\\boxed{4}", "}", "{", " ", "\n", "x", "4"]
+    rng = random.Random(0)
+
+    def filler():
+        return "".join(rng.choice(tags if rng.random() < 0.1 else text) for _ in range(rng.randint(0, 4)))
+
+    agreed = []
+    for _ in range(5000):  # a well-formed skeleton with random text in every gap, so both answers occur
+        parts = ["<think>", filler(), "</think>", filler(), "<answer>", filler(), "</answer>"]
+        response = "".join(rng.choice(["", " ", "\n", filler()]) + part for part in parts) + rng.choice(["", " "])
+        assert is_well_formatted(response) == _old_is_well_formatted(response), response
+        agreed.append(is_well_formatted(response))
+    assert 50 < sum(agreed) < 4950
+
+
+@pytest.mark.parametrize("response", ["<answer>" * 5000, "<think>" * 5000, "</think><answer>" * 5000,
+                                      "<think>x</think><answer>" + "\\boxed{" * 10000 + "</answer>",
+                                      " " * 100_000 + WELL_FORMED])
+def test_format_check_is_linear_on_adversarial_responses(response):
+    assert len(response) >= 28_000
+    start = time.perf_counter()
+    format_reward([response])
+    assert time.perf_counter() - start < 0.5
 
 
 def test_registry_and_composite_weights():

@@ -13,6 +13,13 @@ from advdistill.errors import BadRow
 
 NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 FRACTION = re.compile(r"^-?\d+\s*/\s*\d+$")
+# Thousands separators in a gold answer: commas before groups of exactly three digits, after a first group of
+# one to three digits that does not start with 0 (``1,234``, ``-12,345,678.5``).
+COMMA_GROUPED = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+# A full stop that may be a thousands separator (European notation): several dots between three-digit groups
+# (``1.234.567``), or one before three digits ending in 0 (``250.000``, ``2.500``), which a decimal would not
+# carry but a thousands group would. ``58.625`` reads as a decimal.
+DOT_GROUPED = re.compile(r"^-?[1-9]\d{0,2}(?:\.\d{3}){2,}$|^-?[1-9]\d{0,2}\.\d\d0$")
 
 
 class ReleaseAdapter(DatasetAdapter):
@@ -63,6 +70,20 @@ def final_answer_after_hashes(text: str) -> tuple[str, str]:
     return re.sub(r"<<[^>]*>>", "", reasoning).strip(), answer.strip()
 
 
+def plain_gold_number(answer: str) -> str:
+    """A GSM-style gold answer with its thousands separators removed (``2,125`` -> ``2125``). A comma anywhere
+    but between three-digit groups (``2,5``, ``1,23,456``, ``1234,567``) or a full stop that may be a
+    thousands separator (``250.000``) makes the gold ambiguous: the row is skipped as ``ambiguous_gold_answer``
+    rather than guessed (deleting every comma made ``2,5`` 25)."""
+    if "," in answer:
+        if not COMMA_GROUPED.match(answer):
+            raise BadRow("ambiguous_gold_answer")
+        answer = answer.replace(",", "")
+    if DOT_GROUPED.match(answer):
+        raise BadRow("ambiguous_gold_answer")
+    return answer
+
+
 def numeric_kind(answer: str) -> str:
     """``numeric`` for integers and decimals, ``math`` for fractions; anything else is unanswerable."""
     if NUMBER.match(answer):
@@ -80,8 +101,9 @@ def in_held_out(key: str, seed: int, fraction: float) -> bool:
 
 class GSM8K(ReleaseAdapter):
     """GSM8K (Cobbe et al. 2021). Gold: the number after ``####`` with thousands separators removed
-    (``#### 2,125`` -> ``2125``); ``solution``: the reasoning with ``<<…>>`` annotations removed.
-    Skips: ``missing_question``, ``missing_answer``, ``missing_final_answer``, ``unanswerable``."""
+    (``#### 2,125`` -> ``2125``, see :func:`plain_gold_number`); ``solution``: the reasoning with ``<<…>>``
+    annotations removed. Skips: ``missing_question``, ``missing_answer``, ``missing_final_answer``,
+    ``ambiguous_gold_answer`` (``#### 2,5``, ``#### 250.000``), ``unanswerable``."""
 
     name = "gsm8k"
     hub_id = "openai/gsm8k"
@@ -92,14 +114,15 @@ class GSM8K(ReleaseAdapter):
 
     def normalise(self, record, index, split):
         reasoning, answer = final_answer_after_hashes(self.field(record, "answer"))
-        answer = answer.replace(",", "")
+        answer = plain_gold_number(answer)
         return {"id": f"{split}-{index:05d}", "question": self.field(record, "question"), "answer": answer,
                 "kind": numeric_kind(answer), "choices": [], "solution": reasoning}
 
 
 class GSMPlus(ReleaseAdapter):
     """GSM-PLUS (Li et al. 2024), the 2,400-row ``testmini`` split the paper uses. Gold: the ``answer``
-    field (integers and decimals ``numeric``, fractions ``math``). The 300 "critical thinking" rows
+    field (integers and decimals ``numeric``, fractions ``math``; thousands separators as for GSM8K, an
+    ambiguous one skipped as ``ambiguous_gold_answer``). The 300 "critical thinking" rows
     have no answer (``"None"``) and are skipped as ``unanswerable``. Option ``perturbation_types``
     keeps only those types (skip reason ``other_perturbation_type``)."""
 
@@ -114,7 +137,7 @@ class GSMPlus(ReleaseAdapter):
         wanted = self.options.get("perturbation_types")
         if wanted and record.get("perturbation_type") not in wanted:
             raise BadRow("other_perturbation_type")
-        answer = str(self.field(record, "answer")).strip().replace(",", "")
+        answer = plain_gold_number(str(self.field(record, "answer")).strip())
         solution = record.get("solution") or ""
         reasoning = final_answer_after_hashes(solution)[0] if "####" in solution else solution
         return {"id": f"{split}-{index:05d}", "question": self.field(record, "question"), "answer": answer,
