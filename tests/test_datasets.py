@@ -199,9 +199,9 @@ def test_mistyped_option_is_a_config_error(adapter, options, message):
 
 
 @pytest.mark.failure_mode(
-    "rows parquet without a question column, with a null question, an integer answer or an id given twice "
-    "(sample, train, evaluate)",
-    sees="one line naming the file, the column and (for nulls) the first row id, exit 2",
+    "rows parquet without a question column, with a null or whitespace question, an empty answer, an unknown kind "
+    "('numerc'), an integer answer or an id given twice (sample, score, train, evaluate)",
+    sees="one line naming the file, the column and (for bad values) the first row id, exit 2",
     kept="everything; no model is loaded")
 def test_rows_the_later_stages_cannot_use_are_refused_naming_the_column(tmp_path):
     from advdistill.datasets.base import read_rows
@@ -216,8 +216,15 @@ def test_rows_the_later_stages_cannot_use_are_refused_naming_the_column(tmp_path
         read_rows(path)
     rows.with_columns(question=pl.when(pl.col("id") == rows["id"][1]).then(None).otherwise(pl.col("question"))
                       ).write_parquet(path)
-    with pytest.raises(InputError, match=rf"column 'question' is null in 1 row\(s\), first {rows['id'][1]}"):
+    with pytest.raises(InputError, match=rf"column 'question' is null in 1 row\(s\), first id '{rows['id'][1]}'"):
         read_rows(path)
+    for column, value, message in (("question", " \n\t", "column 'question' is blank in 1 row"),
+                                   ("answer", "", "column 'answer' is blank in 1 row"),
+                                   ("kind", "numerc", "column 'kind' holds 'numerc' in 1 row")):
+        rows.with_columns(pl.when(pl.col("id") == rows["id"][2]).then(pl.lit(value)).otherwise(pl.col(column))
+                          .alias(column)).write_parquet(path)
+        with pytest.raises(InputError, match=rf"{message}\(s\),? first id '{rows['id'][2]}'"):
+            read_rows(path)
     rows.with_columns(answer=pl.lit(5)).write_parquet(path)
     with pytest.raises(InputError, match="column 'answer' has type Int32, expected String"):
         read_rows(path)

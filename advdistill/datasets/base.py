@@ -44,14 +44,23 @@ PROMPT_COLUMNS = {name: ROW_SCHEMA[name] for name in ("id", "question", "answer"
 
 def read_rows(path: Path) -> pl.DataFrame:
     """A prepared rows table as the later stages read it: the prompt columns with their types, none of id,
-    question, answer and kind null (a null question would be rendered as the text 'None'), and no id twice."""
+    question, answer and kind null or blank (a null question would be rendered as the text 'None', a blank answer
+    judges every response wrong), every kind one of :data:`KINDS`, and no id twice. A bad value is named with its
+    column and first row, before a stage spends hours on rows that can only end as '0 groups kept'."""
     rows = read_parquet(path, PROMPT_COLUMNS)
     for column in ("id", "question", "answer", "kind"):
-        nulls = rows.filter(pl.col(column).is_null())
-        if nulls.height:
-            first = nulls["id"][0] if column != "id" else f"row {rows['id'].is_null().arg_max()}"
-            raise InputError(f"{path}: column '{column}' is null in {nulls.height} row(s), first {first}: "
-                             "was it written by advdistill prepare?")
+        for problem, bad in (("null", pl.col(column).is_null()),
+                             ("blank", pl.col(column).str.strip_chars().str.len_chars() == 0)):
+            found = rows.with_row_index("row").filter(bad)
+            if found.height:
+                first = f"row {found['row'][0]}" if column == "id" else f"id {found['id'][0]!r}"
+                raise InputError(f"{path}: column '{column}' is {problem} in {found.height} row(s), first {first}: "
+                                 "was it written by advdistill prepare?")
+    unknown = rows.filter(~pl.col("kind").is_in(KINDS))
+    if unknown.height:
+        raise InputError(f"{path}: column 'kind' holds {unknown['kind'][0]!r} in {unknown.height} row(s), first id "
+                         f"{unknown['id'][0]!r}; a kind is one of {', '.join(KINDS)} (was it written by advdistill "
+                         "prepare?)")
     repeated = rows.filter(pl.col("id").is_duplicated())["id"].unique(maintain_order=True)
     if repeated.len():
         raise InputError(f"{path}: {repeated.len()} id(s) given to more than one row, first '{repeated[0]}': each "
