@@ -188,6 +188,7 @@ class EvaluationConfig(EngineConfig):
     max_prompts: int | None = None
     base_few_shot: int = 3
     degeneracy_ngram: int = 4
+    max_train_overlap: float = 0.05
     n_samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0

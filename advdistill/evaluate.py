@@ -18,6 +18,7 @@ import polars as pl
 from advdistill.answers import judge_answers
 from advdistill.config import EngineConfig, EvaluationConfig, PromptConfig, SamplingConfig
 from advdistill.datasets.base import read_rows
+from advdistill.errors import InputError
 from advdistill.io import write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
 from advdistill.prompts import render_prompts
@@ -71,6 +72,37 @@ def few_shot_setting(prompt_cfg: PromptConfig, few_shot_rows: list[dict]) -> tup
             {"few_shot": 0, "few_shot_requested": requested, "few_shot_note": note})
 
 
+def question_key(row: dict) -> tuple[str, tuple[str, ...]]:
+    """A question as the overlap check compares it: its text and options up to case and spacing."""
+    def words(text: str) -> str:
+        return " ".join(text.split()).casefold()
+
+    return words(row["question"]), tuple(words(choice) for choice in row.get("choices") or ())
+
+
+def train_overlap(rows: pl.DataFrame, train_rows: list[dict]) -> list[str]:
+    """Ids of the test rows whose question (and options) is also a training question."""
+    seen = {question_key(row) for row in train_rows}
+    return [row["id"] for row in rows.to_dicts() if question_key(row) in seen]
+
+
+def check_train_overlap(rows: pl.DataFrame, rows_path: Path, train_rows: list[dict], train_path: Path | None,
+                        cfg: EvaluationConfig) -> dict:
+    """What ``metrics.json`` records of the test questions that are training questions too; over
+    ``evaluation.max_train_overlap`` of them an :class:`InputError`, before a model is loaded."""
+    shared = train_overlap(rows, train_rows)
+    share = len(shared) / rows.height if rows.height else 0.0
+    if share > cfg.max_train_overlap:
+        raise InputError(f"{rows_path}: {len(shared)} of {rows.height} test questions ({100 * share:.1f} %, first id "
+                         f"{shared[0]!r}) are also in the training rows {train_path}, over evaluation."
+                         f"max_train_overlap {100 * cfg.max_train_overlap:.1f} %: the test set would measure memorisation "
+                         "(one file given for both splits?)")
+    if shared:
+        log.warning("%d of %d test questions are also training questions (first id %s)", len(shared), rows.height,
+                    shared[0])
+    return {"train_overlap": len(shared)}
+
+
 def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt_cfg: PromptConfig,
                  few_shot_rows_path: Path | None, seed: int, out: Path, metrics_path: Path) -> dict:
     from transformers import AutoTokenizer
@@ -83,6 +115,7 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     if cfg.max_prompts is not None:
         rows = rows.head(cfg.max_prompts)
     few_shot_rows = read_rows(few_shot_rows_path).to_dicts() if few_shot_rows_path else []
+    overlap = check_train_overlap(rows, rows_path, few_shot_rows, few_shot_rows_path, cfg)
     prompt_cfg, few_shot = few_shot_setting(prompt_cfg, few_shot_rows)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     texts = render_prompts(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)
@@ -98,7 +131,7 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     responses, unanswered = with_unanswered_prompts(responses, ids, cfg.n_samples)
     judged = judge(rows, responses)
     metrics = evaluation_metrics(judged, ngram=cfg.degeneracy_ngram)
-    metrics.update({"model": model_path, "testset": str(rows_path), **few_shot})
+    metrics.update({"model": model_path, "testset": str(rows_path), **few_shot, **overlap})
     if unanswered:
         metrics["prompts_without_response"] = unanswered
     if cfg.temperature > 0:

@@ -338,6 +338,30 @@ def check_submitted_resources(default: dict[str, Any], per_rule: dict[str, dict[
                                   "the sbatch options without ; | & $ ` < > ( ) \\ or line breaks")
 
 
+def check_split_sources(config: dict[str, Any], source_of: Callable[[str, str], str]) -> None:
+    """A training split and a test split of one experiment read from one local file only where one adapter carves
+    the two apart (a held-out share by hash, with the same options): otherwise the students would be trained on the
+    test set. ``source_of(dataset, split)`` is the split's source as the prepare job gets it."""
+    for train_set, experiment in config["experiments"].items():
+        train_file = source_of(train_set, "train")
+        for testset in experiment["testsets"]:
+            test_file = source_of(testset, "test")
+            if not paths.looks_local(train_file) or Path(test_file).resolve() != Path(train_file).resolve():
+                continue
+            train_spec, test_spec = config["datasets"][train_set], config["datasets"][testset]
+            from advdistill.datasets import ADAPTERS
+            from advdistill.datasets.release import HeldOutSplit
+
+            carved = (train_spec["adapter"] == test_spec["adapter"] and issubclass(ADAPTERS.get(train_spec["adapter"],
+                      object), HeldOutSplit) and train_spec.get("options") == test_spec.get("options"))
+            if not carved:
+                raise ConfigError(
+                    f"config datasets.{testset}.source: its test split reads {test_file}, the file the training split "
+                    f"of datasets.{train_set} reads, and adapter '{test_spec['adapter']}' does not hold a test share "
+                    f"out of one file: the students would be trained on the test set (experiments.{train_set}); give "
+                    "each split its own file ({train: ..., test: ...})")
+
+
 def accelerate_launch_args(processes: int) -> list[str]:
     """Arguments of ``accelerate launch`` for a train job of ``processes`` processes on one node, up to the
     module to run (port 0: a free port, so several multi-process jobs can share a node)."""

@@ -7,6 +7,7 @@ from advdistill.config import EvaluationConfig, PromptConfig
 from advdistill.evaluate import judge, run_evaluate, with_unanswered_prompts
 from advdistill.io import write_parquet
 from advdistill.prompts import build_messages, choose_few_shot
+from tests.helpers import files_under, run_cli
 
 
 def test_judge_marks_correctness_and_format():
@@ -47,7 +48,8 @@ def test_evaluate_writes_responses_and_metrics(tiny_model_dir, synthetic_rows, r
     assert set(written) == {"n", "accuracy", "mean_tokens_correct", "mean_tokens_wrong", "verbosity_ratio",
                             "degeneracy_correct", "degeneracy_wrong", "degeneracy", "degeneracy_ngram",
                             "template_adherence", "truncated_share", "model", "testset", "few_shot",
-                            "few_shot_requested"}
+                            "few_shot_requested", "train_overlap"}
+    assert written["train_overlap"] == 0
     assert not (tmp_path / "responses.raw.parquet").exists()
 
 
@@ -110,3 +112,27 @@ def test_a_prompt_without_response_counts_as_wrong(synthetic_rows):
     judged = judge(test, completed)
     assert judged.height == 6 and not judged.filter(pl.col("prompt_id") != ids[0])["correct"].any()
     assert with_unanswered_prompts(responses, ids[:1], n_samples=2) == (responses, 0)
+
+
+@pytest.mark.failure_mode(
+    "a test set whose questions are training questions of its experiment (one release file given for both splits)",
+    sees="one line naming the test rows, the share shared, the first id, the training rows and "
+         "evaluation.max_train_overlap; exit 2 before the model is loaded",
+    kept="everything; nothing is written")
+def test_a_test_set_that_is_the_training_set_is_refused(capsys, tiny_model_dir, synthetic_rows, rows_file, tmp_path):
+    train, test = synthetic_rows
+    write_parquet(pl.concat([test.head(15), train.head(1)]), tmp_path / "test.parquet")  # 1 of 16: 6.25 %
+    code, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir, "--rows", tmp_path / "test.parquet",
+                        "--few-shot-rows", rows_file, "--settings", '{"max_new_tokens": 4}',
+                        "--out", tmp_path / "out" / "responses.parquet", "--metrics", tmp_path / "out" / "m.json")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (f"advdistill evaluate: error: {tmp_path / 'test.parquet'}: 1 of 16 test questions (6.2 %, "
+                           f"first id {train['id'][0]!r}) are also in the training rows {rows_file}, over evaluation."
+                           "max_train_overlap 5.0 %: the test set would measure memorisation (one file given for "
+                           "both splits?)")
+    assert files_under(tmp_path) == {"test.parquet"}
+    code, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir, "--rows", tmp_path / "test.parquet",
+                        "--few-shot-rows", rows_file, "--settings", '{"max_new_tokens": 4, "max_train_overlap": 0.1}',
+                        "--out", tmp_path / "out" / "responses.parquet", "--metrics", tmp_path / "out" / "m.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "m.json").read_text())["train_overlap"] == 1

@@ -50,7 +50,7 @@ SHARED_FILES = {
     "TIGER-AI-Lab/MMLU-Pro": "mmlu_pro_test.jsonl",
 }
 FIXTURE_FILES = {
-    "openai/gsm8k": "gsm8k.jsonl",
+    "openai/gsm8k": {"train": "gsm8k.jsonl", "test": "gsm8k_test.jsonl"},
     "qtli/GSM-Plus": "gsm_plus.jsonl",
     "TIGER-AI-Lab/MMLU-Pro": "mmlu_pro.jsonl",
     "knoveleng/open-s1": "open_s1.jsonl",
@@ -70,11 +70,12 @@ def dataset_file(hub_id: str) -> str | dict[str, str]:
     """The official release file(s) where ../shared/data has them, else the fixture."""
     shared = SHARED_FILES.get(hub_id)
     names = list(shared.values()) if isinstance(shared, dict) else [shared] if shared else []
+    folder, files = SHARED_DATA, shared
     if not names or not all((SHARED_DATA / name).is_file() for name in names):
-        return str(FIXTURES / FIXTURE_FILES[hub_id])
-    if isinstance(shared, dict):
-        return {split: str(SHARED_DATA / name) for split, name in shared.items()}
-    return str(SHARED_DATA / shared)
+        folder, files = FIXTURES, FIXTURE_FILES[hub_id]
+    if isinstance(files, dict):
+        return {split: str(folder / name) for split, name in files.items()}
+    return str(folder / files)
 
 
 def build_standins(paper: dict, datasets: dict, folder: Path) -> dict[str, str]:

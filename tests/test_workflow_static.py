@@ -134,7 +134,7 @@ def test_every_documented_apptainer_args_keeps_nv():
 def local_sources_config(tmp_path, **changes):
     """``local_sources`` for config/paper/gsm8k.yaml: empty model folders and the dataset fixtures, then ``changes``."""
     fixtures = REPO / "tests" / "fixtures" / "datasets"
-    sources = {"openai/gsm8k": {"train": str(fixtures / "gsm8k.jsonl"), "test": str(fixtures / "gsm8k.jsonl")},
+    sources = {"openai/gsm8k": {"train": str(fixtures / "gsm8k.jsonl"), "test": str(fixtures / "gsm8k_test.jsonl")},
                "qtli/GSM-Plus": str(fixtures / "gsm_plus.jsonl")}
     for hub_id in ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-3B"):
         sources[hub_id] = str(tmp_path / hub_id.split("/")[1])
@@ -160,6 +160,11 @@ def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path
     "local_sources entry pointing at a missing file or folder",
     sees="the run stops before any job, naming local_sources.<id>",
     kept="everything")
+@pytest.mark.failure_mode(
+    "one local release file given for the training and the test split of an experiment whose adapter does not hold "
+    "a test share out of one file (GSM8K: the students would train on all 1,319 test questions)",
+    sees="the run stops before any job, naming the dataset key, the file and the experiment",
+    kept="everything")
 @pytest.mark.parametrize("change, message", [
     ({"Qwen/Qwen2.5-3B": "/nonexistent/qwen3b"},
      "config local_sources.Qwen/Qwen2.5-3B: '/nonexistent/qwen3b' is not a model folder (model 'qwen2.5-3b')"),
@@ -167,7 +172,11 @@ def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path
      "config local_sources.openai/gsm8k.train: file /nonexistent/train.jsonl not found (datasets.gsm8k, split "),
     ({"qtli/GSM-Plus": {"train": str(REPO / "tests/fixtures/datasets/gsm_plus.jsonl")}},
      "config local_sources.qtli/GSM-Plus: no entry for split 'test' (datasets.gsm_plus prepares it)"),
-], ids=["model-folder", "dataset-file", "dataset-split"])
+    ({"openai/gsm8k": str(REPO / "tests/fixtures/datasets/gsm8k.jsonl")},
+     f"config datasets.gsm8k.source: its test split reads {REPO / 'tests/fixtures/datasets/gsm8k.jsonl'}, the file "
+     "the training split of datasets.gsm8k reads, and adapter 'gsm8k' does not hold a test share out of one file: "
+     "the students would be trained on the test set (experiments.gsm8k)"),
+], ids=["model-folder", "dataset-file", "dataset-split", "one-file-for-both-splits"])
 def test_missing_local_source_stops_before_any_job_naming_the_key(tmp_path, change, message):
     local = local_sources_config(tmp_path, **change)
     result = run_snakemake("--dry-run", "--configfile", str(REPO / "config/paper/gsm8k.yaml"), str(local),

@@ -17,6 +17,7 @@ from advdistill.planning import (
     building_run,
     check_config,
     check_configfile_options,
+    check_split_sources,
     check_submitted_resources,
     labelled_models,
     params_json,
@@ -250,6 +251,7 @@ def check_local_sources():
 
 
 check_local_sources()
+stop_on_config_error(check_split_sources)(config, dataset_source)
 
 
 def evaluated_model_path(train_set, name):
