@@ -107,6 +107,7 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
                  few_shot_rows_path: Path | None, seed: int, out: Path, metrics_path: Path) -> dict:
     from transformers import AutoTokenizer
 
+    from advdistill.hub import local_model
     from advdistill.sampling import get_backend
     from advdistill.sampling.base import GenerationParams
     from advdistill.sampling.shards import run_fingerprint, sample_prompts
@@ -117,7 +118,8 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     few_shot_rows = read_rows(few_shot_rows_path).to_dicts() if few_shot_rows_path else []
     overlap = check_train_overlap(rows, rows_path, few_shot_rows, few_shot_rows_path, cfg)
     prompt_cfg, few_shot = few_shot_setting(prompt_cfg, few_shot_rows)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model_folder = local_model(model_path, "advdistill evaluate")  # a hub id: fetched here, in bounded time
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
     texts = render_prompts(rows.to_dicts(), tokenizer, prompt_cfg, few_shot_rows, seed)
     ids = rows["id"].to_list()
     params = GenerationParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -125,9 +127,9 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     engine = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EngineConfig)}
     sampling_cfg = SamplingConfig(**engine, n_samples=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p)
     fingerprint = run_fingerprint(model_path, ids, texts, params, sampling_cfg, seed)
-    raw = out.with_name(out.stem + ".raw.parquet")
-    responses = sample_prompts(lambda: get_backend(cfg, model_path), ids, texts,
-                               params, sampling_cfg, seed, raw, fingerprint)
+    raw = raw_responses(out)
+    responses = sample_prompts(lambda: get_backend(cfg, model_folder), ids, texts,
+                               params, sampling_cfg, seed, raw, fingerprint, stage="evaluate")
     responses, unanswered = with_unanswered_prompts(responses, ids, cfg.n_samples)
     judged = judge(rows, responses)
     metrics = evaluation_metrics(judged, ngram=cfg.degeneracy_ngram)

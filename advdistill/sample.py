@@ -42,17 +42,20 @@ def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg
     """
     from transformers import AutoTokenizer
 
+    from advdistill.hub import local_model
+
     all_rows = read_rows(rows_path).to_dicts()
     rows = all_rows[:cfg.max_prompts]
     start, end = part_range(len(rows), cfg.shard_size, part, parts)
     rows = rows[start:end]
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model_folder = local_model(model_path, "advdistill sample")  # a hub id: fetched here, in bounded time
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
     texts = render_prompts(rows, tokenizer, prompt_cfg, all_rows, seed)
     ids = [r["id"] for r in rows]
     params = GenerationParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_new_tokens=cfg.max_new_tokens)
     fingerprint = run_fingerprint(model_path, ids, texts, params, cfg, seed)
-    samples = sample_prompts(lambda: get_backend(cfg, model_path), ids, texts,
+    samples = sample_prompts(lambda: get_backend(cfg, model_folder), ids, texts,
                              params, cfg, seed, out, fingerprint, first_index=start)
     log.info("wrote %d samples for prompts %d..%d to %s", samples.height, start, end, out)
     return samples

@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 from advdistill.config import PromptConfig, TrainingConfig
 from advdistill.datasets.base import read_rows
 from advdistill.errors import TrainingError
+from advdistill.hub import local_model
 from advdistill.io import (
     atomic_directory,
     check_replaceable,
@@ -69,7 +70,8 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
     if not scored["kept"].any():
         raise TrainingError(f"{scored_path}: no kept groups to train on (every group was filtered out by score)")
     rows = read_rows(rows_path).to_dicts()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model_folder = local_model(model_path, "advdistill train")  # a hub id: fetched here, in bounded time
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
     shots_seed = seed if few_shot_seed is None else few_shot_seed
     prompts = dict(zip([r["id"] for r in rows], render_prompts(rows, tokenizer, prompt_cfg, rows, shots_seed)))
     groups, truncated = build_groups(prompts, scored, tokenizer, cfg.optim.max_seq_length)
@@ -78,7 +80,7 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
         train_items, eval_items = best_pairs(train_groups), best_pairs(eval_groups)
     else:
         train_items, eval_items = train_groups, eval_groups
-    model, saved_dtype = load_student(model_path, cfg.precision)
+    model, saved_dtype = load_student(model_folder, cfg.precision)
     trainer = build_trainer(model, tokenizer, objective, train_items, cfg, checkpoints, seed, eval_items,
                             run_name=run_name or out.name, tracker_dir=tracker_dir)
     if trainer.is_world_process_zero():

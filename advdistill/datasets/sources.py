@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advdistill.errors import DatasetError
+from advdistill.errors import AdvDistillError, DatasetError
 from advdistill.io import read_parquet
 from advdistill.paths import looks_local
 
@@ -75,14 +75,24 @@ def read_local(dataset: str, path: Path) -> Iterator[dict[str, Any] | MalformedR
 
 
 def read_hub(dataset: str, hub_id: str, config: str | None, split: str) -> Iterable[dict[str, Any]]:
+    """The split from the hub, every hub call bounded in time (:mod:`advdistill.hub`); any failure is one line
+    naming the id and how to work offline."""
+    from advdistill.hub import OFFLINE_HINT, HubTimeout, first_line, hub_calls
+
+    def describe(reason: str) -> str:
+        return f"dataset '{dataset}': cannot load '{hub_id}' (split '{split}') from the hub: {reason}; {OFFLINE_HINT}"
+
     try:
         import datasets
 
-        return datasets.load_dataset(hub_id, config, split=split)
+        with hub_calls("advdistill prepare", describe):
+            return datasets.load_dataset(hub_id, config, split=split)
+    except AdvDistillError:  # a bound given in the environment that is no number of seconds
+        raise
+    except HubTimeout as err:
+        raise DatasetError(describe(str(err))) from None
     except Exception as err:  # datasets/huggingface_hub raise many types for an unreachable or missing hub id
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise DatasetError(f"dataset '{dataset}': cannot load '{hub_id}' (split '{split}') from the hub: "
-                           f"{type(err).__name__}: {first_line}") from None
+        raise DatasetError(describe(f"{type(err).__name__}: {first_line(err)}")) from None
 
 
 def load_records(dataset: str, source: str, hub_config: str | None, hub_split: str,
