@@ -208,8 +208,17 @@ class LossConfig:
     chunk_size: int | None = None
     ce_reduction: str = "mean"
     contrastive_scale: str = "none"
+    contrastive_tokens: str = "all"
+    """``all`` (the paper): ``p_i`` is the mean over every response token; ``divergent`` (an extension, not the
+    paper's): over the tokens after the wrong response's longest common prefix with a correct one of its group."""
+
+    def __post_init__(self):
+        if self.contrastive_tokens not in CONTRASTIVE_TOKENS:
+            raise ConfigError(f"training.loss.contrastive_tokens: expected one of {', '.join(CONTRASTIVE_TOKENS)}, "
+                              f"got '{self.contrastive_tokens}'")
 
 
+CONTRASTIVE_TOKENS = ("all", "divergent")
 PRECISIONS = ("auto", "bf16-mixed", "fp32", "bf16-pure")
 
 

@@ -331,11 +331,12 @@ def training_estimate(model: str, objective: str, arch: Architecture, origin: st
     states plus the bf16 copies autocast makes of the decoder weights (kept for backward); bf16-pure =
     2 + 2 + 4. FSDP divides the states by ``processes`` and adds the gathered 16-bit working copy (and
     its gradient) of the embeddings/LM head and of two decoder layers (one prefetched); DDP with more
-    than one process adds its gradient buckets (a copy of the gradients). A micro-batch is one group of
-    ``n_samples`` sequences (AdvDistill) or ``per_device_batch_size`` sequences (SFT), all counted at
-    ``max_seq_length`` tokens. The fused loss holds the flattened hidden states, their compute-dtype
-    copy and gradient, the LM head's fp32 gradient (plus 16-bit copies of it and, under autocast, of the
-    head) and one chunk of logits. The optimizer step needs one parameter-sized temporary, but no activations.
+    than one process adds its gradient buckets (a copy of the gradients). A micro-batch is
+    ``per_device_batch_size`` prompts: that many groups of ``n_samples`` sequences (AdvDistill, all in one fused
+    loss call) or that many sequences (SFT), all counted at ``max_seq_length`` tokens. The fused loss holds the
+    flattened hidden states, their compute-dtype copy and gradient, the LM head's fp32 gradient (plus 16-bit
+    copies of it and, under autocast, of the head) and one chunk of logits. The optimizer step needs one
+    parameter-sized temporary, but no activations.
     """
     precision = _resolved_precision(training.precision, gpu_rules)
     processes, fsdp = training.processes, training.fsdp
@@ -355,7 +356,8 @@ def training_estimate(model: str, objective: str, arch: Architecture, origin: st
         parts["autocast_copies"] = 2 * decoder_params
     if processes > 1 and not fsdp:
         parts["ddp_buckets"] = n_params * grad_bytes
-    sequences = n_samples if objective == "advdistill" else training.optim.per_device_batch_size
+    groups = training.optim.per_device_batch_size
+    sequences = groups * n_samples if objective == "advdistill" else groups
     tokens = sequences * training.optim.max_seq_length
     residual = 2 if precision == "bf16-pure" else 4
     full_layer = layer_activation_bytes(arch, precision) * tokens
@@ -381,11 +383,12 @@ def training_estimate(model: str, objective: str, arch: Architecture, origin: st
     estimate = Estimate(
         "train", model, processes if gpu_rules else 0, origin, round(sum(parts.values()) / GIB, 2), _gib(parts),
         note=(f"{precision}, {parallel}, {checkpointing} gradient checkpointing, micro-batch "
-              f"{sequences} x {training.optim.max_seq_length} tokens"))
+              + (f"{groups} group(s) x {n_samples} = " if objective == "advdistill" else "")
+              + f"{sequences} x {training.optim.max_seq_length} tokens"))
     fixes = [] if training.gradient_checkpointing else ["set training.gradient_checkpointing: true"]
     fixes.append("raise training.processes" + ("" if fsdp else " with training.fsdp: true"))
     fixes.append("lower training.optim.max_seq_length"
-                 + (" or training.optim.per_device_batch_size" if objective == "sft" else ""))
+                 + (" or training.optim.per_device_batch_size" if groups > 1 or objective == "sft" else ""))
     estimate.fix = ", ".join(fixes[:-1]) + " or " + fixes[-1]
     if gpu_mem_gb is not None:
         estimate.budget_gib = float(gpu_mem_gb)

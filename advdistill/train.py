@@ -1,7 +1,7 @@
 """The ``train`` stage on the Hugging Face ``Trainer``: the SFT baseline and the AdvDistill objective.
 
-SFT trains on (prompt, response) pairs with token-mean cross-entropy; AdvDistill puts one group (all
-responses of a prompt) in each micro-batch. Both losses come from the last hidden states and the
+SFT trains on (prompt, response) pairs with token-mean cross-entropy; AdvDistill on whole groups (all
+responses of a prompt), ``training.optim.per_device_batch_size`` prompts per micro-batch for both. Both losses come from the last hidden states and the
 LM-head weight through :mod:`advdistill.losses`, so a fused backend never materialises the logits.
 The student and its loss form one module (:class:`StudentWithLoss`), so the same code runs in one
 process or in several (``training.processes``: DDP, or FSDP with ``training.fsdp``), and the student

@@ -48,7 +48,9 @@ def rss_bytes() -> int:
 
 
 def settings(objective: str, checkpointing: bool) -> TrainingConfig:
-    return TrainingConfig(optim=OptimConfig(max_seq_length=SEQ_LEN, per_device_batch_size=SFT_BATCH),
+    """``per_device_batch_size`` counts prompts: one group of ``GROUP`` sequences (AdvDistill), ``SFT_BATCH`` pairs."""
+    batch = SFT_BATCH if objective == "sft" else 1
+    return TrainingConfig(optim=OptimConfig(max_seq_length=SEQ_LEN, per_device_batch_size=batch),
                           loss=LossConfig(backend="auto"), precision="fp32", gradient_checkpointing=checkpointing)
 
 

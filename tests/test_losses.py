@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from advdistill_kernels import advdistill_loss_from_logits
 
 from advdistill.config import LossConfig
-from advdistill.losses import advantage_weights, group_loss, next_token_view, sft_loss
+from advdistill.losses import advantage_weights, group_loss, group_loss_terms, next_token_view, sft_loss
 
 
 def test_hand_computed_two_response_group():
@@ -82,3 +82,90 @@ def test_group_loss_passes_the_configured_reading_to_the_kernel(ce_reduction, co
     loss = group_loss(hidden, weight, labels, advantages, correct, cfg)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
     assert loss.item() != pytest.approx(default.item(), rel=1e-3)
+
+
+def test_advantage_weights_are_a_softmax_within_each_group():
+    advantages = torch.tensor([0.0, 1.0, 2.0, 5.0, -1.0])
+    group_index = torch.tensor([0, 0, 0, 1, 1])
+    weights = advantage_weights(advantages, 0.5, torch.float64, group_index)
+    torch.testing.assert_close(weights[:3], advantage_weights(advantages[:3], 0.5, torch.float64))
+    torch.testing.assert_close(weights[3:], advantage_weights(advantages[3:], 0.5, torch.float64))
+
+
+def several_groups(sizes=(3, 2, 4), seed=0):
+    """A micro-batch of groups of ``sizes`` responses (rows), each group with at least one wrong response."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = sum(sizes)
+    hidden = torch.randn(rows, 7, 8, generator=generator, dtype=torch.float64)
+    weight = torch.randn(20, 8, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 20, (rows, 7), generator=generator)
+    labels[:, :2] = -100
+    labels[1, 5:] = -100  # responses of different lengths
+    labels[4, 3:] = -100
+    advantages = torch.randn(rows, generator=generator)
+    group_index = torch.cat([torch.full((n,), g) for g, n in enumerate(sizes)])
+    correct = torch.tensor([i % 2 == 0 for n in sizes for i in range(n)])
+    return hidden, weight, labels, advantages, correct, group_index
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize(("ce_reduction", "contrastive_scale"),
+                         [("mean", "none"), ("sum", "none"), ("mean", "per_response"), ("sum", "per_response")])
+def test_a_micro_batch_of_groups_is_the_mean_of_their_group_losses(backend, ce_reduction, contrastive_scale):
+    """k groups in one fused call give the mean of the k one-group losses and its gradients, under every reading:
+    per_response is lam / n_g with each group's own n_g (3, 2 and 4 responses here), not lam / (all responses)."""
+    hidden, weight, labels, advantages, correct, group_index = several_groups()
+    cfg = LossConfig(backend=backend, ce_reduction=ce_reduction, contrastive_scale=contrastive_scale, lam=0.7)
+
+    def gradients(loss_of):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss = loss_of(h, w)
+        loss.backward()
+        return loss.detach(), h.grad, w.grad
+
+    together = gradients(lambda h, w: group_loss(h, w, labels, advantages, correct, cfg, group_index))
+    spans = [(group_index == g).nonzero().squeeze(1) for g in range(3)]
+    separately = gradients(lambda h, w: sum(group_loss(h[rows], w, labels[rows], advantages[rows], correct[rows], cfg)
+                                            for rows in spans) / 3)
+    for actual, expected in zip(together, separately):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    one_group = group_loss(hidden, weight, labels, advantages, correct, cfg)  # every row as a single group
+    assert one_group.item() != pytest.approx(together[0].item(), rel=1e-3)
+
+
+def test_loss_terms_of_a_micro_batch_add_up_to_its_loss():
+    hidden, weight, labels, advantages, correct, group_index = several_groups()
+    cfg = LossConfig(backend="torch", contrastive_scale="per_response", ce_reduction="sum")
+    terms = group_loss_terms(hidden, weight, labels, advantages, correct, cfg, group_index)
+    loss = group_loss(hidden, weight, labels, advantages, correct, cfg, group_index)
+    assert terms["weighted_ce"] + terms["contrastive"] == pytest.approx(loss.item(), rel=1e-10)
+    assert terms["contrastive"] > 0 and 0 < terms["wrong_p_mean"] < 1
+
+
+def test_divergent_contrastive_tokens_follow_the_mask_of_the_labels():
+    """With contrastive_tokens: divergent, p_mean_i of a wrong response is the mean over the label positions its
+    contrastive_mask marks (the target tokens labels[:, t], predicted from hidden[:, t - 1]), written out in float64:
+    response 1 counts its last two tokens, response 2 none (no contrastive term), CE is unchanged."""
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 6, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(20, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 20, (3, 6), generator=generator)
+    labels[:, :2] = -100
+    advantages, correct = torch.tensor([1.0, -0.5, -0.7]), torch.tensor([True, False, False])
+    mask = torch.zeros(3, 6, dtype=torch.bool)
+    mask[1, 4:] = True
+    cfg = LossConfig(backend="torch", lam=0.6, contrastive_tokens="divergent")
+    loss = group_loss(hidden, weight, labels, advantages, correct, cfg, contrastive_mask=mask)
+    logp = torch.log_softmax(hidden[:, :-1] @ weight.T, dim=-1).gather(2, labels[:, 1:].clamp(min=0).unsqueeze(2))
+    logp = logp.squeeze(2)[:, 1:]  # label positions 2..5, the response tokens
+    w = advantage_weights(advantages, cfg.tau, torch.float64)
+    expected = (w * -logp.mean(dim=1)).sum() + 0.6 * -torch.log1p(-logp[1, 2:].exp().mean())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    for actual, wanted in zip(grads, torch.autograd.grad(expected, (hidden, weight))):
+        torch.testing.assert_close(actual, wanted, rtol=1e-10, atol=1e-12)
+    terms = group_loss_terms(hidden, weight, labels, advantages, correct, cfg, contrastive_mask=mask)
+    assert terms["weighted_ce"] + terms["contrastive"] == pytest.approx(loss.item(), rel=1e-10)
+    assert terms["wrong_p_mean"] == pytest.approx(logp[1, 2:].exp().mean().item(), rel=1e-10)  # response 2 left out
+    with pytest.raises(ValueError, match="contrastive_tokens: divergent needs the contrastive_mask"):
+        group_loss(hidden, weight, labels, advantages, correct, cfg)

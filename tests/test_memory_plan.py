@@ -82,8 +82,8 @@ def test_table_shapes_are_named_and_unknown_models_are_not_guessed():
         architecture_from_config({"model_type": "mixtral"})
 
 
-def train(objective="advdistill", gpu_mem_gb=None, **settings):
-    cfg = TrainingConfig(optim=OptimConfig(max_seq_length=2048, per_device_batch_size=1), **settings)
+def train(objective="advdistill", gpu_mem_gb=None, batch=1, **settings):
+    cfg = TrainingConfig(optim=OptimConfig(max_seq_length=2048, per_device_batch_size=batch), **settings)
     return training_estimate(f"s-{objective}", objective, QWEN25["Qwen/Qwen2.5-1.5B"], "table", cfg, 8,
                              gpu_rules=True, gpu_mem_gb=gpu_mem_gb)
 
@@ -118,6 +118,18 @@ def test_precision_orders_the_model_states():
 
 def test_sft_micro_batch_is_per_device_batch_size():
     assert train("sft").parts["activations"] * 4 < train("advdistill").parts["activations"]
+
+
+def test_advdistill_micro_batch_is_per_device_batch_size_groups():
+    """per_device_batch_size counts prompts for both objectives: 4 groups of 8 responses are 32 sequences, the
+    activations of 8 SFT micro-batches of 4 (the parts that scale with the micro-batch's tokens)."""
+    one, four = train("advdistill"), train("advdistill", batch=4)
+    assert four.parts["activations"] == pytest.approx(4 * one.parts["activations"], rel=0.01)
+    assert four.parts["activations"] == pytest.approx(train("sft", batch=32).parts["activations"], rel=0.01)
+    assert "micro-batch 4 group(s) x 8 = 32 x 2048 tokens" in four.note
+    assert "micro-batch 1 group(s) x 8 = 8 x 2048 tokens" in one.note
+    assert "or training.optim.per_device_batch_size" in four.fix
+    assert "per_device_batch_size" not in one.fix
 
 
 def test_vllm_splits_over_tensor_parallel_and_counts_sequences_that_fit():

@@ -18,8 +18,17 @@ from advdistill.training.checkpoints import (
     set_aside_incomplete_checkpoints,
     training_fingerprint,
 )
-from advdistill.training.groups import Group, best_pairs, build_groups, split_validation
-from advdistill.training.tokens import tokenize_pairs
+from advdistill.training.collators import GroupCollator
+from advdistill.training.groups import (
+    Group,
+    best_pairs,
+    build_groups,
+    divergent_masks,
+    response_tokens,
+    shared_prefix_lengths,
+    split_validation,
+)
+from advdistill.training.tokens import TokenizedPair, tokenize_pairs
 from advdistill.training.trainer import advdistill_steps, build_trainer, fit, train_model
 
 TINY_OPTIM = OptimConfig(learning_rate=1e-3, max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
@@ -70,6 +79,61 @@ def test_groups_best_pairs_and_truncation_count(tiny_model_dir, synthetic_rows):
     assert len(train) == 3 and len(held) == 1
 
 
+def test_divergent_masks_start_after_the_longest_prefix_shared_with_a_correct_response():
+    """Token-level longest common prefix of each wrong response's response tokens with every correct response of
+    its group: the mask marks the tokens after it; a wrong response that is a prefix of a correct one (or the
+    same) has none; the prompt (masked labels) and padding are never marked."""
+    prompt = [-100] * 3
+
+    def pair(tokens):
+        return TokenizedPair([7, 8, 9] + tokens, prompt + tokens, truncated=False)
+
+    group = Group("g", [pair([1, 2, 3, 4, 0]), pair([1, 2, 5, 6, 0]), pair([1, 9, 9]), pair([1, 2, 3, 4, 5, 6]),
+                        pair([1, 2, 3]), pair([4, 4]), pair([1, 2, 3, 5, 0])],
+                  [1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 0.5], [True, False, False, False, False, False, True])
+    assert shared_prefix_lengths(group) == [0, 2, 1, 4, 3, 0, 0]
+    masks = divergent_masks(group)
+    assert masks[1] == [False] * 5 + [True] * 3
+    assert masks[3] == [False] * 7 + [True] * 2
+    assert masks[4] == [False] * 6  # a prefix of a correct response: nothing went wrong in its tokens
+    assert masks[5] == [False] * 3 + [True] * 2
+    batch = GroupCollator(0, "divergent")([group])
+    assert batch["contrastive_mask"].shape == batch["labels"].shape
+    for row, mask in enumerate(masks):
+        assert batch["contrastive_mask"][row].tolist() == mask + [False] * (batch["labels"].shape[1] - len(mask))
+    assert not (batch["contrastive_mask"] & (batch["labels"] == -100)).any()
+    assert "contrastive_mask" not in GroupCollator(0)([group])
+    with pytest.raises(ValueError, match="contrastive_tokens: expected 'all' or 'divergent'"):
+        GroupCollator(0, "diverging")
+
+
+def test_advdistill_trains_with_divergent_contrastive_tokens(tiny_model_dir, synthetic_rows, tmp_path):
+    """contrastive_tokens: divergent runs through the trainer (two groups per micro-batch) and logs its terms;
+    the wrong responses of scored_table share '<think>x</think>' and the start of the answer with the correct one,
+    so their divergent tokens are fewer and the contrastive term differs from the paper's (in the group whose gold
+    answer is the wrong responses' 0 they are the correct response itself: no divergent token at all)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    scored = scored_table(synthetic_rows)
+    groups, _ = build_groups({pid: f"prompt {pid}" for pid in scored["prompt_id"]}, scored, tokenizer, 128)
+    divergent_tokens = [len(response_tokens(p)) - n for g in groups for n, p, ok in
+                        zip(shared_prefix_lengths(g), g.pairs, g.correct) if not ok]
+    assert sorted(divergent_tokens) == [0, 0, 4, 4, 4, 4, 4, 4]
+
+    def logged(tokens: str) -> list[dict]:
+        cfg = TrainingConfig(optim=OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": 2}),
+                             loss=LossConfig(backend="torch", lam=0.5, contrastive_tokens=tokens))
+        metrics = train_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, "advdistill", groups,
+                              cfg, tmp_path / tokens, seed=0, save_checkpoints=False)
+        return [entry for entry in metrics["log_history"] if "loss" in entry]
+
+    divergent, paper = logged("divergent"), logged("all")
+    for entry in divergent:
+        assert entry["weighted_ce"] + entry["contrastive"] == pytest.approx(entry["loss"], rel=1e-4)
+        assert entry["contrastive"] > 0
+    assert divergent[0]["weighted_ce"] == pytest.approx(paper[0]["weighted_ce"], rel=1e-6)
+    assert divergent[0]["contrastive"] != pytest.approx(paper[0]["contrastive"], rel=1e-3)
+
+
 @pytest.mark.parametrize("objective", ["sft", "advdistill"])
 def test_training_resumes_from_last_checkpoint(tiny_model_dir, synthetic_rows, objective, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -88,8 +152,8 @@ def test_training_resumes_from_last_checkpoint(tiny_model_dir, synthetic_rows, o
 
 @pytest.mark.failure_mode(
     "non-finite training loss",
-    sees="train stops: non-finite loss with the step and group (or, with nonfinite_loss: skip, the group is "
-         "skipped and counted in train_metrics.json)",
+    sees="train stops: non-finite loss with the step and the micro-batch's groups (or, with nonfinite_loss: skip, "
+         "the micro-batch is skipped and counted in train_metrics.json)",
     kept="checkpoints of the run")
 def test_nonfinite_loss_stops_with_step_and_group(tiny_model_dir, synthetic_rows, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -255,16 +319,86 @@ def test_advdistill_logs_its_loss_terms_grad_norm_and_tokens(tiny_model_dir, syn
     assert tokens == sorted(tokens) and tokens[0] > 0 and metrics["tokens_seen"] == tokens[-1]
 
 
-def test_match_steps_gives_sft_the_optimizer_steps_of_advdistill(tiny_model_dir, synthetic_rows, tmp_path):
-    """7 groups, 2 micro-batches per step, 2 epochs: AdvDistill takes 2 * ceil(7 / 2) = 8 steps; SFT with 4
-    responses per micro-batch would take 2 * ceil(2 / 2) = 2 and takes 8 with training.match_steps."""
+class WeightsEachStep(TrainerCallback):
+    """A copy of the student's weights after every optimizer step."""
+
+    def __init__(self, model):
+        self.model, self.steps = model, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append({name: p.detach().clone() for name, p in self.model.named_parameters()})
+
+
+def groups_with_equal_length_best_responses(tokenizer, train_rows, prompts: int = 10):
+    """``prompts`` kept groups of 4 responses: the best (a unique, distinct highest advantage, at a different
+    position in each group) is ``<answer>\\boxed{d}</answer>`` with one digit d, so every best response has the
+    same number of tokens; the other responses have other lengths."""
+    rows = []
+    for g, (pid, answer) in enumerate(zip(train_rows["id"][:prompts], train_rows["answer"][:prompts])):
+        best = g % 4
+        for idx in range(4):
+            rows.append({"prompt_id": pid, "sample_idx": idx, "kept": True, "correct": idx == best,
+                         "advantage": 1.0 + 0.01 * g if idx == best else -0.3 * (idx + 1) + 0.01 * g,
+                         "response": f"<answer>\\boxed{{{g % 10}}}</answer>" if idx == best else
+                                     f"<think>{'step ' * (idx + 2 * g % 5 + 1)}</think>\n"
+                                     f"<answer>\\boxed{{{answer}{idx}}}</answer>"})
+    groups, truncated = build_groups({pid: f"question {pid}" for pid in train_rows["id"][:prompts]},
+                                     pl.DataFrame(rows), tokenizer, 128)
+    assert truncated == 0 and len(groups) == prompts
+    best = best_pairs(groups)
+    assert [p is g.pairs[g.advantages.index(max(g.advantages))] for p, g in zip(best, groups)] == [True] * prompts
+    assert len({sum(label != -100 for label in pair.labels) for pair in best}) == 1  # equal lengths
+    assert len({sum(label != -100 for label in pair.labels) for g in groups for pair in g.pairs}) > 1
+    return groups
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_advdistill_with_one_hot_weights_and_no_contrastive_term_is_sft_on_the_best_responses(
+        tiny_model_dir, synthetic_rows, tmp_path, batch):
+    """lam = 0 and tau -> 0 (softmax(A / tau) one-hot on each group's best response) make AdvDistill SFT on the
+    best responses when they have equal lengths: the same optimizer steps and the same weights after each, with
+    ``per_device_batch_size`` counting prompts for both. 10 groups at 2 micro-batches per step: at a batch of 4
+    the second step has one micro-batch of 2 groups. AdvDistill used to take one group per micro-batch whatever
+    the batch size, so at 4 it took 5 steps to SFT's 2."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    groups = groups_with_equal_length_best_responses(tokenizer, synthetic_rows[0])
+    optim = OptimConfig(learning_rate=3e-3, max_steps=-1, epochs=1, warmup_ratio=0.0, per_device_batch_size=batch,
+                        gradient_accumulation_steps=2, max_seq_length=128, logging_steps=1, max_grad_norm=0.5)
+    loss = LossConfig(backend="torch", lam=0.0, tau=1e-4)
+
+    def trained(objective: str):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        each_step = WeightsEachStep(model)
+        items = best_pairs(groups) if objective == "sft" else groups
+        metrics = train_model(model, tokenizer, objective, items, TrainingConfig(optim=optim, loss=loss,
+                                                                                  precision="fp32"),
+                              tmp_path / objective, seed=0, save_checkpoints=False, callbacks=[each_step])
+        return metrics, each_step.steps
+
+    sft, sft_steps = trained("sft")
+    advdistill, advdistill_steps_ = trained("advdistill")
+    assert sft["global_step"] == {1: 5, 4: 2}[batch]
+    assert advdistill["global_step"] == sft["global_step"]
+    losses = [[entry["loss"] for entry in run["log_history"] if "loss" in entry] for run in (sft, advdistill)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    for step, (expected, actual) in enumerate(zip(sft_steps, advdistill_steps_, strict=True)):
+        for name, weight in expected.items():
+            torch.testing.assert_close(actual[name], weight, rtol=1e-5, atol=1e-6, msg=f"step {step + 1}: {name}")
+    assert any(not torch.equal(sft_steps[-1][name], start[name]) for name in sft_steps[-1])
+
+
+def test_both_objectives_take_the_same_optimizer_steps_on_the_same_groups(tiny_model_dir, synthetic_rows, tmp_path):
+    """per_device_batch_size counts prompts for both objectives: 7 groups, 2 per micro-batch, 2 micro-batches per
+    step, 2 epochs are 2 * ceil(ceil(7 / 2) / 2) = 4 steps of AdvDistill and of SFT on their best responses, and
+    training.match_steps leaves SFT at 4 (AdvDistill used to take one group per micro-batch: 8 steps here)."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     train = synthetic_rows[0].head(7)
     rows = [{"prompt_id": pid, "sample_idx": idx, "kept": True, "correct": idx == 0,
              "advantage": 1.0 if idx == 0 else -0.5, "response": f"<answer>\\boxed{{{answer}}}</answer>"}
             for pid, answer in zip(train["id"], train["answer"]) for idx in range(2)]
     groups, _ = build_groups({pid: f"prompt {pid}" for pid in train["id"]}, pl.DataFrame(rows), tokenizer, 128)
-    optim = OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": -1, "epochs": 2, "per_device_batch_size": 4,
+    optim = OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": -1, "epochs": 2, "per_device_batch_size": 2,
                            "gradient_accumulation_steps": 2, "logging_steps": 100})
 
     def steps(objective: str, match: bool) -> int:
@@ -273,9 +407,10 @@ def test_match_steps_gives_sft_the_optimizer_steps_of_advdistill(tiny_model_dir,
         return train_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, objective, items, cfg,
                            tmp_path / f"{objective}-{match}", seed=0, save_checkpoints=False)["global_step"]
 
-    assert steps("advdistill", False) == 8 == advdistill_steps(7, TrainingConfig(optim=optim))
-    assert steps("sft", False) == 2
-    assert steps("sft", True) == 8
+    assert steps("advdistill", False) == 4 == advdistill_steps(7, TrainingConfig(optim=optim))
+    assert steps("sft", False) == 4
+    assert steps("sft", True) == 4
+    assert advdistill_steps(7, TrainingConfig(optim=optim, processes=2)) == 2 * 1
 
 
 @pytest.mark.failure_mode(

@@ -116,11 +116,11 @@ def test_several_visible_gpus_never_mean_data_parallel(tmp_path):
 
 
 def loss_batch(tokenizer, items, objective: str) -> dict:
-    """One micro-batch as the trainer feeds it to :class:`StudentWithLoss` (two pairs, or one group)."""
+    """One micro-batch as the trainer feeds it to :class:`StudentWithLoss` (two pairs, or two groups)."""
     if objective == "sft":
         return PairCollator(tokenizer.pad_token_id)(items[:2])
-    batch = GroupCollator(tokenizer.pad_token_id)(items[:1])
-    batch.pop("group_id")
+    batch = GroupCollator(tokenizer.pad_token_id)(items[:2])
+    batch.pop("group_ids")
     return batch
 
 
@@ -171,15 +171,13 @@ def run_training(processes: int, model: Path, rows: Path, scored: Path, objectiv
 @pytest.mark.parametrize("objective", ["sft", "advdistill"])
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, synthetic_rows, rows_file, objective,
                                                              tmp_path):
-    """DDP over gloo: 2 processes x half the micro-batches give the 1-process run's losses and weights."""
+    """DDP over gloo: 2 processes x half the micro-batches give the 1-process run's losses and weights, with 4
+    prompts per optimiser step (responses for SFT, groups for AdvDistill) in micro-batches of 2 or of 1."""
     scored = write_scored_groups(tmp_path, synthetic_rows[0], prompts=8)
     base = {"learning_rate": 2e-3, "max_steps": 3, "warmup_ratio": 0.0, "max_seq_length": 512, "logging_steps": 1,
             "max_grad_norm": 0.5}
-    if objective == "sft":  # 4 responses per optimiser step
-        single, double = {"per_device_batch_size": 2, "gradient_accumulation_steps": 2}, {
-            "per_device_batch_size": 1, "gradient_accumulation_steps": 2}
-    else:  # 4 groups per optimiser step, one group per micro-batch
-        single, double = {"gradient_accumulation_steps": 4}, {"gradient_accumulation_steps": 2}
+    single, double = {"per_device_batch_size": 2, "gradient_accumulation_steps": 2}, {
+        "per_device_batch_size": 1, "gradient_accumulation_steps": 2}
     one = run_training(1, tiny_model_dir, rows_file, scored, objective, {**base, **single}, tmp_path / "one")
     two = run_training(2, tiny_model_dir, rows_file, scored, objective, {**base, **double}, tmp_path / "two")
     assert len(one[0]) == 3
@@ -248,6 +246,8 @@ def test_loss_inside_forward_sees_whole_weights_under_fsdp(tiny_model_dir, synth
     wrapper = StudentWithLoss(model, "advdistill", LossConfig(backend="torch"))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     losses = [wrapper(**loss_batch(tokenizer, [group], "advdistill")) for group in groups]
+    both = wrapper(**loss_batch(tokenizer, groups, "advdistill"))  # the two groups as one micro-batch
+    assert both.item() == pytest.approx((sum(losses) / len(losses)).item(), rel=1e-6)
     (sum(losses) / len(losses)).backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(sharded[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -63,14 +63,20 @@ class StudentWithLoss(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 advantages: torch.Tensor | None = None, correct: torch.Tensor | None = None,
+                group_index: torch.Tensor | None = None, contrastive_mask: torch.Tensor | None = None,
                 num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        """SFT: the token-mean cross-entropy of the batch (scaled by ``num_items_in_batch``, see below).
+        AdvDistill: the mean loss of the micro-batch's groups (``group_index``: the group of each row; None: one
+        group; ``contrastive_mask`` with ``contrastive_tokens: divergent``);
+        :class:`~advdistill.training.trainer.FusedLossTrainer` scales it to the accumulated batch."""
         hidden = self.student.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         weight = self.student.get_output_embeddings().weight
         if self.objective == "advdistill":
             if self.record_terms:
                 self.recorded_terms.append(group_loss_terms(hidden, weight, labels, advantages, correct,
-                                                            self.loss_cfg))
-            return group_loss(hidden, weight, labels, advantages, correct, self.loss_cfg)
+                                                            self.loss_cfg, group_index, contrastive_mask))
+            return group_loss(hidden, weight, labels, advantages, correct, self.loss_cfg, group_index,
+                              contrastive_mask)
         loss = sft_loss(hidden, weight, labels, self.loss_cfg)
         if num_items_in_batch is None:
             return loss

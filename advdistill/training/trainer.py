@@ -98,8 +98,10 @@ class FusedLossTrainer(Trainer):
     """``Trainer`` of a :class:`StudentWithLoss`; checkpoints hold the student alone, as ``save_pretrained`` writes it,
     beside the optimizer, scheduler and RNG states, in one layout with or without FSDP.
 
-    SFT is a token-mean cross-entropy over the whole accumulated batch of every process (so that any
-    split into processes and accumulation steps gives the same update); AdvDistill is a mean over groups.
+    SFT is a token-mean cross-entropy over the whole accumulated batch of every process, AdvDistill the mean
+    over every group of it (each micro-batch's mean over its own groups, scaled by its share of the groups), so
+    that any split of the same global batch into processes, accumulation steps and micro-batches gives the same
+    update, a last micro-batch or accumulation window with fewer groups included.
     """
 
     def __init__(self, *args, nonfinite_loss: str = "error", tracker_dir: Path | None = None, **kwargs):
@@ -109,23 +111,39 @@ class FusedLossTrainer(Trainer):
         self.tracker_dir = tracker_dir
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite: list[dict[str, Any]] = []
-        self.loss_is_scaled_for_ga = self.model.objective == "sft"
+        # both losses come scaled by num_items_in_batch (tokens for SFT, groups for AdvDistill), not by the Trainer
+        self.loss_is_scaled_for_ga = True
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        """SFT: the label tokens of the accumulated batch on all processes (the Trainer's count); AdvDistill: its
+        groups, so that each micro-batch's loss is scaled by its share of them (:meth:`compute_loss`)."""
+        if self.model.objective != "advdistill":
+            return super()._get_num_items_in_batch(batch_samples, device)
+        groups = torch.tensor(sum(len(batch["group_ids"]) for batch in batch_samples), device=device)
+        if self.args.world_size > 1:
+            groups = self.accelerator.gather(groups).sum()
+        return groups
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        group_id = inputs.pop("group_id", None)
+        group_ids = inputs.pop("group_ids", None)
         # Loss terms are measured on the micro-batches of the first optimizer step of each logging interval.
         self.model.record_terms = model.training and self.state.global_step % self.args.logging_steps == 0
+        # DDP averages gradients over processes, while num_items_in_batch already counts all of them.
         if self.model.objective == "sft" and num_items_in_batch is not None:
-            # DDP averages gradients over processes, while num_items_in_batch already counts all of them.
             loss = model(**inputs, num_items_in_batch=num_items_in_batch) * self.accelerator.num_processes
+        elif model.training and num_items_in_batch is not None:
+            # the mean over the micro-batch's groups, weighed by its share of the accumulated batch's groups
+            share = len(group_ids) * self.accelerator.num_processes / num_items_in_batch
+            loss = model(**inputs) * share
         else:
             loss = model(**inputs)
         if not torch.isfinite(loss):
-            where = f"step {self.state.global_step}, group {group_id or 'n/a'}"
+            group = ", ".join(group_ids) if group_ids else None
+            where = f"step {self.state.global_step}, group {group or 'n/a'}"
             if self.nonfinite_loss == "error":
                 raise TrainingError(f"non-finite loss {loss.item()} at {where}")
             log.warning("skipping non-finite loss %s at %s", loss.item(), where)
-            self.skipped_nonfinite.append({"step": self.state.global_step, "group": group_id})
+            self.skipped_nonfinite.append({"step": self.state.global_step, "group": group})
             loss = sum(p.sum() for p in model.parameters()) * 0.0
         return (loss, {}) if return_outputs else loss
 
@@ -192,10 +210,11 @@ def check_launch(processes: int) -> None:
 
 
 def advdistill_steps(groups: int, cfg: TrainingConfig) -> int:
-    """Optimizer steps of an AdvDistill run on ``groups`` groups (one per micro-batch), counted as the Trainer
-    counts them: per process ``ceil(groups / processes)`` micro-batches, ``ceil(.. / accumulation)`` steps per
-    epoch (at least one), ``ceil(epochs * that)`` in all."""
-    micro_batches = math.ceil(groups / cfg.processes)
+    """Optimizer steps of an AdvDistill run on ``groups`` groups (``per_device_batch_size`` per micro-batch; SFT
+    takes as many on the same groups' best responses), counted as the Trainer counts them: per process
+    ``ceil(ceil(groups / per_device_batch_size) / processes)`` micro-batches, ``ceil(.. / accumulation)`` steps
+    per epoch (at least one), ``ceil(epochs * that)`` in all."""
+    micro_batches = math.ceil(math.ceil(groups / cfg.optim.per_device_batch_size) / cfg.processes)
     per_epoch = max(math.ceil(micro_batches / cfg.optim.gradient_accumulation_steps), 1)
     return math.ceil(cfg.optim.epochs * per_epoch)
 
@@ -204,8 +223,9 @@ def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_
                   cfg: TrainingConfig, checkpoints: Path, seed: int, eval_items: Sequence[Any] = (),
                   save_checkpoints: bool = True, run_name: str | None = None,
                   tracker_dir: Path | None = None) -> FusedLossTrainer:
-    """A trainer of ``model`` on pairs (``sft``) or groups (``advdistill``, one group per micro-batch), reporting to
-    the trackers of ``cfg.report_to`` as ``run_name``; file-based ones (TensorBoard) write into ``tracker_dir``."""
+    """A trainer of ``model`` on pairs (``sft``) or groups (``advdistill``), ``cfg.optim.per_device_batch_size`` of
+    them (prompts) per micro-batch, reporting to the trackers of ``cfg.report_to`` as ``run_name``; file-based ones
+    (TensorBoard) write into ``tracker_dir``."""
     if not train_items:
         raise TrainingError("no training examples")
     check_launch(cfg.processes)
@@ -213,12 +233,11 @@ def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_
         steps = advdistill_steps(len(train_items), cfg)
         log.info("training.match_steps: SFT takes the %d optimizer steps AdvDistill takes on these groups", steps)
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=steps))
-    if objective == "advdistill" and cfg.optim.per_device_batch_size != 1:
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, per_device_batch_size=1))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    collator = (PairCollator if objective == "sft" else GroupCollator)(tokenizer.pad_token_id)
+    collator = (PairCollator(tokenizer.pad_token_id) if objective == "sft"
+                else GroupCollator(tokenizer.pad_token_id, cfg.loss.contrastive_tokens))
     trainer = FusedLossTrainer(
         model=StudentWithLoss(model, objective, cfg.loss),
         args=training_arguments(cfg, checkpoints, seed, bool(eval_items), save_checkpoints,

@@ -35,8 +35,12 @@ def _require_dtype(name: str, tensor: torch.Tensor, allowed: tuple[torch.dtype, 
 
 def validate_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                     response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor,
-                    lam: float, p_max: float, ignore_index: int) -> None:
+                    lam: float | torch.Tensor, p_max: float, ignore_index: int,
+                    contrastive_mask: torch.Tensor | None = None) -> None:
     """Raise ``TypeError``/``ValueError`` unless the inputs match the documented contract.
+
+    ``lam`` is a number or a float tensor ``[R]`` (one contrastive weight per response); ``contrastive_mask``
+    None or a bool tensor ``[N]``.
 
     The range checks (target ids, response ids, finite weights) cost one host synchronisation.
     """
@@ -77,13 +81,31 @@ def validate_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if vocab_size == 0:
         raise ValueError("weight: expected at least one vocabulary row, got shape " f"{_shape(weight)}")
 
+    if isinstance(lam, torch.Tensor):
+        _require_ndim("lam", lam, 1, "[R] (one per response) or a number")
+        _require_dtype("lam", lam, FLOAT_DTYPES)
+        if lam.shape[0] != num_responses:
+            raise ValueError(f"lam: expected shape [{num_responses}] (R from response_weights) or a number, "
+                             f"got {_shape(lam)}")
+        tensors["lam"] = lam
+    if contrastive_mask is not None:
+        _require_tensor("contrastive_mask", contrastive_mask)
+        _require_ndim("contrastive_mask", contrastive_mask, 1, "[N]")
+        _require_dtype("contrastive_mask", contrastive_mask, (torch.bool,))
+        if contrastive_mask.shape[0] != num_tokens:
+            raise ValueError(f"contrastive_mask: expected shape [{num_tokens}] (N from hidden), "
+                             f"got {_shape(contrastive_mask)}")
+        tensors["contrastive_mask"] = contrastive_mask
+
     devices = {name: value.device for name, value in tensors.items()}
     if len(set(devices.values())) != 1:
         listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"expected all tensors on one device, got {listing}")
 
-    if not math.isfinite(lam):
+    if not isinstance(lam, torch.Tensor) and not math.isfinite(lam):
         raise ValueError(f"lam: expected a finite number, got {lam}")
+    if isinstance(lam, torch.Tensor) and not bool(torch.isfinite(lam).all()):
+        raise ValueError(f"lam: expected finite values, got {lam.tolist()}")
     if not 0.0 < p_max < 1.0:
         raise ValueError(f"p_max: expected a value in (0, 1), got {p_max}")
 

@@ -91,12 +91,14 @@ def check_readings(ce_reduction: str, contrastive_scale: str) -> None:
 
 
 def reading_parameters(targets: torch.Tensor, response_index: torch.Tensor, response_weights: torch.Tensor,
-                       lam: float, ignore_index: int, ce_reduction: str,
-                       contrastive_scale: str) -> tuple[torch.Tensor, float]:
+                       lam: float | torch.Tensor, ignore_index: int, ce_reduction: str,
+                       contrastive_scale: str) -> tuple[torch.Tensor, float | torch.Tensor]:
     """``(w', lam')`` that turn the token-mean loss every backend computes into the chosen reading, exactly.
 
     ``sum_i w_i sum_t ce_t = sum_i (w_i T_i) CE_i``, so the token-sum reading weighs response ``i`` by its
-    unmasked tokens ``T_i``; the ``1/n`` reading divides ``lam`` by the group's ``n`` responses.
+    unmasked tokens ``T_i``; the ``1/n`` reading divides ``lam`` (a number or one per response) by the call's
+    ``n = R`` responses, which are one group's: a call over several groups passes each response's own
+    ``lam / n_g`` as a tensor instead (what :mod:`advdistill.losses` does).
     """
     if ce_reduction == "sum":
         valid = targets != ignore_index
@@ -110,22 +112,28 @@ def reading_parameters(targets: torch.Tensor, response_index: torch.Tensor, resp
 
 def advdistill_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                     response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor, *,
-                    lam: float = 0.5, p_max: float = 0.999, ignore_index: int = -100, backend: str = "auto",
-                    chunk_size: int | None = None, ce_reduction: str = "mean",
-                    contrastive_scale: str = "none") -> torch.Tensor:
-    """AdvDistill loss of one group, differentiable wrt ``hidden`` and ``weight``.
+                    lam: float | torch.Tensor = 0.5, p_max: float = 0.999, ignore_index: int = -100,
+                    backend: str = "auto", chunk_size: int | None = None, ce_reduction: str = "mean",
+                    contrastive_scale: str = "none", contrastive_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """AdvDistill loss of one group (or of several, see ``lam``), differentiable wrt ``hidden`` and ``weight``.
 
     ``hidden`` ``[N, d]`` and ``weight`` ``[V, d]`` share a float dtype; ``targets`` ``[N]`` (int64,
     ``ignore_index`` = masked), ``response_index`` ``[N]`` (int64 in ``[0, R)`` for unmasked
-    tokens), ``response_weights`` ``[R]`` (float) and ``wrong`` ``[R]`` (bool). The loss is a
+    tokens), ``response_weights`` ``[R]`` (float) and ``wrong`` ``[R]`` (bool); ``lam`` is one number or a
+    float tensor ``[R]``, the contrastive weight ``lam_i`` of each (wrong) response, which lets one call hold
+    several groups with their own weights (``response_weights`` are per response already). The loss is a
     float32 scalar (float64 for float64 inputs). Under ``torch.autocast`` both ``hidden`` and
     ``weight`` are first cast to the autocast dtype. ``chunk_size`` tunes memory vs speed: the
     number of tokens whose full-vocabulary logits a backend holds at once (``None``: its default).
     ``ce_reduction`` (``mean``: ``CE_i`` is a token mean; ``sum``: a token sum) and ``contrastive_scale``
-    (``none``; ``per_response``: ``lam / n``) select a reading of the paper's eqs. 5-6.
+    (``none``; ``per_response``: ``lam / n``) select a reading of the paper's eqs. 5-6. ``contrastive_mask``
+    (``[N]`` bool; None: every token) restricts ``p_mean_i`` of the contrastive term to the response's tokens in
+    the mask (``CE_i`` is unchanged); a wrong response without such tokens has no contrastive term (an extension,
+    not the paper's: ``training.loss.contrastive_tokens: divergent``).
     """
     hidden, weight = _autocast_inputs(hidden, weight)
-    validate_inputs(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index)
+    validate_inputs(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index,
+                    contrastive_mask)
     _check_chunk_size(chunk_size)
     check_readings(ce_reduction, contrastive_scale)
     response_weights, lam = reading_parameters(targets, response_index, response_weights, lam, ignore_index,
@@ -138,24 +146,29 @@ def advdistill_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         hidden = hidden.index_select(0, kept)
         targets = targets[kept]
         response_index = response_index[kept]
+        contrastive_mask = None if contrastive_mask is None else contrastive_mask[kept]
     with torch.autocast(hidden.device.type, enabled=False):
-        return backends.load(name).fused_loss(hidden, weight, targets, response_index, response_weights, wrong, lam=lam,
-                                    p_max=p_max, ignore_index=ignore_index, chunk_size=chunk_size)
+        return backends.load(name).fused_loss(hidden, weight, targets, response_index, response_weights, wrong,
+                                              lam=lam, p_max=p_max, ignore_index=ignore_index, chunk_size=chunk_size,
+                                              contrastive_mask=contrastive_mask)
 
 
 def response_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
                    num_responses: int, *, ignore_index: int = -100, backend: str = "auto",
-                   chunk_size: int | None = None) -> ResponseStats:
-    """Per-response ``(ce, p_mean, num_tokens)`` of one group, without gradient (for logging)."""
+                   chunk_size: int | None = None, contrastive_mask: torch.Tensor | None = None) -> ResponseStats:
+    """Per-response ``(ce, p_mean, num_tokens, contrastive_tokens)`` of one group, without gradient (for logging);
+    ``p_mean`` over the tokens in ``contrastive_mask`` (None: every token, and ``contrastive_tokens`` None)."""
     hidden, weight = _autocast_inputs(hidden, weight)
     placeholder_weights = torch.zeros(num_responses, device=hidden.device)
     no_wrong = torch.zeros(num_responses, dtype=torch.bool, device=hidden.device)
-    validate_inputs(hidden, weight, targets, response_index, placeholder_weights, no_wrong, 0.0, 0.5, ignore_index)
+    validate_inputs(hidden, weight, targets, response_index, placeholder_weights, no_wrong, 0.0, 0.5, ignore_index,
+                    contrastive_mask)
     _check_chunk_size(chunk_size)
     name = resolve_backend(backend, hidden.device)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         return backends.load(name).response_stats(hidden.detach(), weight.detach(), targets, response_index,
-                                                  num_responses, ignore_index=ignore_index, chunk_size=chunk_size)
+                                                  num_responses, ignore_index=ignore_index, chunk_size=chunk_size,
+                                                  contrastive_mask=contrastive_mask)
 
 
 class AdvDistillLoss(nn.Module):
@@ -174,11 +187,12 @@ class AdvDistillLoss(nn.Module):
         self.contrastive_scale = contrastive_scale
 
     def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+                response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor,
+                contrastive_mask: torch.Tensor | None = None) -> torch.Tensor:
         return advdistill_loss(hidden, weight, targets, response_index, response_weights, wrong, lam=self.lam,
                                p_max=self.p_max, ignore_index=self.ignore_index, backend=self.backend,
                                chunk_size=self.chunk_size, ce_reduction=self.ce_reduction,
-                               contrastive_scale=self.contrastive_scale)
+                               contrastive_scale=self.contrastive_scale, contrastive_mask=contrastive_mask)
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, p_max={self.p_max}, ignore_index={self.ignore_index}, "

@@ -122,7 +122,8 @@ def run_loss(case: LossInputs, backend: str, scale: float = 1.0, **options):
     hidden = case.hidden.detach().clone().requires_grad_()
     weight = case.weight.detach().clone().requires_grad_()
     loss = advdistill_loss(hidden, weight, case.targets, case.response_index, case.response_weights, case.wrong,
-                           lam=case.lam, p_max=case.p_max, backend=backend, **options)
+                           lam=case.lam, p_max=case.p_max, backend=backend, contrastive_mask=case.contrastive_mask,
+                           **options)
     (scale * loss).backward()
     return loss.detach(), hidden.grad, weight.grad
 
@@ -132,7 +133,8 @@ def naive_loss(case: LossInputs, dtype: torch.dtype, scale: float = 1.0, **readi
     hidden = case.hidden.detach().to(dtype).clone().requires_grad_()
     weight = case.weight.detach().to(dtype).clone().requires_grad_()
     loss = advdistill_loss_from_logits(hidden @ weight.T, case.targets, case.response_index, case.response_weights,
-                                       case.wrong, lam=case.lam, p_max=case.p_max, **readings)
+                                       case.wrong, lam=case.lam, p_max=case.p_max,
+                                       contrastive_mask=case.contrastive_mask, **readings)
     (scale * loss).backward()
     return loss.detach(), hidden.grad, weight.grad
 
@@ -195,6 +197,173 @@ def test_every_reading_matches_float64_ground_truth(backend_device, readings):
     backend, device = backend_device
     case = random_case(**ODD_CASE).to(device)
     assert_close_fp32(run_loss(case, backend, **readings), naive_loss(case, torch.float64, **readings))
+
+
+def written_out_loss(case: LossInputs, scale: float = 1.0):
+    """(loss, grad_hidden, grad_weight) in float64 from the formula written out response by response, with a
+    per-response ``lam`` (a tensor ``[R]`` or one number) and the contrastive mask (None: every token):
+    ``sum_i w_i CE_i + sum_{i wrong, S_i > 0} lam_i C_i``, ``CE_i`` the mean of ``-logp`` over the response's
+    tokens, ``C_i = -log(1 - min(p_mean_i, p_max))`` with ``p_mean_i`` the mean of ``p`` over its ``S_i`` tokens
+    in the mask."""
+    hidden = case.hidden.detach().double().cpu().requires_grad_()
+    weight = case.weight.detach().double().cpu().requires_grad_()
+    targets, responses = case.targets.cpu(), case.response_index.cpu()
+    num_responses = case.response_weights.shape[0]
+    lam = case.lam.double().cpu() if isinstance(case.lam, torch.Tensor) else torch.full((num_responses,), case.lam,
+                                                                                         dtype=torch.float64)
+    log_probs = torch.log_softmax(hidden @ weight.T, dim=-1)
+    loss = hidden.new_zeros(())
+    for i in range(num_responses):
+        tokens = ((responses == i) & (targets != -100)).nonzero().squeeze(1)
+        if tokens.numel() == 0:
+            continue
+        logp = log_probs[tokens, targets[tokens]]
+        loss = loss + case.response_weights[i].double().cpu() * -logp.mean()
+        in_mask = logp if case.contrastive_mask is None else logp[case.contrastive_mask.cpu()[tokens]]
+        if case.wrong[i] and in_mask.numel() > 0:
+            p_mean = in_mask.exp().mean()
+            loss = loss + lam[i] * -torch.log(1 - torch.clamp(p_mean, max=case.p_max))
+    (scale * loss).backward()
+    return loss.detach(), hidden.grad, weight.grad
+
+
+def per_response_lam_case(**shape) -> LossInputs:
+    """:func:`random_case` with 4 responses, three of them wrong, each with its own lam (one of them 0)."""
+    case = random_case(**shape)
+    return replace(case, wrong=torch.tensor([True, True, False, True]),
+                   lam=torch.tensor([0.7, 0.25, 0.9, 0.0], dtype=torch.float64))
+
+
+@with_backends
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk_size", [None, 5], ids=["default-chunks", "chunks-of-5"])
+def test_per_response_lam_matches_the_written_out_formula(backend_device, dtype, chunk_size):
+    """``lam`` as a tensor ``[R]`` (several groups in one call, each with its lam / n_g): every backend against the
+    float64 formula written out response by response, with the dtype's tolerance; a number is the same as a tensor
+    repeating it."""
+    backend, device = backend_device
+    case = per_response_lam_case().to(device, dtype)
+    reference = written_out_loss(case)
+    torch.testing.assert_close(naive_loss(case, torch.float64)[0], reference[0].to(device), rtol=1e-12, atol=0)
+    candidate = run_loss(case, backend, chunk_size=chunk_size)
+    if dtype == torch.float32:
+        assert_close_fp32(candidate, reference)
+    else:
+        naive_errors = max_error(naive_loss(case, dtype), reference)
+        for name, error, naive_error, ref in zip(("loss", "grad_hidden", "grad_weight"),
+                                                 max_error(candidate, reference), naive_errors, reference):
+            bound = naive_error + ROUNDING_STEP[dtype] * float(ref.abs().max())
+            assert error <= bound, f"{name}: error {error} > naive-{dtype} error {naive_error} + slack"
+    repeated = replace(case, lam=torch.full((4,), 0.5, dtype=torch.float64, device=device))
+    for expected, actual in zip(run_loss(replace(case, lam=0.5), backend, chunk_size=chunk_size),
+                                run_loss(repeated, backend, chunk_size=chunk_size)):
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_per_response_lam_gradcheck_float64(backend):
+    if backend == "cpp" and (reason := _cpp_skip_reason()):
+        pytest.skip(reason)
+    case = random_case(num_tokens=9, hidden_dim=3, vocab_size=7, num_responses=3, masked=2, seed=5).to(
+        "cpu", torch.float64)
+    lam, wrong = torch.tensor([0.9, 0.3, 0.0], dtype=torch.float64), torch.tensor([True, True, True])
+
+    def loss(hidden, weight):
+        return advdistill_loss(hidden, weight, case.targets, case.response_index, case.response_weights, wrong,
+                               lam=lam, p_max=0.999, backend=backend, chunk_size=2)
+
+    inputs = (case.hidden.clone().requires_grad_(), case.weight.clone().requires_grad_())
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def contrastive_mask_case(**shape) -> LossInputs:
+    """:func:`per_response_lam_case` with a contrastive mask: response 0 (wrong) counts its tokens after the
+    first three, response 1 (wrong) none (no contrastive term), response 3 (wrong, lam 0.5 here) every other
+    token; the correct response 2 has a mask too, which changes nothing."""
+    case = random_case(**shape)
+    response_index = case.response_index
+    position = torch.zeros_like(response_index)
+    for i in range(4):
+        tokens = (response_index == i).nonzero().squeeze(1)
+        position[tokens] = torch.arange(tokens.numel())
+    mask = torch.where(response_index == 0, position >= 3,
+                       torch.where(response_index == 3, position % 2 == 1, response_index == 2))
+    return replace(case, wrong=torch.tensor([True, True, False, True]),
+                   lam=torch.tensor([0.7, 0.25, 0.9, 0.5], dtype=torch.float64), contrastive_mask=mask)
+
+
+@with_backends
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk_size", [None, 5], ids=["default-chunks", "chunks-of-5"])
+@pytest.mark.parametrize("shape", [pytest.param(dict(), id="N48-d32-V300"),
+                                   pytest.param(dict(num_tokens=150, hidden_dim=40, vocab_size=515, masked=0, seed=2),
+                                                id="N150-d40-V515")])
+def test_contrastive_mask_matches_the_written_out_formula(backend_device, dtype, chunk_size, shape):
+    """``contrastive_mask``: p_mean_i of each wrong response over its tokens in the mask only, nothing for a wrong
+    response without any, CE unchanged; every backend against the float64 formula written out, with the dtype's
+    tolerance (the naive computation in that dtype plus one rounding step)."""
+    backend, device = backend_device
+    case = contrastive_mask_case(**shape).to(device, dtype)
+    reference = written_out_loss(case)
+    torch.testing.assert_close(naive_loss(case, torch.float64)[0], reference[0].to(device), rtol=1e-12, atol=0)
+    candidate = run_loss(case, backend, chunk_size=chunk_size)
+    if dtype == torch.float32:
+        assert_close_fp32(candidate, reference)
+    else:
+        naive_errors = max_error(naive_loss(case, dtype), reference)
+        for name, error, naive_error, ref in zip(("loss", "grad_hidden", "grad_weight"),
+                                                 max_error(candidate, reference), naive_errors, reference):
+            bound = naive_error + ROUNDING_STEP[dtype] * float(ref.abs().max())
+            assert error <= bound, f"{name}: error {error} > naive-{dtype} error {naive_error} + slack"
+    unmasked = run_loss(replace(case, contrastive_mask=None), backend, chunk_size=chunk_size)
+    assert abs(float(unmasked[0]) - float(reference[0])) > 1e-5 * abs(float(reference[0]))  # the mask matters
+
+
+@with_backends
+def test_contrastive_mask_of_every_token_is_no_mask_and_an_empty_one_no_contrastive_term(backend_device):
+    backend, device = backend_device
+    case = per_response_lam_case(**ODD_CASE | dict(num_responses=4)).to(device)
+    every = torch.ones_like(case.targets, dtype=torch.bool)
+    assert_close_fp32(run_loss(replace(case, contrastive_mask=every), backend), naive_loss(case, torch.float64))
+    nothing = replace(case, contrastive_mask=torch.zeros_like(every))
+    assert_close_fp32(run_loss(nothing, backend), naive_loss(replace(case, lam=0.0), torch.float64))
+
+
+@with_backends
+def test_response_stats_take_p_mean_over_the_contrastive_mask(backend_device):
+    backend, device = backend_device
+    case = contrastive_mask_case().to(device)
+    stats = response_stats(case.hidden, case.weight, case.targets, case.response_index, 4, backend=backend,
+                           contrastive_mask=case.contrastive_mask)
+    plain = response_stats(case.hidden, case.weight, case.targets, case.response_index, 4, backend=backend)
+    logp = torch.log_softmax(case.hidden.double() @ case.weight.double().T, dim=-1)
+    for response in range(4):
+        tokens = (case.response_index == response) & (case.targets != -100)
+        in_mask = tokens & case.contrastive_mask
+        token_logp = logp[in_mask].gather(1, case.targets[in_mask].unsqueeze(1)).squeeze(1)
+        assert int(stats.contrastive_tokens[response]) == int(in_mask.sum())
+        assert int(stats.num_tokens[response]) == int(tokens.sum())
+        assert float(stats.ce[response]) == pytest.approx(float(plain.ce[response]), rel=1e-5)
+        expected = token_logp.exp().mean().item() if token_logp.numel() else 0.0
+        assert float(stats.p_mean[response]) == pytest.approx(expected, rel=1e-5, abs=1e-12)
+    assert plain.contrastive_tokens is None
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_contrastive_mask_gradcheck_float64(backend):
+    if backend == "cpp" and (reason := _cpp_skip_reason()):
+        pytest.skip(reason)
+    case = random_case(num_tokens=9, hidden_dim=3, vocab_size=7, num_responses=3, masked=2, seed=5).to(
+        "cpu", torch.float64)
+    wrong = torch.tensor([True, True, True])
+    mask = torch.tensor([False, False, True, False, True, True, False, False, True])
+
+    def loss(hidden, weight):
+        return advdistill_loss(hidden, weight, case.targets, case.response_index, case.response_weights, wrong,
+                               lam=0.8, p_max=0.999, backend=backend, chunk_size=2, contrastive_mask=mask)
+
+    inputs = (case.hidden.clone().requires_grad_(), case.weight.clone().requires_grad_())
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def two_response_case() -> LossInputs:
@@ -412,6 +581,12 @@ def test_tile_plan_packs_whole_responses_and_splits_long_ones():
     assert [tile.compute_gradients for tile in without_contrastive.tiles] == [True] * 4
     default = plan_tiles(targets, response_index, wrong, 0.5, -100, None, 4, need_gradients=True)
     assert default.tiles == [Tile(0, 5, True, True), Tile(5, 11, True, True)]
+    no_lam_for_it = plan_tiles(targets, response_index, wrong, torch.tensor([0.5, 0.5, 0.0]), -100, 4, 4,
+                               need_gradients=True)
+    assert [tile.compute_gradients for tile in no_lam_for_it.tiles] == [True] * 4
+    nothing_in_mask = plan_tiles(targets, response_index, wrong, 0.5, -100, 4, 4, need_gradients=True,
+                                 contrastive_mask=response_index < 2)
+    assert [tile.compute_gradients for tile in nothing_in_mask.tiles] == [True] * 4
 
 
 @with_backends
@@ -631,13 +806,19 @@ def test_unavailable_backend_raises_naming_it():
     (dict(wrong=torch.zeros(4)), TypeError, "wrong: expected dtype in \\(bool\\)"),
     (dict(targets=torch.zeros(48, dtype=torch.int32)), TypeError, "targets: expected dtype in \\(int64\\)"),
     (dict(p_max=1.0), ValueError, r"p_max: expected a value in \(0, 1\)"),
+    (dict(lam=torch.ones(3)), ValueError, r"lam: expected shape \[4\] \(R from response_weights\) or a number"),
+    (dict(lam=torch.ones(4, dtype=torch.int64)), TypeError, r"lam: expected dtype in"),
+    (dict(lam=torch.tensor([0.5, float("nan"), 0.5, 0.5])), ValueError, r"lam: expected finite values"),
+    (dict(contrastive_mask=torch.ones(47, dtype=torch.bool)), ValueError, r"contrastive_mask: expected shape \[48\]"),
+    (dict(contrastive_mask=torch.ones(48)), TypeError, r"contrastive_mask: expected dtype in \(bool\)"),
 ], ids=["hidden-dim", "dtype-mismatch", "targets-shape", "target-range", "response-range", "wrong-shape",
-        "wrong-dtype", "targets-dtype", "p_max"])
+        "wrong-dtype", "targets-dtype", "p_max", "lam-shape", "lam-dtype", "lam-nan", "mask-shape", "mask-dtype"])
 def test_invalid_inputs_are_rejected_with_expected_and_actual(change, error, message):
     case = replace(random_case(), **change)
     with pytest.raises(error, match=message):
         advdistill_loss(case.hidden, case.weight, case.targets, case.response_index, case.response_weights,
-                        case.wrong, p_max=case.p_max, backend="torch")
+                        case.wrong, lam=case.lam, p_max=case.p_max, backend="torch",
+                        contrastive_mask=case.contrastive_mask)
 
 
 # ----------------------------------------------------------------------------------- triton on CPU

@@ -31,7 +31,7 @@ def main(model_dir: str, groups_file: str, out: str) -> None:
     fully_shard(wrapper, mesh=mesh)
     groups = torch.load(groups_file, weights_only=False)
     batch = GroupCollator(0)([groups[rank]])
-    batch.pop("group_id")
+    batch.pop("group_ids")
     wrapper(**batch).backward()
     grads = {name: p.grad.full_tensor() for name, p in wrapper.named_parameters()}
     if rank == 0:

@@ -3,9 +3,12 @@
 Every backend module defines::
 
     fused_loss(hidden, weight, targets, response_index, response_weights, wrong, *,
-               lam, p_max, ignore_index, chunk_size) -> loss
+               lam, p_max, ignore_index, chunk_size, contrastive_mask=None) -> loss
     response_stats(hidden, weight, targets, response_index, num_responses, *,
-                   ignore_index, chunk_size) -> ResponseStats
+                   ignore_index, chunk_size, contrastive_mask=None) -> ResponseStats
+
+``lam`` is a number or one per response ``[R]``; ``contrastive_mask`` (``[N]`` bool, None: every token) the
+tokens ``p_mean_i`` is taken over.
 
 ``chunk_size`` means the same everywhere: the number of tokens whose full-vocabulary logits (or
 ``dlogits``) are alive at once; ``None`` picks the backend's default from a logits budget.

@@ -34,10 +34,12 @@ class TilePlan(NamedTuple):
     tiles: list[Tile]
 
 
-def plan_tiles(targets: torch.Tensor, response_index: torch.Tensor, wrong: torch.Tensor, lam: float,
+def plan_tiles(targets: torch.Tensor, response_index: torch.Tensor, wrong: torch.Tensor, lam: float | torch.Tensor,
                ignore_index: int, chunk_size: int | None, default_tile_tokens: int,
-               need_gradients: bool) -> TilePlan:
-    """The tiles for one group (one host synchronisation to read the response lengths).
+               need_gradients: bool, contrastive_mask: torch.Tensor | None = None) -> TilePlan:
+    """The tiles for one call (one host synchronisation to read the response lengths); ``lam`` is one number
+    or one per response ``[R]``; a response has a contrastive term when it is wrong, its ``lam`` is not 0 and it
+    has tokens in ``contrastive_mask`` (None: every token).
 
     ``chunk_size`` caps the tokens per tile. Without it, tiles hold ``default_tile_tokens``, or the
     longest response with a contrastive term if that is longer, so that no logit is computed twice.
@@ -46,7 +48,12 @@ def plan_tiles(targets: torch.Tensor, response_index: torch.Tensor, wrong: torch
     sorted_responses, permutation = torch.sort(response_index[valid], stable=True)
     order = valid[permutation]
     responses, lengths = torch.unique_consecutive(sorted_responses, return_counts=True)
-    contrastive = (wrong[responses] & (lam != 0.0)).tolist()
+    has_lam = lam.to(wrong.device) != 0.0 if isinstance(lam, torch.Tensor) else torch.full_like(wrong, lam != 0.0)
+    flags = wrong & has_lam
+    if contrastive_mask is not None:
+        in_mask = (targets != ignore_index) & contrastive_mask
+        flags = flags & (torch.bincount(response_index[in_mask], minlength=wrong.shape[0]) > 0).to(wrong.device)
+    contrastive = flags[responses].tolist()
     tile_tokens = chunk_size
     if tile_tokens is None:
         contrastive_lengths = [length for length, flag in zip(lengths.tolist(), contrastive) if flag]

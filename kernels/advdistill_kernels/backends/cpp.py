@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from advdistill_kernels._aggregation import ResponseStats
+from advdistill_kernels._aggregation import ResponseStats, per_response_lam
 from advdistill_kernels._errors import BackendUnavailableError
 from advdistill_kernels.backends import chunk_tokens
 from advdistill_kernels.backends._precomputed_gradients import loss_with_precomputed_gradients
@@ -245,22 +245,26 @@ def default_tile_tokens(vocab_size: int) -> int:
 
 
 def _fused_loss(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index,
-                chunk_size, need_hidden_grad, need_weight_grad, *, use_onednn: bool | None = None):
+                chunk_size, need_hidden_grad, need_weight_grad, contrastive_mask=None, *,
+                use_onednn: bool | None = None):
     """The extension's step; its tiles' GEMMs on oneDNN or ``at::mm`` as ``use_onednn`` says, else as
     :func:`gemm_provider` chooses."""
     load_extension()
     if use_onednn is None:
         use_onednn = gemm_provider(hidden.dtype, (weight.shape[1], weight.shape[0])) == "onednn"
     plan = plan_tiles(targets, response_index, wrong, lam, ignore_index, chunk_size,
-                      default_tile_tokens(weight.shape[0]), need_hidden_grad or need_weight_grad)
+                      default_tile_tokens(weight.shape[0]), need_hidden_grad or need_weight_grad, contrastive_mask)
+    lam = per_response_lam(lam, response_weights.shape[0], torch.empty(0, dtype=torch.float64))
     return torch.ops.advdistill_kernels.fused_loss(
-        hidden, weight, targets, response_index, response_weights, wrong, float(lam), float(p_max), plan.order,
+        hidden, weight, targets, response_index, response_weights, wrong, lam, float(p_max), contrastive_mask,
+        plan.order,
         tiles_tensor(plan.tiles), need_hidden_grad, need_weight_grad, use_onednn)
 
 
 def fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
-               response_weights: torch.Tensor, wrong: torch.Tensor, *, lam: float, p_max: float, ignore_index: int,
-               chunk_size: int | None) -> torch.Tensor:
+               response_weights: torch.Tensor, wrong: torch.Tensor, *, lam: float | torch.Tensor, p_max: float,
+               ignore_index: int, chunk_size: int | None,
+               contrastive_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Single-pass CPU loss; ``chunk_size`` tokens per logits tile (tiles hold whole responses when they fit).
 
     Gradients are computed in this call (and only those that autograd will ask for).
@@ -268,18 +272,19 @@ def fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     def compute(need_hidden_grad: bool, need_weight_grad: bool):
         loss, grad_hidden, grad_weight, *_ = _fused_loss(
             hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index,
-            chunk_size, need_hidden_grad, need_weight_grad)
+            chunk_size, need_hidden_grad, need_weight_grad, contrastive_mask)
         return loss, grad_hidden, grad_weight
 
     return loss_with_precomputed_gradients(compute, hidden, weight)
 
 
 def response_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
-                   num_responses: int, *, ignore_index: int, chunk_size: int | None) -> ResponseStats:
-    """Per-response ``(CE_i, p_mean_i, T_i)`` from the extension (logits only, no gradient)."""
+                   num_responses: int, *, ignore_index: int, chunk_size: int | None,
+                   contrastive_mask: torch.Tensor | None = None) -> ResponseStats:
+    """Per-response ``(CE_i, p_mean_i, T_i, S_i)`` from the extension (logits only, no gradient)."""
     placeholder_weights = torch.zeros(num_responses, dtype=torch.float64)
     no_wrong = torch.zeros(num_responses, dtype=torch.bool)
-    _, _, _, ce, p_mean, counts = _fused_loss(
+    _, _, _, ce, p_mean, counts, contrastive_counts = _fused_loss(
         hidden.detach(), weight.detach(), targets, response_index, placeholder_weights, no_wrong, 0.0, 0.5,
-        ignore_index, chunk_size, False, False)
-    return ResponseStats(ce, p_mean, counts)
+        ignore_index, chunk_size, False, False, contrastive_mask)
+    return ResponseStats(ce, p_mean, counts, None if contrastive_mask is None else contrastive_counts)

@@ -47,12 +47,12 @@ def token_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 class _ChunkedAdvDistillLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, response_index, response_weights, wrong,
-                lam, p_max, ignore_index, chunk_size):
+                lam, p_max, ignore_index, chunk_size, contrastive_mask):
         logp, lse = token_log_probs(hidden, weight, targets, ignore_index, chunk_size)
         valid = targets != ignore_index
-        stats = response_means(logp, valid, response_index, response_weights.shape[0])
+        stats = response_means(logp, valid, response_index, response_weights.shape[0], contrastive_mask)
         coefficients = token_coefficients(logp, valid, response_index, stats, response_weights, wrong,
-                                          lam, p_max)
+                                          lam, p_max, contrastive_mask)
         ctx.save_for_backward(hidden, weight, targets, lse, coefficients)
         ctx.chunk_size = chunk_size
         ctx.ignore_index = ignore_index
@@ -66,7 +66,7 @@ class _ChunkedAdvDistillLoss(torch.autograd.Function):
             grad_hidden, grad_weight = chunked_gradients(
                 hidden, weight, targets, lse, coefficients * grad_loss.to(lse.dtype), ctx.ignore_index,
                 ctx.chunk_size, need_hidden, need_weight)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None
 
 
 def chunked_gradients(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
@@ -94,18 +94,19 @@ def chunked_gradients(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
 
 def fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                           response_index: torch.Tensor, response_weights: torch.Tensor, wrong: torch.Tensor, *,
-                          lam: float, p_max: float, ignore_index: int, chunk_size: int | None) -> torch.Tensor:
+                          lam: float | torch.Tensor, p_max: float, ignore_index: int,
+                          chunk_size: int | None, contrastive_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Chunked loss; ``chunk_size`` tokens per chunk (default: 8M logits per chunk)."""
     chunk = chunk_tokens(chunk_size, weight.shape[0], LOGITS_BUDGET_ELEMENTS)
     return _ChunkedAdvDistillLoss.apply(hidden, weight, targets, response_index, response_weights, wrong,
-                                        lam, p_max, ignore_index, chunk)
+                                        lam, p_max, ignore_index, chunk, contrastive_mask)
 
 
 def response_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          response_index: torch.Tensor, num_responses: int, *, ignore_index: int,
-                         chunk_size: int | None) -> ResponseStats:
-    """Per-response ``(CE_i, p_mean_i, T_i)`` without gradient."""
+                         chunk_size: int | None, contrastive_mask: torch.Tensor | None = None) -> ResponseStats:
+    """Per-response ``(CE_i, p_mean_i, T_i, S_i)`` without gradient."""
     chunk = chunk_tokens(chunk_size, weight.shape[0], LOGITS_BUDGET_ELEMENTS)
     with torch.no_grad():
         logp, _ = token_log_probs(hidden, weight, targets, ignore_index, chunk)
-        return response_means(logp, targets != ignore_index, response_index, num_responses)
+        return response_means(logp, targets != ignore_index, response_index, num_responses, contrastive_mask)

@@ -80,20 +80,24 @@ def _logits_to_grad(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tens
 
 
 def _forward(hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index,
-             need_hidden_grad, need_weight_grad, chunk_size):
+             need_hidden_grad, need_weight_grad, chunk_size, contrastive_mask=None):
     """(loss, stats, grad_hidden, grad_weight) tile by tile; gradients None unless needed."""
     weight = weight.contiguous()
     num_responses = response_weights.shape[0]
     need_gradients = need_hidden_grad or need_weight_grad
     default_tile = chunk_tokens(None, weight.shape[0], LOGITS_BUDGET_ELEMENTS, MIN_TILE_TOKENS)
-    plan = plan_tiles(targets, response_index, wrong, lam, ignore_index, chunk_size, default_tile, need_gradients)
+    plan = plan_tiles(targets, response_index, wrong, lam, ignore_index, chunk_size, default_tile, need_gradients,
+                      contrastive_mask)
     rows = hidden.index_select(0, plan.order)
     row_targets = targets[plan.order].contiguous()
     row_responses = response_index[plan.order]
     all_valid = torch.ones_like(row_targets, dtype=torch.bool)
+    row_mask = None if contrastive_mask is None else contrastive_mask[plan.order]
     logp = torch.zeros(rows.shape[0], dtype=torch.float32, device=hidden.device)
     p_sums = torch.zeros(num_responses, dtype=torch.float32, device=hidden.device)
     counts = torch.bincount(row_responses, minlength=num_responses)
+    contrastive_counts = counts if row_mask is None else torch.bincount(row_responses[row_mask],
+                                                                        minlength=num_responses)
     largest_tile = max((tile.end - tile.begin for tile in plan.tiles), default=0)
     buffer = torch.empty(largest_tile, weight.shape[0], dtype=hidden.dtype, device=hidden.device)
     gradient_tiles = sum(tile.compute_gradients for tile in plan.tiles)
@@ -107,14 +111,18 @@ def _forward(hidden, weight, targets, response_index, response_weights, wrong, l
         logits = torch.mm(rows[span], weight.T, out=buffer[:tile.end - tile.begin])
         lse, tile_logp = _row_logsumexp(logits, row_targets[span])
         logp[span] = tile_logp
+        tile_mask = None if row_mask is None else row_mask[span]
         if tile.accumulate_stats:
-            p_sums.index_add_(0, row_responses[span], logp[span].exp())
+            probabilities = logp[span].exp()
+            p_sums.index_add_(0, row_responses[span],
+                              probabilities if tile_mask is None else torch.where(tile_mask, probabilities, 0.0))
         if not tile.compute_gradients:
             continue
         # p_mean is complete for every response whose coefficient needs it (the plan sees to that)
-        running = ResponseStats(torch.zeros_like(p_sums), p_sums / counts.clamp(min=1), counts)
+        running = ResponseStats(torch.zeros_like(p_sums), p_sums / contrastive_counts.clamp(min=1), counts,
+                                contrastive_counts)
         coefficients = token_coefficients(tile_logp, all_valid[span], row_responses[span], running,
-                                          response_weights, wrong, lam, p_max)
+                                          response_weights, wrong, lam, p_max, tile_mask)
         _logits_to_grad(logits, row_targets[span], lse, coefficients.contiguous())
         if need_hidden_grad:
             torch.mm(logits, weight, out=grad_rows[span])
@@ -122,7 +130,7 @@ def _forward(hidden, weight, targets, response_index, response_weights, wrong, l
             grad_weight.addmm_(logits.T, rows[span])
         elif need_weight_grad:
             grad_weight += logits.T @ rows[span]
-    stats = response_means(logp, all_valid, row_responses, num_responses)
+    stats = response_means(logp, all_valid, row_responses, num_responses, row_mask)
     loss = combine_loss(stats, response_weights, wrong, lam, p_max)
     grad_hidden = None
     if need_hidden_grad:
@@ -138,27 +146,29 @@ def _require_supported(hidden: torch.Tensor) -> None:
 
 
 def fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
-               response_weights: torch.Tensor, wrong: torch.Tensor, *, lam: float, p_max: float, ignore_index: int,
-               chunk_size: int | None) -> torch.Tensor:
+               response_weights: torch.Tensor, wrong: torch.Tensor, *, lam: float | torch.Tensor, p_max: float,
+               ignore_index: int, chunk_size: int | None,
+               contrastive_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Single-pass Triton loss; ``chunk_size`` tokens per logits tile (tiles hold whole responses when they fit)."""
     _require_supported(hidden)
 
     def compute(need_hidden_grad: bool, need_weight_grad: bool):
         loss, _, grad_hidden, grad_weight = _forward(
             hidden, weight, targets, response_index, response_weights, wrong, lam, p_max, ignore_index,
-            need_hidden_grad, need_weight_grad, chunk_size)
+            need_hidden_grad, need_weight_grad, chunk_size, contrastive_mask)
         return loss, grad_hidden, grad_weight
 
     return loss_with_precomputed_gradients(compute, hidden, weight)
 
 
 def response_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, response_index: torch.Tensor,
-                   num_responses: int, *, ignore_index: int, chunk_size: int | None) -> ResponseStats:
-    """Per-response ``(CE_i, p_mean_i, T_i)`` from the logits only, without gradient."""
+                   num_responses: int, *, ignore_index: int, chunk_size: int | None,
+                   contrastive_mask: torch.Tensor | None = None) -> ResponseStats:
+    """Per-response ``(CE_i, p_mean_i, T_i, S_i)`` from the logits only, without gradient."""
     _require_supported(hidden)
     with torch.no_grad():
         placeholder_weights = torch.zeros(num_responses, device=hidden.device)
         no_wrong = torch.zeros(num_responses, dtype=torch.bool, device=hidden.device)
         _, stats, _, _ = _forward(hidden, weight, targets, response_index, placeholder_weights, no_wrong, 0.0, 0.5,
-                                  ignore_index, False, False, chunk_size)
+                                  ignore_index, False, False, chunk_size, contrastive_mask)
     return stats

@@ -3,7 +3,9 @@
 // [tile tokens x V] logits tile at a time.
 //
 // Why one pass works: dloss/dlogp_t = c_t = a_i + b_i p_t depends only on token t and its own
-// response i (a_i = -w_i / T_i, b_i = lam [i wrong] [p_mean_i < p_max] / (T_i (1 - p_mean_i))).
+// response i (a_i = -w_i / T_i, b_i = lam_i [i wrong] [p_mean_i < p_max] / (S_i (1 - p_mean_i)), lam_i the
+// contrastive weight of response i; with a contrastive mask m_t, c_t = a_i + b_i m_t p_t and p_mean_i is the mean
+// of p_t over the S_i tokens of i in the mask; without one, m_t = 1 and S_i = T_i).
 // The caller orders the unmasked tokens by response and plans tiles of whole responses
 // (backends/_tiles.py). For each tile one GEMM gives its full-vocabulary logits; one OpenMP loop
 // turns them in place into exp(z - max) and the log-sum-exp; the per-response statistics give c_t; two
@@ -26,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -151,10 +154,13 @@ struct Problem {
   at::Tensor weight;  // [V, d] in the GEMM dtype, or float16 where weight_slice is defined
   at::Tensor weight_slice;  // float16 inputs: [slice, d] float32, the weight upcast into it slice by slice
   std::vector<int64_t> targets, responses;  // [M], ordered like rows
+  std::vector<uint8_t> in_mask;             // [M], ordered like rows: m_t (1 without a contrastive mask)
   std::vector<int64_t> counts;              // T_i
+  std::vector<int64_t> contrastive_counts;  // S_i, the tokens of i in the contrastive mask
   std::vector<double> response_weights;     // w_i
-  std::vector<bool> contrastive;            // wrong[i] && lam != 0
-  double lam, p_max;
+  std::vector<bool> contrastive;            // wrong[i] && lam_i != 0
+  std::vector<double> lam;                  // lam_i, the contrastive weight of each response
+  double p_max;
   int64_t vocab_size;
   bool use_onednn;
 };
@@ -182,10 +188,11 @@ struct ResponseSums {
   std::vector<double> logp, p;
 
   double contrastive_factor(const Problem& pr, int64_t i) const {
-    const double count = static_cast<double>(pr.counts[i]);
+    if (!pr.contrastive[i] || pr.contrastive_counts[i] == 0) return 0.0;
+    const double count = static_cast<double>(pr.contrastive_counts[i]);
     const double p_mean = p[i] / count;
-    if (!pr.contrastive[i] || !(p_mean < pr.p_max)) return 0.0;
-    return pr.lam / (count * (1.0 - p_mean));
+    if (!(p_mean < pr.p_max)) return 0.0;
+    return pr.lam[i] / (count * (1.0 - p_mean));
   }
 };
 
@@ -235,7 +242,7 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
       const int64_t i = pr.responses[tile.begin + r];
       const double logp = static_cast<double>(token_logp[tile.begin + r]);
       sums.logp[i] += logp;
-      sums.p[i] += std::exp(logp);
+      if (pr.in_mask[tile.begin + r]) sums.p[i] += std::exp(logp);
     }
   }
   if (!tile.compute_gradients) return;
@@ -245,7 +252,7 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
     const int64_t i = pr.responses[tile.begin + r];
     const double p = std::exp(static_cast<double>(token_logp[tile.begin + r]));
     const double coefficient = -pr.response_weights[i] / static_cast<double>(pr.counts[i]) +
-                               sums.contrastive_factor(pr, i) * p;
+                               (pr.in_mask[tile.begin + r] ? sums.contrastive_factor(pr, i) * p : 0.0);
     row_scale[r] = static_cast<acc_t>(-coefficient / static_cast<double>(row_sum[r]));
   }
   if constexpr (std::is_same_v<logit_t, acc_t>) {
@@ -299,11 +306,12 @@ at::ScalarType gemm_type(at::ScalarType input) {
   return input == at::kHalf ? at::kFloat : input;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_loss(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_loss(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets, const at::Tensor& response_index,
-    const at::Tensor& response_weights, const at::Tensor& wrong, double lam, double p_max, const at::Tensor& order,
+    const at::Tensor& response_weights, const at::Tensor& wrong, const at::Tensor& lam, double p_max,
+    const std::optional<at::Tensor>& contrastive_mask, const at::Tensor& order,
     const at::Tensor& tile_plan, bool need_hidden, bool need_weight, bool use_onednn) {
-  for (const at::Tensor* t : {&hidden, &weight, &targets, &response_index, &response_weights, &wrong, &order,
+  for (const at::Tensor* t : {&hidden, &weight, &targets, &response_index, &response_weights, &wrong, &lam, &order,
                               &tile_plan}) {
     TORCH_CHECK(t->device().is_cpu(), "advdistill cpp backend: expected CPU tensors, got ", t->device());
   }
@@ -316,6 +324,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   TORCH_CHECK(wrong.scalar_type() == at::kBool, "advdistill cpp backend: expected bool wrong, got ",
               wrong.scalar_type());
+  if (contrastive_mask.has_value()) {
+    TORCH_CHECK(contrastive_mask->device().is_cpu() && contrastive_mask->scalar_type() == at::kBool &&
+                    contrastive_mask->dim() == 1 && contrastive_mask->size(0) == hidden.size(0),
+                "advdistill cpp backend: expected a bool CPU contrastive_mask [N], got ", contrastive_mask->sizes());
+  }
+  TORCH_CHECK(lam.dim() == 1 && lam.size(0) == response_weights.size(0),
+              "advdistill cpp backend: expected lam [R] (one per response), got ", lam.sizes());
   TORCH_CHECK(tile_plan.dim() == 2 && tile_plan.size(1) == 4,
               "advdistill cpp backend: expected a tile plan [T, 4], got ", tile_plan.sizes());
 
@@ -349,21 +364,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   Problem pr;
   pr.vocab_size = weight.size(0);
-  pr.lam = lam;
   pr.p_max = p_max;
   pr.use_onednn = use_onednn && compute_type != at::kDouble;
   pr.weight = input_type == at::kHalf ? weight.contiguous() : weight.to(compute_type).contiguous();
   pr.rows = identity ? hidden.to(compute_type).contiguous() : hidden.index_select(0, order_c).to(compute_type);
   pr.counts.assign(num_responses, 0);
+  pr.contrastive_counts.assign(num_responses, 0);
+  at::Tensor mask_c;
+  if (contrastive_mask.has_value()) mask_c = contrastive_mask->contiguous();
+  const bool* mask_ptr = mask_c.defined() ? mask_c.data_ptr<bool>() : nullptr;
   for (int64_t m = 0; m < valid_tokens; ++m) {
     pr.targets.push_back(target_ptr[order_ptr[m]]);
     pr.responses.push_back(response_ptr[order_ptr[m]]);
+    pr.in_mask.push_back(mask_ptr == nullptr || mask_ptr[order_ptr[m]] ? 1 : 0);
     pr.counts[pr.responses.back()] += 1;
+    pr.contrastive_counts[pr.responses.back()] += pr.in_mask.back();
   }
   const at::Tensor weights_f64 = response_weights.to(at::kDouble).contiguous();
   pr.response_weights.assign(weights_f64.data_ptr<double>(), weights_f64.data_ptr<double>() + num_responses);
+  const at::Tensor lam_f64 = lam.to(at::kDouble).contiguous();
+  pr.lam.assign(lam_f64.data_ptr<double>(), lam_f64.data_ptr<double>() + num_responses);
   const at::Tensor wrong_c = wrong.contiguous();
-  for (int64_t i = 0; i < num_responses; ++i) pr.contrastive.push_back(wrong_c.data_ptr<bool>()[i] && lam != 0.0);
+  for (int64_t i = 0; i < num_responses; ++i) {
+    pr.contrastive.push_back(wrong_c.data_ptr<bool>()[i] && pr.lam[i] != 0.0);
+  }
 
   const at::TensorOptions compute_options = pr.rows.options();
   at::Tensor buffer = at::empty({largest_tile * pr.vocab_size}, compute_options);
@@ -419,9 +443,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (pr.counts[i] == 0) continue;
     const double count = static_cast<double>(pr.counts[i]);
     ce[i] = -sums.logp[i] / count;
-    p_mean[i] = sums.p[i] / count;
     loss += pr.response_weights[i] * ce[i];
-    if (wrong_c.data_ptr<bool>()[i]) loss += lam * -std::log1p(-std::min(p_mean[i], p_max));
+    if (pr.contrastive_counts[i] == 0) continue;  // no token in the contrastive mask: no contrastive term
+    p_mean[i] = sums.p[i] / static_cast<double>(pr.contrastive_counts[i]);
+    if (wrong_c.data_ptr<bool>()[i]) loss += pr.lam[i] * -std::log1p(-std::min(p_mean[i], p_max));
   }
 
   at::Tensor grad_hidden = at::empty({0}, hidden.options());
@@ -446,7 +471,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   return {at::scalar_tensor(loss, f64).to(stats_type), grad_hidden, grad_weight,
           at::tensor(ce, f64).to(stats_type), at::tensor(p_mean, f64).to(stats_type),
-          at::tensor(pr.counts, at::TensorOptions().dtype(at::kLong))};
+          at::tensor(pr.counts, at::TensorOptions().dtype(at::kLong)),
+          at::tensor(pr.contrastive_counts, at::TensorOptions().dtype(at::kLong))};
 }
 
 void gemm_op(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate, bool use_onednn) {
@@ -459,8 +485,9 @@ void gemm_op(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bo
 TORCH_LIBRARY(advdistill_kernels, m) {
   m.def(
       "fused_loss(Tensor hidden, Tensor weight, Tensor targets, Tensor response_index, Tensor response_weights, "
-      "Tensor wrong, float lam, float p_max, Tensor order, Tensor tile_plan, bool need_hidden_grad, "
-      "bool need_weight_grad, bool use_onednn) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      "Tensor wrong, Tensor lam, float p_max, Tensor? contrastive_mask, Tensor order, Tensor tile_plan, "
+      "bool need_hidden_grad, bool need_weight_grad, bool use_onednn) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       &advdistill::fused_loss);
   m.def("gemm(Tensor a, Tensor b, Tensor(a!) out, bool accumulate, bool use_onednn) -> ()", &advdistill::gemm_op);
 }
