@@ -151,9 +151,33 @@ def check_variants(config: dict[str, Any]) -> None:
         if not objectives & set(spec.get("objectives", objectives)):
             raise ConfigError(f"config variants.{name}.objectives: no student trains {spec['objectives']} "
                               f"(students' objectives: {sorted(objectives)})")
+    check_variant_controls(config)
     if not config.get("plain_runs", True) and not config.get("variants"):
         raise ConfigError("config plain_runs: false trains the variants only, but there are no variants: nothing "
                           "would be trained (add variants or set plain_runs: true)")
+
+
+def _variant_objectives(config: dict[str, Any], spec: dict[str, Any]) -> set[str]:
+    """The objectives a variant trains for some student."""
+    objectives = {objective for student in config.get("students", []) for objective in student["objectives"]}
+    return objectives & set(spec.get("objectives", objectives))
+
+
+def check_variant_controls(config: dict[str, Any]) -> None:
+    """A variant's ``control`` names another variant that trains the same objectives, so that each of its runs
+    has the control's run of the same student, objective and seed to be compared with."""
+    variants = config.get("variants") or {}
+    for name, spec in variants.items():
+        control = spec.get("control")
+        if control is None:
+            continue
+        key = f"config variants.{name}.control"
+        if control == name or control not in variants:
+            raise ConfigError(f"{key}: '{control}' is not another variant (variants: {', '.join(variants)})")
+        missing = _variant_objectives(config, spec) - _variant_objectives(config, variants[control])
+        if missing:
+            raise ConfigError(f"{key}: '{control}' does not train {sorted(missing)}, which '{name}' trains; a "
+                              f"control must train the same objective")
 
 
 def check_trackers(config: dict[str, Any]) -> None:

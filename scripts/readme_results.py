@@ -118,23 +118,41 @@ def render_training_compute(compute: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _p_value(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}"
+
+
 def render_ablation(record: Path) -> str:
+    """Per test set, each run's accuracy over seeds and its paired comparison with the SFT run of each seed; where
+    some variant names a control (``variants.<name>.control``, its λ = 0 run; a record made before controls has
+    none), with that control too."""
     replicates = pl.read_csv(record / "replicates.csv")
     lines = [_run_line(record, "A fresh run of `config.yaml` with `config/ablation.yaml`"), ""]
     for testset in replicates["testset"].unique(maintain_order=True):
         rows = replicates.filter(pl.col("testset") == testset)
         versus = ", ".join(f"`{name}`" for name in rows["versus"].drop_nulls().unique(maintain_order=True))
+        controlled = "control" in rows.columns and rows["control"].drop_nulls().len() > 0
+        against = ("the exact McNemar p of the discordant prompts pooled over seeds; likewise against its λ = 0 "
+                   "control (`variants.<name>.control`, named in the table), seed by seed:" if controlled else
+                   "the exact McNemar p of the discordant prompts pooled over seeds:")
+        header = "| objective | variant | seeds | accuracy | template adherence | vs SFT (points) | McNemar p |"
+        if controlled:
+            header += " its λ = 0 | vs its λ = 0 (points) | McNemar p |"
         lines += [f"{testset}: accuracy in % as the mean over seeds with its Student-t 95 % interval; against the SFT "
                   f"run of the same seed ({versus or 'none'}), the mean difference in points with its t-interval and "
-                  "the exact McNemar p of the discordant prompts pooled over seeds:", "",
-                  "| objective | variant | seeds | accuracy | template adherence | vs SFT (points) | McNemar p |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"{against}", "", header, "|---" * header.count(" |") + "|"]
         for r in rows.iter_rows(named=True):
-            difference = _interval(r["vs_sft_points"], r["vs_sft_lower"], r["vs_sft_upper"])
-            p_value = "–" if r["mcnemar_p_pooled"] is None else f"{r['mcnemar_p_pooled']:.2g}"
-            lines.append(f"| {r['objective']} | {r['variant'] or 'plain (mean, λ = 0.5)'} | {r['seeds']} | "
-                         f"{_interval(r['accuracy'], r['lower'], r['upper'])} | "
-                         f"{_interval(r['template_adherence'], None, None)} | {difference} | {p_value} |")
+            line = (f"| {r['objective']} | {r['variant'] or 'plain (mean, λ = 0.5)'} | {r['seeds']} | "
+                    f"{_interval(r['accuracy'], r['lower'], r['upper'])} | "
+                    f"{_interval(r['template_adherence'], None, None)} | "
+                    f"{_interval(r['vs_sft_points'], r['vs_sft_lower'], r['vs_sft_upper'])} | "
+                    f"{_p_value(r['mcnemar_p_pooled'])} |")
+            if controlled:
+                control = "–" if r["control"] is None else r["control"].rpartition("@")[2]
+                line += (f" {control} | "
+                         f"{_interval(r['vs_control_points'], r['vs_control_lower'], r['vs_control_upper'])} | "
+                         f"{_p_value(r['mcnemar_p_control'])} |")
+            lines.append(line)
         lines.append("")
     lines += [render_telemetry(pl.read_csv(record / "loss_terms.csv")), ""]
     return "\n".join(lines).rstrip("\n")

@@ -277,6 +277,27 @@ def test_planning_names_the_key_of_a_tracker_it_cannot_run(monkeypatch, training
     check_trackers(config)
 
 
+@pytest.mark.parametrize("variants, message", [
+    ({"low": {"control": "low", "training": {}}}, "config variants.low.control: 'low' is not another variant"),
+    ({"low": {"control": "zero", "training": {}}}, "config variants.low.control: 'zero' is not another variant "
+                                                   "(variants: low)"),
+    ({"low": {"objectives": ["advdistill"], "control": "ref", "training": {}},
+      "ref": {"objectives": ["sft"], "training": {}}},
+     "config variants.low.control: 'ref' does not train ['advdistill'], which 'low' trains"),
+], ids=["itself", "unknown", "other-objective"])
+def test_a_variant_control_must_be_another_variant_of_the_same_objective(variants, message):
+    config = copy.deepcopy(BASIC)
+    config["variants"] = variants
+    validate(config, set_defaults=True)
+    with pytest.raises(ConfigError) as raised:
+        check_variants(config)
+    assert message in str(raised.value)
+    config["variants"] = {"lam0.5": {"objectives": ["advdistill"], "control": "lam0", "training": {}},
+                          "lam0": {"objectives": ["advdistill"], "training": {"loss": {"lam": 0.0}}}}
+    validate(config, set_defaults=True)
+    check_variants(config)
+
+
 def test_planning_checks_parse_every_stage_section(tmp_path):
     path = tmp_path / "config.yaml"
     config = copy.deepcopy(BASIC)

@@ -303,6 +303,12 @@ def set_key(path, value):
      "config students[0].snapshot.of: 'gpt' is not another model with source 'bootstrap'"),
     (set_key(("variants",), {"low": {"training": {"report_to": ["tensorboard", "wandbb"]}}}),
      "config variants.low.training.report_to: 'wandbb' is not a tracker transformers offers; the trackers: "),
+    (set_key(("variants",), {"low": {"control": "zero", "training": {"loss": {"lam": 0.1}}}}),
+     "config variants.low.control: 'zero' is not another variant (variants: low)"),
+    (set_key(("variants",), {"low": {"objectives": ["advdistill"], "control": "ref", "training": {}},
+                             "ref": {"objectives": ["sft"], "training": {}}}),
+     "config variants.low.control: 'ref' does not train ['advdistill'], which 'low' trains; a control must train "
+     "the same objective"),
 ], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
         "split-path", "dash-name", "student-sft-collision", "teacher-base-collision", "variant-path",
         "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "min-correct-above-samples",
@@ -311,7 +317,8 @@ def set_key(path, value):
         "paper-unknown-model", "missing-local-release", "missing-local-model", "file-name-too-long",
         "model-source-a-file", "dataset-source-a-folder",
         "evaluation-past-context", "sampling-past-context", "snapshot-past-run", "snapshot-of-itself",
-        "snapshot-of-unknown", "variant-unknown-tracker"])
+        "snapshot-of-unknown", "variant-unknown-tracker", "variant-control-unknown",
+        "variant-control-other-objective"])
 @pytest.mark.failure_mode(
     "a snapshot student naming a model that is not bootstrapped, or a step beyond its run",
     sees="planning stops naming students[i].snapshot.of or .step and the run's max_steps",

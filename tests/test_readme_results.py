@@ -85,15 +85,22 @@ def test_record_names_a_missing_report_table(tmp_path, monkeypatch):
         readme_results.record("default", tmp_path / "run")
 
 
+ABLATION_REPLICATES = pl.DataFrame(
+    {"testset": ["arith"] * 3, "student": ["student"] * 3, "objective": ["sft", "advdistill", "advdistill"],
+     "variant": ["baseline", "sum-lam0", "sum-lam0.5"], "seeds": [3, 3, 3], "accuracy": [40.0, 45.5, 30.0],
+     "lower": [35.0, 40.25, 20.0], "upper": [45.0, 50.75, 40.0], "template_adherence": [100.0, 99.0, 90.0],
+     "versus": [None, "student-sft@baseline", "student-sft@baseline"], "vs_sft_points": [None, 5.5, -10.0],
+     "vs_sft_lower": [None, 1.0, -20.0], "vs_sft_upper": [None, 10.0, 0.0], "b": [None, 30, 5], "c": [None, 19, 25],
+     "mcnemar_p_pooled": [None, 0.15, 0.00032], "control": [None, None, "student-advdistill@sum-lam0"],
+     "vs_control_points": [None, None, -15.5], "vs_control_lower": [None, None, -25.25],
+     "vs_control_upper": [None, None, -5.75], "control_b": [None, None, 2], "control_c": [None, None, 33],
+     "mcnemar_p_control": [None, None, 1.2e-8]})
+
+
 def test_ablation_section_names_the_reference_and_averages_the_telemetry_over_seeds(tmp_path, readme):
     readme.write_text("<!-- results:ablation -->\n<!-- /results:ablation -->\n")
     report = write_report(tmp_path / "run")
-    pl.DataFrame({"testset": ["arith", "arith"], "student": ["student"] * 2, "objective": ["sft", "advdistill"],
-                  "variant": ["baseline", "sum-lam0"], "seeds": [3, 3], "accuracy": [40.0, 45.5],
-                  "lower": [35.0, 40.25], "upper": [45.0, 50.75], "template_adherence": [100.0, 99.0],
-                  "versus": [None, "student-sft@baseline"], "vs_sft_points": [None, 5.5], "vs_sft_lower": [None, 1.0],
-                  "vs_sft_upper": [None, 10.0], "b": [None, 30], "c": [None, 19], "mcnemar_p_pooled": [None, 0.15]}
-                 ).write_csv(report / "replicates.csv")
+    ABLATION_REPLICATES.write_csv(report / "replicates.csv")
     pl.DataFrame({"train_set": ["arith"] * 3, "model": ["student-sft@baseline", "student-advdistill@sum-lam0",
                                                         "student-advdistill@sum-lam0@seed2"],
                   "steps": [0, 8, 8], "weighted_ce": [None, 10.0, 20.0], "contrastive": [None, 0.0, 0.0],
@@ -106,9 +113,19 @@ def test_ablation_section_names_the_reference_and_averages_the_telemetry_over_se
     text = readme.read_text()
     assert "the run took 27.1 min; the jobs' wall times add up to 3.0 min" in text
     assert "against the SFT run of the same seed (`student-sft@baseline`)" in text
-    assert "| advdistill | sum-lam0 | 3 | 45.5 [40.2, 50.8] | 99.0 | 5.5 [1.0, 10.0] | 0.15 |" in text
+    assert ("| objective | variant | seeds | accuracy | template adherence | vs SFT (points) | McNemar p | "
+            "its λ = 0 | vs its λ = 0 (points) | McNemar p |\n|---|---|---|---|---|---|---|---|---|---|\n") in text
+    assert "| advdistill | sum-lam0 | 3 | 45.5 [40.2, 50.8] | 99.0 | 5.5 [1.0, 10.0] | 0.15 | – | – | – |" in text
+    assert ("| advdistill | sum-lam0.5 | 3 | 30.0 [20.0, 40.0] | 90.0 | -10.0 [-20.0, 0.0] | 0.00032 | sum-lam0 | "
+            "-15.5 [-25.2, -5.8] | 1.2e-08 |") in text
     assert "| student-advdistill@sum-lam0 | 2 | 15.000 | 0.000 | 0.000 | 0.600 | 0.000 | 1.500 |" in text
     assert readme_results.main(["check"]) == 0
+    # a record made before variants named their controls keeps its table without the control columns
+    ABLATION_REPLICATES.select(pl.exclude("^.*control.*$")).write_csv(report / "replicates.csv")
+    readme_results.record("ablation", tmp_path / "run", log)
+    text = readme.read_text()
+    assert "| advdistill | sum-lam0 | 3 | 45.5 [40.2, 50.8] | 99.0 | 5.5 [1.0, 10.0] | 0.15 |\n" in text
+    assert "its λ = 0" not in text and "|---|---|---|---|---|---|---|\n" in text
     log.write_text("Error in rule train\n")
     with pytest.raises(SystemExit, match="no 'Elapsed time' line"):
         readme_results.record("ablation", tmp_path / "run", log)

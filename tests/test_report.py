@@ -452,7 +452,8 @@ def test_replicate_summary_over_seeds_by_hand():
         "accuracy": 62.5, "lower": round(62.5 - half, 2), "upper": round(62.5 + half, 2),
         "template_adherence": 75.0, "versus": "student-sft", "vs_sft_points": 0.0,
         "vs_sft_lower": round(-12.706204736174705 * 25, 2),
-        "vs_sft_upper": round(12.706204736174705 * 25, 2), "b": 1, "c": 1, "mcnemar_p_pooled": 1.0}
+        "vs_sft_upper": round(12.706204736174705 * 25, 2), "b": 1, "c": 1, "mcnemar_p_pooled": 1.0,
+        **dict.fromkeys(REPLICATE_CONTROL_COLUMNS)}
     assert rows[("sft", None)]["seeds"] == 2 and rows[("sft", None)]["vs_sft_points"] is None
     assert rows[("sft", None)]["accuracy"] == 62.5
     variant = rows[("advdistill", "lam0")]
@@ -478,6 +479,45 @@ def test_replicate_headline_names_the_seeds_and_the_pooled_test():
         "student-advdistill vs student-sft on arith, mean over 2 seeds: −62.5 points [95 % t-interval −221.3, "
         "+96.3], McNemar p = 0.062 (pooled over seeds)"]
     assert headlines(comparisons)[0].startswith("student-advdistill vs student-sft on arith: −75.0 points")
+
+
+CONTROLLED_RUNS = {name: {"student": "student", "objective": objective, "variant": variant, "seed": seed,
+                         "control": control}
+                   for name, objective, variant, seed, control in (
+                       ("student-sft", "sft", None, 1, None), ("student-sft@seed2", "sft", None, 2, None),
+                       ("student-advdistill@lam0", "advdistill", "lam0", 1, None),
+                       ("student-advdistill@lam0@seed2", "advdistill", "lam0", 2, None),
+                       ("student-advdistill@lam0.5", "advdistill", "lam0.5", 1, "lam0"),
+                       ("student-advdistill@lam0.5@seed2", "advdistill", "lam0.5", 2, "lam0"))}
+
+
+def test_replicate_summary_compares_a_variant_with_its_control_seed_by_seed_by_hand():
+    """lam0.5 against its control lam0, seed by seed: seed 1 b, c = 3, 0 (+75 points), seed 2 b, c = 1, 0 (+25):
+    mean +50, s = 25 * sqrt(2), half = t_{0.975,1} * s / sqrt(2) = 12.706204736174705 * 25; pooled b = 4, c = 0,
+    so McNemar p = 2 / 2**4 = 0.125. Against SFT: +25 and -25 points, b = c = 1, p = 1."""
+    outcomes = {("student-sft", "arith"): judged_responses([T, T, F, F], [5] * 4),
+                ("student-sft@seed2", "arith"): judged_responses([T, T, T, F], [5] * 4),
+                ("student-advdistill@lam0", "arith"): judged_responses([F, F, F, F], [5] * 4),
+                ("student-advdistill@lam0@seed2", "arith"): judged_responses([T, F, F, F], [5] * 4),
+                ("student-advdistill@lam0.5", "arith"): judged_responses([T, T, T, F], [5] * 4),
+                ("student-advdistill@lam0.5@seed2", "arith"): judged_responses([T, T, F, F], [5] * 4)}
+    metrics = {key: {"accuracy": frame["correct"].mean()} for key, frame in outcomes.items()}
+    summary = replicate_summary(metrics, outcomes, list(CONTROLLED_RUNS), ["arith"], CONTROLLED_RUNS)
+    rows = {r["variant"]: r for r in summary.iter_rows(named=True)}
+    half = 12.706204736174705 * 25
+    controlled = rows["lam0.5"]
+    assert {key: controlled[key] for key in ("versus", "vs_sft_points", "b", "c", "mcnemar_p_pooled")} == {
+        "versus": "student-sft", "vs_sft_points": 0.0, "b": 1, "c": 1, "mcnemar_p_pooled": 1.0}
+    assert {key: controlled[key] for key in REPLICATE_CONTROL_COLUMNS} == {
+        "control": "student-advdistill@lam0", "vs_control_points": 50.0, "vs_control_lower": round(50 - half, 2),
+        "vs_control_upper": round(50 + half, 2), "control_b": 4, "control_c": 0, "mcnemar_p_control": 0.125}
+    for variant in (None, "lam0"):
+        assert all(rows[variant][key] is None for key in REPLICATE_CONTROL_COLUMNS)
+    assert rows["lam0"]["vs_sft_points"] == -50.0  # -50 at both seeds: controls leave the SFT comparison alone
+
+
+REPLICATE_CONTROL_COLUMNS = ("control", "vs_control_points", "vs_control_lower", "vs_control_upper", "control_b",
+                             "control_c", "mcnemar_p_control")
 
 
 VARIANT_ONLY_RUNS = {name: {"student": "student", "objective": objective, "variant": variant, "seed": seed}

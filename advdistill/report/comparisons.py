@@ -20,13 +20,15 @@ TEACHER_ROLE = "teacher"
 
 class ModelRole(NamedTuple):
     """What an evaluated model is: its student (the model's own name for the teacher), its role (``teacher``,
-    ``base`` or the training objective), and for a trained run its variant (None: the plain training section)
-    and seed (None where unknown)."""
+    ``base`` or the training objective), and for a trained run its variant (None: the plain training section),
+    seed (None where unknown) and the variant it is compared with as its control (``variants.<name>.control``;
+    None: none)."""
 
     student: str
     role: str
     variant: str | None = None
     seed: int | None = None
+    control: str | None = None
 
 
 def _role_from_name(model: str) -> ModelRole:
@@ -38,11 +40,11 @@ def _role_from_name(model: str) -> ModelRole:
 
 
 def model_roles(models: list[str], runs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, ModelRole]:
-    """Each model's :class:`ModelRole`: from ``runs`` (name -> ``student``, ``objective``, ``variant``, ``seed``,
-    as the report rule's plan gives the trained runs), else from the plain name."""
+    """Each model's :class:`ModelRole`: from ``runs`` (name -> ``student``, ``objective``, ``variant``, ``seed``
+    and optionally ``control``, as the report rule's plan gives the trained runs), else from the plain name."""
     runs = runs or {}
     return {model: (ModelRole(runs[model]["student"], runs[model]["objective"], runs[model].get("variant"),
-                              runs[model].get("seed"))
+                              runs[model].get("seed"), runs[model].get("control"))
                     if model in runs else _role_from_name(model)) for model in models}
 
 
@@ -63,6 +65,15 @@ def reference_sft(roles: Mapping[str, ModelRole]) -> dict[tuple[str, int | None]
         if role.role == "sft":
             (plain if role.variant is None else first_variant).setdefault((role.student, role.seed), model)
     return {**first_variant, **plain}
+
+
+def control_runs(roles: Mapping[str, ModelRole]) -> dict[str, str]:
+    """Each trained run whose variant names a control -> the control variant's run of the same student,
+    objective and seed (left out where that run is not among ``roles``)."""
+    runs = {(role.student, role.role, role.variant, role.seed): model for model, role in roles.items()
+            if is_trained(role)}
+    return {model: runs[key] for model, role in roles.items()
+            if role.control is not None and (key := (role.student, role.role, role.control, role.seed)) in runs}
 
 
 def comparison_pairs(models: list[str], runs: Mapping[str, Mapping[str, Any]] | None = None) -> list[tuple[str, str]]:
@@ -132,7 +143,9 @@ REPLICATE_SCHEMA = {"testset": pl.String, "student": pl.String, "objective": pl.
                     "seeds": pl.Int64, "accuracy": pl.Float64, "lower": pl.Float64, "upper": pl.Float64,
                     "template_adherence": pl.Float64, "versus": pl.String, "vs_sft_points": pl.Float64,
                     "vs_sft_lower": pl.Float64, "vs_sft_upper": pl.Float64, "b": pl.Int64, "c": pl.Int64,
-                    "mcnemar_p_pooled": pl.Float64}
+                    "mcnemar_p_pooled": pl.Float64, "control": pl.String, "vs_control_points": pl.Float64,
+                    "vs_control_lower": pl.Float64, "vs_control_upper": pl.Float64, "control_b": pl.Int64,
+                    "control_c": pl.Int64, "mcnemar_p_control": pl.Float64}
 
 
 def _mean_interval(values: list[float]) -> list[float | None]:
@@ -140,26 +153,36 @@ def _mean_interval(values: list[float]) -> list[float | None]:
     return [None if value is None else round(value, 2) for value in mean_t_interval(values)]
 
 
-def _replicate_row(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping[tuple[str, str], pl.DataFrame],
-                   testset: str, runs: list[tuple[str, str | None]], versus: str | None) -> list[Any] | None:
-    """Seeds, accuracy mean and interval, mean template adherence, and against the reference SFT run of each seed
-    (named ``versus`` without its seed) the mean difference with its interval, the pooled discordant counts and
-    their McNemar p. ``runs``: (model, its seed's reference SFT run or None)."""
-    evaluated = [(m, sft) for m, sft in runs if metrics.get((m, testset), {}).get("accuracy") is not None]
-    if not evaluated:
-        return None
-    adherence = [100 * metrics[(m, testset)]["template_adherence"] for m, _ in evaluated
-                 if metrics[(m, testset)].get("template_adherence") is not None]
-    row = [len(evaluated), *_mean_interval([100 * metrics[(m, testset)]["accuracy"] for m, _ in evaluated]),
-           round(math.fsum(adherence) / len(adherence), 2) if adherence else None]
-    compared = [paired_comparison(outcomes[(m, testset)], outcomes[(sft, testset)]) for m, sft in evaluated
-                if sft not in (None, m) and (m, testset) in outcomes and (sft, testset) in outcomes]
+def _pooled_comparison(outcomes: Mapping[tuple[str, str], pl.DataFrame], testset: str,
+                       pairs: list[tuple[str, str | None]], versus: str | None) -> list[Any]:
+    """Over the seeds' (model, reference run or None) ``pairs``: ``versus`` (the reference without its seed), the
+    mean paired difference in points with its t-interval, the pooled discordant counts b and c and their exact
+    McNemar p; all null where no pair shares a prompt."""
+    compared = [paired_comparison(outcomes[(m, testset)], outcomes[(other, testset)]) for m, other in pairs
+                if other not in (None, m) and (m, testset) in outcomes and (other, testset) in outcomes]
     compared = [comparison for comparison in compared if comparison["n"]]
     if not compared:
-        return row + [None] * 7
+        return [None] * 7
     b, c = sum(comparison["b"] for comparison in compared), sum(comparison["c"] for comparison in compared)
-    return row + [versus, *_mean_interval([comparison["difference_points"] for comparison in compared]), b, c,
-                  float(f"{mcnemar_exact(b, c):.4g}")]
+    return [versus, *_mean_interval([comparison["difference_points"] for comparison in compared]), b, c,
+            float(f"{mcnemar_exact(b, c):.4g}")]
+
+
+def _replicate_row(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping[tuple[str, str], pl.DataFrame],
+                   testset: str, runs: list[tuple[str, str | None, str | None]], versus: str | None,
+                   control: str | None) -> list[Any] | None:
+    """Seeds, accuracy mean and interval, mean template adherence, and against the reference SFT run of each seed
+    (named ``versus`` without its seed), then against the control run of each seed (``control``), the
+    :func:`_pooled_comparison`. ``runs``: (model, its seed's reference SFT run or None, its control run or None)."""
+    evaluated = [run for run in runs if metrics.get((run[0], testset), {}).get("accuracy") is not None]
+    if not evaluated:
+        return None
+    adherence = [100 * metrics[(m, testset)]["template_adherence"] for m, _, _ in evaluated
+                 if metrics[(m, testset)].get("template_adherence") is not None]
+    row = [len(evaluated), *_mean_interval([100 * metrics[(m, testset)]["accuracy"] for m, _, _ in evaluated]),
+           round(math.fsum(adherence) / len(adherence), 2) if adherence else None]
+    return (row + _pooled_comparison(outcomes, testset, [(m, sft) for m, sft, _ in evaluated], versus)
+            + _pooled_comparison(outcomes, testset, [(m, ctl) for m, _, ctl in evaluated], control))
 
 
 def replicate_summary(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping[tuple[str, str], pl.DataFrame],
@@ -168,20 +191,24 @@ def replicate_summary(metrics: Mapping[tuple[str, str], dict], outcomes: Mapping
     """Per test set and trained (student, objective, variant), over its seeds: accuracy in % as the mean with
     its Student-t 95 % interval, mean template adherence in %, and against the :func:`reference_sft` run of the
     same student and seed (``versus``) the mean accuracy difference in points with its t-interval, the discordant
-    counts b and c summed over seeds and the exact McNemar p of those pooled counts. Pooling treats each (prompt,
-    seed) as one paired outcome; the same prompts recur across seeds, so that p-value is on the optimistic side."""
+    counts b and c summed over seeds and the exact McNemar p of those pooled counts; the same against the run of
+    the same seed of the variant's ``control`` (``vs_control_*``, ``control_b``, ``control_c``,
+    ``mcnemar_p_control``; null without a control). Pooling treats each (prompt, seed) as one paired outcome; the
+    same prompts recur across seeds, so those p-values are on the optimistic side."""
     roles = model_roles(models, runs)
     references = reference_sft(roles)
-    groups: dict[tuple[str, str, str | None], list[tuple[str, str | None]]] = {}
+    controls = control_runs(roles)
+    groups: dict[tuple[str, str, str | None], list[tuple[str, str | None, str | None]]] = {}
     for model, role in roles.items():
         if is_trained(role):
             groups.setdefault((role.student, role.role, role.variant), []).append(
-                (model, references.get((role.student, role.seed))))
+                (model, references.get((role.student, role.seed)), controls.get(model)))
     rows = []
     for testset in testsets:
         for key, group in groups.items():
-            versus = next((run_group_name(roles[sft]) for _, sft in group if sft is not None), None)
-            if (row := _replicate_row(metrics, outcomes, testset, group, versus)) is not None:
+            versus = next((run_group_name(roles[sft]) for _, sft, _ in group if sft is not None), None)
+            control = next((run_group_name(roles[ctl]) for _, _, ctl in group if ctl is not None), None)
+            if (row := _replicate_row(metrics, outcomes, testset, group, versus, control)) is not None:
                 rows.append([testset, *key, *row])
     return pl.DataFrame(rows, schema=REPLICATE_SCHEMA, orient="row")
 

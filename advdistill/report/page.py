@@ -35,7 +35,9 @@ TABLE_CAPTIONS = {
                    "Student-t 95 % interval, mean template adherence (%), and against the plain SFT run of the same "
                    "seed the mean accuracy difference in points with its t-interval, the discordant counts b and c "
                    "summed over seeds and the exact McNemar p of those pooled counts (the same prompts recur "
-                   "across seeds, so this p-value is on the optimistic side). Bounds need two seeds or more."),
+                   "across seeds, so this p-value is on the optimistic side); likewise against the run of the same "
+                   "seed of the variant's control (variants.<name>.control), where it names one. Bounds need two "
+                   "seeds or more."),
     "loss_terms": ("AdvDistill loss telemetry per trained model (train_metrics.json, log_history), averaged over the "
                    "second half of the logged steps: the weighted cross-entropy term, the λ·Σ contrastive term, the "
                    "contrastive share of the loss, the mean p of wrong responses, the share of wrong responses at "

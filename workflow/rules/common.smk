@@ -363,7 +363,8 @@ def reported_training():
     """Every trained run of every experiment with its folder (which holds its train_metrics.json)."""
     return [
         {"train_set": train_set, "model": run.name, "student": run.student, "objective": run.objective,
-         "variant": run.variant, "seed": run.seed, "path": out(f"train/{train_set}/{run.name}")}
+         "variant": run.variant, "control": run.variant and config["variants"][run.variant].get("control"),
+         "seed": run.seed, "path": out(f"train/{train_set}/{run.name}")}
         for train_set in config["experiments"]
         for run in TRAINED_RUNS.values()
     ]
