@@ -119,7 +119,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, shape: ModelShape, seed: int
 
 def run_bootstrap_tokenizer(rows_path: Path, cfg: TokenizerConfig, out: Path) -> None:
     tokenizer = train_tokenizer(read_parquet(rows_path).to_dicts(), cfg)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "bootstrap-tokenizer") as tmp:
         tokenizer.save_pretrained(tmp)
     log.info("tokenizer with %d tokens written to %s", len(tokenizer), out)
 
@@ -142,7 +142,7 @@ def run_bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapCon
     if missed:
         raise TrainingError(f"snapshot step(s) {', '.join(map(str, missed))} not reached: the bootstrap run took "
                             f"{metrics['global_step']} steps (its optim.max_steps or epochs)")
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "bootstrap-model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for step, weights in snapshots.weights.items():

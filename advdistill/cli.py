@@ -10,18 +10,24 @@ output disk), printed in one line (``--debug`` adds the traceback); 1 anything e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from advdistill.config import section_from_json
 from advdistill.errors import AdvDistillError, ConfigError, InputError, OutputError
+from advdistill.paths import MANIFEST_SUFFIX, raw_responses, sampling_parts_folder
 from advdistill.schema import json_object, validate
+
+
+JSON_FILE_LIMIT = 64 << 20
 
 
 def _json_text(text: str) -> str:
@@ -29,10 +35,13 @@ def _json_text(text: str) -> str:
     e.g. a large sweep's report plan, that way: a command line has room for 128 KiB)."""
     if not text.startswith("@"):
         return text
+    path = Path(text[1:])
     try:
-        return Path(text[1:]).read_text(encoding="utf-8")
+        if not path.is_file() or path.stat().st_size > JSON_FILE_LIMIT:
+            raise OSError(f"not a regular file of at most {JSON_FILE_LIMIT >> 20} MiB")  # not /dev/zero, not a FIFO
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise argparse.ArgumentTypeError(f"cannot read the JSON file {text[1:]}: {err}") from err
+        raise argparse.ArgumentTypeError(f"cannot read the JSON file {path}: {err}") from err
 
 
 def _json_object(text: str) -> dict:
@@ -234,8 +243,7 @@ def run(args: argparse.Namespace) -> None:
     if args.stage == "prepare":
         from advdistill.prepare import prepare_split
 
-        report = args.report or args.out.with_name(args.out.stem + ".report.json")
-        prepare_split(args.dataset, args.source, args.split, args.options, args.out, report, args.name)
+        prepare_split(args.dataset, args.source, args.split, args.options, args.out, prepare_report(args), args.name)
     elif args.stage == "bootstrap-tokenizer":
         from advdistill.bootstrap import run_bootstrap_tokenizer
 
@@ -330,6 +338,11 @@ def tracker_folder(args: argparse.Namespace) -> Path:
     return args.tracker_dir or default_tracker_dir(args.out)
 
 
+def prepare_report(args: argparse.Namespace) -> Path:
+    """The prepare stage's ``--report``, or its default beside ``--out``."""
+    return args.report or args.out.with_name(args.out.stem + ".report.json")
+
+
 def _overlap(one: Path, other: Path) -> bool:
     """``one`` is, holds or lies inside ``other``."""
     one, other = one.resolve(), other.resolve()
@@ -337,26 +350,164 @@ def _overlap(one: Path, other: Path) -> bool:
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """Every input given as a path exists, and the output is none of them, nor inside or around one, before a
-    stage loads anything: a stage never writes over its own inputs (``train --out X --model X`` would replace
-    the base model). The train stage's tracker folder, emptied when a run starts from step 0, keeps clear of its
-    inputs, its checkpoints and its output too."""
+    """Every input given as a path exists, before a stage loads anything (:func:`check_outputs` then keeps every
+    output clear of them)."""
     for option, path in _given_paths(args, INPUT_ARGUMENTS):
         if not path.exists():
             raise InputError(f"{option}: no such file or folder: {path}")
-    output = getattr(args, "out", None) or getattr(args, "out_dir", None)
-    for option, path in _given_paths(args, INPUT_ARGUMENTS + ("checkpoints",)) if output is not None else ():
-        if _overlap(path, output):
-            raise OutputError(f"--{'out-dir' if args.stage == 'report' else 'out'} {output} is, holds or lies "
-                              f"inside {option} {path}: a stage never writes over its own inputs; choose another "
-                              "output path")
-    if args.stage == "train":
-        trackers = tracker_folder(args)
-        for option, path in [("--out", args.out), ("--checkpoints", checkpoint_folder(args)),
-                             *_given_paths(args, INPUT_ARGUMENTS)]:
-            if _overlap(trackers, path):
-                raise OutputError(f"--tracker-dir {trackers} is, holds or lies inside {option} {path}: the trackers' "
-                                  "folder is emptied when training starts from step 0; choose a folder of its own")
+
+
+FILE, FOLDER, RESUME = "file", "folder", "resume folder"
+FOLDER_STAGES = ("bootstrap-tokenizer", "bootstrap-model", "train", "standin")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageOutput:
+    """A path a stage writes: the option (or what it is) that names it, and whether it is a file written
+    atomically, a folder written as a whole (:func:`advdistill.io.atomic_directory`) or a resume folder."""
+
+    option: str
+    path: Path
+    kind: str
+
+
+def stage_outputs(args: argparse.Namespace) -> list[StageOutput]:
+    """Every path the stage of ``args`` writes: each output option, the derived ones (prepare's default report, the
+    sampling shards of sample and evaluate, evaluate's unjudged responses, train's checkpoints and tracker folder)
+    and the provenance manifest beside the main output (the report's lies inside its --out-dir)."""
+    if args.stage == "report":
+        return [StageOutput("--out-dir", args.out_dir, FOLDER)]
+    out = args.out
+    outputs = [StageOutput("--out", out, FOLDER if args.stage in FOLDER_STAGES else FILE)]
+    if args.stage == "prepare":
+        outputs.append(StageOutput("--report", prepare_report(args), FILE))
+    elif args.stage == "sample":
+        outputs.append(StageOutput("the sampling shards of --out", sampling_parts_folder(out), RESUME))
+    elif args.stage == "score":
+        outputs.append(StageOutput("--summary", args.summary, FILE))
+    elif args.stage == "evaluate":
+        outputs += [StageOutput("--metrics", args.metrics, FILE),
+                    StageOutput("the unjudged responses of --out", raw_responses(out), FILE),
+                    StageOutput("the sampling shards of --out", sampling_parts_folder(raw_responses(out)), RESUME)]
+    elif args.stage == "train":
+        outputs += [StageOutput("--checkpoints", checkpoint_folder(args), RESUME),
+                    StageOutput("--tracker-dir", tracker_folder(args), FOLDER)]
+    outputs.append(StageOutput("the manifest of --out", out.with_name(out.name + MANIFEST_SUFFIX), FILE))
+    return outputs
+
+
+def _enclosing_folder(path: Path) -> tuple[Path, str] | None:
+    """The nearest folder around ``path`` that advdistill wrote as a whole or keeps as a resume folder, with who
+    wrote it: such a folder is replaced or deleted as a whole, so nothing else may be written into it."""
+    from advdistill.io import ARTEFACT_MARKER, RESUME_MARKER, folder_writer, resume_owner
+
+    for folder in path.resolve().parents:
+        if (folder / ARTEFACT_MARKER).is_file():
+            writer = folder_writer(folder)
+            return folder, f"the {writer[1]} of advdistill {writer[0]}" if writer else "a folder of an older advdistill"
+        if (folder / RESUME_MARKER).is_file() and resume_owner(folder) != (None, None):
+            return folder, f"a resume folder of advdistill {resume_owner(folder)[0] or ''}".rstrip()
+    return None
+
+
+def check_outputs(args: argparse.Namespace) -> list[StageOutput]:
+    """One check of every path the stage writes (:func:`stage_outputs`), before it loads anything; returns them.
+
+    No two outputs are one path or inside each other (``score --out x --summary x``); no output is an input, nor
+    inside or around one (``train --out X --model X``, ``score --summary rows.parquet``, a report's --out-dir around a
+    file its plan reads); none lies inside a folder advdistill writes as a whole; a file output is absent or a
+    regular file (no FIFO, device, socket or symbolic link); a folder output is absent, empty or written by this
+    same stage and option (its marker says so: ``report --out-dir`` at a trained model, ``bootstrap-tokenizer --out``
+    at the teacher are refused); a resume folder is absent, empty or a resume folder of this stage.
+    """
+    from advdistill.io import check_output_file, check_replaceable, check_resume_folder
+
+    outputs = stage_outputs(args)
+    inputs = list(_given_paths(args, INPUT_ARGUMENTS))
+    if args.stage == "report":
+        from advdistill.report.build import plan_inputs
+
+        inputs += plan_inputs(args.plan)
+    for i, earlier in enumerate(outputs):
+        for later in outputs[i + 1:]:
+            if _overlap(later.path, earlier.path):
+                raise OutputError(f"{later.option} {later.path} is, holds or lies inside {earlier.option} "
+                                  f"{earlier.path}: two outputs of one stage would overwrite each other; choose a "
+                                  "path of its own for each")
+    for output in outputs:
+        for option, path in inputs:
+            if _overlap(output.path, path):
+                raise OutputError(f"{output.option} {output.path} is, holds or lies inside {option} {path}: a stage "
+                                  "never writes over its own inputs; choose another output path")
+    for output in outputs:
+        enclosing = _enclosing_folder(output.path)
+        if enclosing is not None:
+            raise OutputError(f"{output.option} {output.path} lies inside {enclosing[0]}, {enclosing[1]}, which is "
+                              "replaced or deleted as a whole: choose a path outside it")
+        if output.kind == FILE:
+            check_output_file(output.path, output.option)
+        elif output.kind == FOLDER:
+            check_replaceable(output.path, args.stage, output.option)
+        else:
+            check_resume_folder(output.path, args.stage, output.option)
+    return outputs
+
+
+DISTRIBUTED_INTEGERS = {
+    **dict.fromkeys(("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "ROLE_RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK",
+                     "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_RANK",
+                     "MPI_LOCALRANKID"), -1),
+    "MASTER_PORT": 0,
+    **dict.fromkeys(("WORLD_SIZE", "LOCAL_WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                     "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "ACCELERATE_NUM_PROCESSES"),
+                    1),
+}
+"""Variables a launcher (torchrun, accelerate launch, MPI, SLURM scripts) sets for each process, which this package,
+accelerate, transformers or torch read with ``int()``: name -> the least value that makes sense (a rank of -1, as
+transformers' own default, means no multi-process run)."""
+DISTRIBUTED_FLAGS = ("ACCELERATE_USE_CPU", "ACCELERATE_USE_FSDP", "ACCELERATE_DEBUG_MODE", "ACCELERATE_CPU_AFFINITY",
+                     "ACCELERATE_ENABLE_RICH", "ACCELERATE_INIT_INCLUDE_BUFFERS", "FORK_LAUNCHED")
+"""accelerate's yes/no variables (``parse_flag_from_env``: a ValueError for any other word)."""
+TRUTH_WORDS = ("y", "yes", "t", "true", "on", "1", "n", "no", "f", "false", "off", "0")
+
+
+def check_environment(environ: Mapping[str, str] = os.environ) -> int:
+    """The launcher's variables of this process (:data:`DISTRIBUTED_INTEGERS`, :data:`DISTRIBUTED_FLAGS`), where
+    set, are whole numbers and yes/no words: ``RANK=abc`` is named here, in one line, not deep inside accelerate
+    as a ValueError. Returns this process's rank (0 without a launcher)."""
+    for name, least in DISTRIBUTED_INTEGERS.items():
+        if name in environ:
+            value = environ[name]
+            try:
+                number = int(value.strip())
+            except ValueError:
+                number = None
+            if number is None or number < least:
+                raise ConfigError(f"environment variable {name}={value!r} is not a whole number (at least {least}); "
+                                  "it is set for each process by the launcher of a multi-process run (torchrun, "
+                                  "accelerate launch, mpirun): unset it or give a number")
+    for name in DISTRIBUTED_FLAGS:
+        if name in environ and environ[name].strip().lower() not in TRUTH_WORDS:
+            raise ConfigError(f"environment variable {name}={environ[name]!r} is not a yes/no word (true, false, 1, "
+                              "0, yes, no, on, off); unset it or give one")
+    return max(int(environ.get("RANK", "0")), 0)
+
+
+def _refused_write(err: BaseException, outputs: list[StageOutput]) -> str | None:
+    """The one-line message for an error that is the disk refusing a write, whatever raised it (None: a bug)."""
+    try:
+        from advdistill.io import disk_refusal
+    except ImportError:
+        return None
+    reason = disk_refusal(err)
+    if reason is None:
+        return None
+    cause: BaseException | None = err
+    while cause is not None and not (isinstance(cause, OSError) and cause.filename):
+        cause = cause.__cause__ or cause.__context__
+    where = (cause.filename if cause is not None else
+             f"the outputs of this stage ({', '.join(str(o.path) for o in outputs)})" if outputs else "its output")
+    return f"cannot write {where}: {reason}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,17 +515,34 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.time()
+    outputs: list[StageOutput] = []
     try:
+        rank = check_environment()
         check_inputs(args)
-        run(args)
-        if int(os.environ.get("RANK", "0")) == 0:
-            record_provenance(args, started)
+        outputs = check_outputs(args)
+        with contextlib.ExitStack() as held:
+            if rank == 0:  # the other processes of a multi-process run write no output
+                from advdistill.io import hold_output, remove_stale_temporaries
+
+                for output in outputs:  # one job per output at a time (a second stops here), for the whole job
+                    held.enter_context(hold_output(output.path))
+                for output in outputs:  # what a killed job of this stage left of them
+                    remove_stale_temporaries(output.path)
+            run(args)
+            if rank == 0:
+                record_provenance(args, started)
     except AdvDistillError as err:
         if args.debug:
             traceback.print_exc()
         print(f"advdistill {args.stage}: error: {err}", file=sys.stderr)
         return 2
-    except Exception:
+    except Exception as err:
+        refused = _refused_write(err, outputs)
+        if refused is not None:  # a library's own error type for a full disk, outside the writers that name it
+            if args.debug:
+                traceback.print_exc()
+            print(f"advdistill {args.stage}: error: {refused}", file=sys.stderr)
+            return 2
         traceback.print_exc()
         print(f"advdistill {args.stage}: internal error (a bug): the traceback above says where", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from advdistill.datasets.base import read_rows
 from advdistill.errors import InputError
 from advdistill.io import write_json, write_parquet
 from advdistill.metrics import evaluation_metrics
+from advdistill.paths import raw_responses
 from advdistill.prompts import render_prompts
 from advdistill.rewards import format_reward
 

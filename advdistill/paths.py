@@ -35,6 +35,37 @@ def temporary_prefix(name: str) -> str:
     return f".{name}.tmp-"
 
 
+TEMPORARY_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # what tempfile draws its random characters from
+
+
+def is_temporary_of(name: str, candidate: str) -> bool:
+    """``candidate`` is a temporary sibling of the output ``name`` as :mod:`advdistill.io` names them: its prefix
+    and exactly :data:`RANDOM_CHARACTERS` characters of tempfile's alphabet, nothing else."""
+    prefix = temporary_prefix(name)
+    rest = candidate[len(prefix):]
+    return (candidate.startswith(prefix) and len(rest) == RANDOM_CHARACTERS
+            and all(c in TEMPORARY_CHARACTERS for c in rest))
+
+
+def lock_file(path: str | Path) -> Path:
+    """The lock file of an output: ``.<name>.lock`` beside it, held by the job that writes the output."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def sampling_parts_folder(out: str | Path) -> Path:
+    """The resume folder of a sampling run (sample, and evaluate's responses) writing ``out``: its finished
+    shards, ``.<name>.parts`` beside it."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.parts")
+
+
+def raw_responses(out: str | Path) -> Path:
+    """Where evaluate keeps the unjudged responses of ``out`` (``<stem>.raw.parquet``) until it is written."""
+    out = Path(out)
+    return out.with_name(out.stem + ".raw.parquet")
+
+
 def write_text_atomically(path: Path, text: str) -> Path:
     """``text`` into ``path`` through a temporary sibling, for the files planning writes (advdistill.io has the
     stages' writers, but imports polars, which planning does not need)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -92,9 +93,10 @@ def check_run_folder(config: dict[str, Any], config_files: Iterable[str | os.Pat
     for the same config files, or for others that give the same configuration."""
     name = config["run_name"]
     folder = run_folder(name)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"config run_name: {folder} exists and is not a folder; choose another run_name or move "
-                          "the file away")
+    for path in (RESULTS, folder):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"config run_name: {path} exists and is not a folder; the run's outputs go to {folder}: "
+                              "move the file away" + (" or choose another run_name" if path == folder else ""))
     record = read_record(name)
     if record is None:
         return
@@ -106,6 +108,40 @@ def check_run_folder(config: dict[str, Any], config_files: Iterable[str | os.Pat
             f"{record_path(name)}), and this configuration ({', '.join(ours) or 'none'}) differs from it in "
             f"{difference}: its jobs would replace that run's outputs. Give this configuration a run_name of its own, "
             f"or delete {folder} to replace that run")
+
+
+JOB_RECORD_FOLDERS = {"benchmarks": "benchmark", "logs": "log"}
+"""The folders of a run where Snakemake itself writes each job's record, and what it writes there."""
+
+
+def check_job_records(name: str) -> None:
+    """Everything under ``results/<name>/benchmarks`` and ``results/<name>/logs`` is a real folder or a regular file.
+
+    Snakemake writes a job's benchmark with a plain ``open(path, "w")`` and a rule's log through the shell's
+    redirection, both of which follow a symbolic link into the file it points to (and block on a FIFO, or write
+    into a device): a link placed at a benchmark path would have this run's job overwrite the user's file. The jobs
+    of advdistill check their own outputs; these paths are Snakemake's, so planning checks them before any job."""
+    for folder, record in JOB_RECORD_FOLDERS.items():
+        pending = [run_folder(name) / folder]
+        while pending:
+            path = pending.pop()
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise ConfigError(f"config run_name: cannot read {path} ({err.strerror}), where this run's jobs write "
+                                  f"their {record}s") from err
+            if stat.S_ISDIR(mode):
+                with os.scandir(path) as entries:
+                    pending += [Path(entry.path) for entry in entries]
+            elif not stat.S_ISREG(mode):
+                what = (f"a symbolic link (to {os.readlink(path)})" if stat.S_ISLNK(mode) else
+                        "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+                raise ConfigError(f"config run_name: {path} is {what}; Snakemake writes a job's {record} there and "
+                                  "would write into it or through it, into whatever it points to. Remove it and "
+                                  "start the run again")
 
 
 def upstream_config(config: dict[str, Any]) -> dict[str, Any]:

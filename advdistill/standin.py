@@ -104,7 +104,7 @@ def build_standin(like: str, tokenizer: PreTrainedTokenizerFast, pretrain_rows: 
     if pretrain_rows:
         metrics.update(pretrain(model, tokenizer, with_solutions(pretrain_rows), TEACHER_OPTIM, prompt_cfg, seed, out))
     model.to(torch.bfloat16)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "standin") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json({**metrics, "parameters": sum(p.numel() for p in model.parameters())}, tmp / "standin.json")

@@ -118,12 +118,11 @@ def start_tracker_folder(folder: Path, report_to: Sequence[str], resuming: bool)
     """The tracker folder of a run that starts: kept when it resumes from a checkpoint (the curves go on), emptied
     when it starts from step 0 (the files of an earlier run would mix their curves with this one's); made, with the
     artefact marker that lets a later run empty it, when a tracker of ``report_to`` writes there."""
-    from advdistill.io import ARTEFACT_MARKER, check_replaceable
+    from advdistill.io import check_replaceable, write_artefact_marker
 
-    check_replaceable(folder)
+    check_replaceable(folder, "train", "--tracker-dir")
     if not resuming and folder.exists():
         shutil.rmtree(folder)
     if any(name in FOLDER_TRACKERS for name in report_to):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / ARTEFACT_MARKER).write_text("tracker files of one advdistill training run; the next run from step "
-                                              "0 empties this folder\n")
+        write_artefact_marker(folder, "train", "--tracker-dir")

@@ -63,9 +63,9 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
     trackers that write files.
     """
     tracker_dir = tracker_dir or default_tracker_dir(out)
-    check_replaceable(out)
-    check_replaceable(tracker_dir)
-    check_resume_folder(checkpoints)
+    check_replaceable(out, "train")
+    check_replaceable(tracker_dir, "train", "--tracker-dir")
+    check_resume_folder(checkpoints, "train", "--checkpoints")
     scored = read_parquet(scored_path, SCORED_COLUMNS)
     if not scored["kept"].any():
         raise TrainingError(f"{scored_path}: no kept groups to train on (every group was filtered out by score)")
@@ -85,7 +85,7 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
                             run_name=run_name or out.name, tracker_dir=tracker_dir)
     if trainer.is_world_process_zero():
         claim_resume_folder(checkpoints, training_fingerprint(model_path, rows_path, scored_path, objective, cfg,
-                                                              prompt_cfg, seed))
+                                                              prompt_cfg, seed), "train")
     trainer.accelerator.wait_for_everyone()
     metrics = fit(trainer, checkpoints)
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
@@ -94,7 +94,7 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
                     "precision": resolve_precision(cfg.precision), "processes": trainer.accelerator.num_processes,
                     "fsdp": trainer.is_fsdp_enabled})
     if trainer.is_world_process_zero():
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, "train") as tmp:
             save_student(model, tmp, state, saved_dtype)
             tokenizer.save_pretrained(tmp)
         shutil.rmtree(checkpoints)

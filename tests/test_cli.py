@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from advdistill import cli
@@ -103,11 +105,16 @@ def test_json_options_read_a_file_named_after_an_at_sign(tmp_path):
     assert cli.build_parser().parse_args(["report", "--plan", f"@{plan}", "--out-dir", "x"]).plan == {"models": []}
 
 
-@pytest.mark.failure_mode("a JSON option given as @FILE where the file cannot be read",
-                          sees="the usage error naming the option and the file, exit 2", kept="everything")
-def test_an_unreadable_json_file_is_a_usage_error(capsys, tmp_path):
+@pytest.mark.failure_mode("a JSON option given as @FILE where the file cannot be read, or is no regular file "
+                          "(@/dev/zero would be read forever, a FIFO would block)",
+                          sees="the usage error naming the option and the file, exit 2, at once", kept="everything")
+@pytest.mark.parametrize("name", ["missing.json", "fifo", "/dev/zero"])
+def test_an_unreadable_json_file_is_a_usage_error(capsys, tmp_path, name):
+    path = tmp_path / name
+    if name == "fifo":
+        os.mkfifo(path)
     with pytest.raises(SystemExit) as exit_info:
         cli.build_parser().parse_args(["score", "--rows", "r", "--samples", "s", "--out", "o", "--summary", "m",
-                                       "--settings", f"@{tmp_path / 'missing.json'}"])
+                                       "--settings", f"@{path}"])
     assert exit_info.value.code == 2
-    assert f"--settings: cannot read the JSON file {tmp_path / 'missing.json'}" in capsys.readouterr().err
+    assert f"--settings: cannot read the JSON file {path}" in capsys.readouterr().err

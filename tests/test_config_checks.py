@@ -24,7 +24,13 @@ from advdistill.config import (
     from_json,
 )
 from advdistill.errors import ConfigError
-from advdistill.planning import check_config, check_model_names, check_stage_sections, check_trackers
+from advdistill.planning import (
+    check_config,
+    check_model_names,
+    check_stage_sections,
+    check_trackers,
+    check_variants,
+)
 from advdistill.rewards import REWARD_FUNCTIONS
 from advdistill.schema import declared_properties, load_schema, read_config_file, validate
 from tests.helpers import REPO
@@ -360,6 +366,12 @@ def test_a_run_name_that_names_an_existing_file_stops_planning(tmp_path, monkeyp
     with pytest.raises(ConfigError, match=r"^config run_name: results/notes.txt exists and is not a folder"):
         check_run_folder({"run_name": "notes.txt"}, ["config.yaml"])
     check_run_folder({"run_name": "default"}, ["config.yaml"])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "results").write_text("mine")
+    with pytest.raises(ConfigError, match=r"^config run_name: results exists and is not a folder; the run's outputs "
+                                          r"go to results/default: move the file away$"):
+        check_run_folder({"run_name": "default"}, ["config.yaml"])
     assert (tmp_path / "results" / "notes.txt").read_text() == "mine"
 
 

@@ -193,7 +193,7 @@ def test_a_sweep_builds_on_the_run_and_reports_replicates(finished_run, tmp_path
     assert replicates[0].startswith("testset,student,objective,variant,seeds,accuracy,lower,upper")
     assert sum(line.startswith("arith,student,advdistill,lam0,2,") for line in replicates) == 1
     costs = (sweep / "report/stage_costs.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[:2] for row in costs] == [["train", "6"], ["evaluate", "12"]]
+    assert [row.split(",")[:2] for row in costs] == [["evaluate", "12"], ["train", "6"]]
     assert "teacher" in (sweep / "report/accuracy.csv").read_text()
 
 

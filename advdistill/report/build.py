@@ -24,7 +24,9 @@ from advdistill.report.plots import (
     plot_training_curves,
 )
 from advdistill.report.tables import (
+    METRICS_FIELDS,
     NOT_RECORDED,
+    TRAIN_METRICS_FIELDS,
     accuracy_cells,
     accuracy_table,
     behaviour_tables,
@@ -39,6 +41,8 @@ from advdistill.report.tables import (
 
 # Per-response columns of responses.parquet the report reads: outcomes for the paired tests, lengths for the plots.
 RESPONSE_COLUMNS = {"prompt_id": pl.String, "sample_idx": pl.Int64, "n_tokens": pl.Int64, "correct": pl.Boolean}
+# Columns of a scored.parquet the figures of the training groups read.
+SCORED_COLUMNS = {"prompt_id": pl.String, "correct": pl.Boolean, "advantage": pl.Float64, "kept": pl.Boolean}
 
 
 def read_responses(path: Path) -> pl.DataFrame:
@@ -74,7 +78,7 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     """
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
-    metrics = {key: read_json(path) for key, path in metrics_files.items()}
+    metrics = {key: read_json(path, METRICS_FIELDS) for key, path in metrics_files.items()}
     responses = {key: read_responses(path) for key, path in responses_files.items()}
     outcomes = {key: prompt_outcomes(frame) for key, frame in responses.items()}
     paper = paper or {}
@@ -93,7 +97,7 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     tables.update(behaviour_tables(metrics, models, testsets))
     if paper.get("mean_tokens"):
         tables["paper_lengths"] = paper_lengths(metrics, paper["mean_tokens"])
-    train_metrics = {key: read_json(path) for key, path in (train_metrics_files or {}).items()}
+    train_metrics = {key: read_json(path, TRAIN_METRICS_FIELDS) for key, path in (train_metrics_files or {}).items()}
     compute = training_compute(train_metrics) if train_metrics else None
     if compute is not None:
         tables["training_compute"] = compute.with_columns(pl.col("tokens_seen").cast(pl.String)
@@ -118,7 +122,7 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     figures = [(f"Accuracy (%) per test set and model, {intervals}",
                 plot_accuracy_bars(accuracy, testsets, plots_dir / "accuracy.png"))]
     for dataset, path in scored_files.items():
-        scored = read_parquet(path).select("prompt_id", "correct", "advantage", "kept")
+        scored = read_parquet(path, SCORED_COLUMNS).select(*SCORED_COLUMNS)
         caption = f"{dataset}: advantages of the responses in kept groups"
         figures.append((caption, plot_advantage_histogram(scored, plots_dir / paths.advantages_plot(dataset),
                                                           title=caption)))
@@ -174,6 +178,31 @@ def check_plan(plan: dict[str, Any]) -> None:
         raise InputError("--plan: 'run' must have a string 'name' and an array of strings 'config_files'")
 
 
+def plan_inputs(plan: dict[str, Any]) -> list[tuple[str, Path]]:
+    """Every file or folder ``plan`` names for the report to read, as (where in the plan, path), from whatever parts
+    of it are well-formed (:func:`check_plan` names the others): the report's output must be none of them, nor
+    inside or around one."""
+    def entries(section: str, kind: type) -> Any:
+        value = plan.get(section)
+        return value if isinstance(value, kind) else kind()
+
+    found = []
+    for i, entry in enumerate(entries("evaluations", list)):
+        for key in ("metrics", "responses"):
+            if isinstance(entry, dict) and isinstance(entry.get(key), str):
+                found.append((f"evaluations[{i}].{key}", Path(entry[key])))
+    found += [(f"scored.{name}", Path(path)) for name, path in entries("scored", dict).items() if isinstance(path, str)]
+    found += [(f"trained[{i}].path", Path(entry["path"])) for i, entry in enumerate(entries("trained", list))
+              if isinstance(entry, dict) and isinstance(entry.get("path"), str)]
+    for i, output in enumerate(entries("provenance", list)):
+        if isinstance(output, str):
+            found.append((f"provenance[{i}] (its manifest)", manifest_path(Path(output))))
+    for stage, files in entries("benchmarks", dict).items():
+        found += [(f"benchmarks.{stage}[{i}]", Path(f)) for i, f in enumerate(files if isinstance(files, list) else [])
+                  if isinstance(f, str)]
+    return [(f"--plan {where}", path) for where, path in found]
+
+
 def run_report(plan: dict[str, Any], out_dir: Path) -> Path:
     """The run's report from the files the report rule declares as its inputs, as ``plan`` lists them.
 
@@ -197,7 +226,7 @@ def run_report(plan: dict[str, Any], out_dir: Path) -> Path:
                            for run in plan.get("trained", [])}
     runs = {run["model"]: run for run in plan.get("trained", [])}
     # built in a temporary folder that then replaces out_dir, which only a folder of this package may be
-    with atomic_directory(out_dir) as folder:
+    with atomic_directory(out_dir, "report", "--out-dir") as folder:
         index = build_report(metrics_files, scored_files, responses_files, benchmark_files, manifests, folder,
                              plan["models"], plan["testsets"], plan.get("memory"), train_metrics_files, runs,
                              plan.get("paper"), plan.get("run"))

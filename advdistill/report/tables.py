@@ -12,7 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from advdistill.io import read_json
+from advdistill.errors import InputError
+from advdistill.io import list_of_objects, object_of_numbers, optional_number, read_json
 from advdistill.stats import wilson_interval
 
 MODEL_COLUMN = "model"
@@ -25,6 +26,73 @@ BENCHMARK_COLUMNS = {"s": "wall_s", "cpu_time": "cpu_s", "max_rss": "max_rss_mb"
 
 # (column name, test set, metrics key, scale, decimals) of one column of a model x test set table.
 ColumnSpec = tuple[str, str, str, float, int]
+
+# The shapes of the JSON inputs, key -> (check, what it must be), as far as the report reads them
+# (io.read_json names a damaged file or a key of another shape instead of a traceback where the value is used).
+NUMBER = (optional_number, "a number or null")
+METRICS_FIELDS = {
+    **{key: NUMBER for key in ("accuracy", "n", "accuracy_lower", "accuracy_upper", "majority_accuracy", "n_samples",
+                               "temperature", "top_p", "mean_tokens_correct", "mean_tokens_wrong", "verbosity_ratio",
+                               "degeneracy_correct", "degeneracy_wrong", "template_adherence")},
+    "pass_at_k": (object_of_numbers, "an object of numbers (k -> pass@k)"),
+    "few_shot_note": (lambda v: v is None or isinstance(v, str), "a string"),
+}
+LOG_KEYS = ("step", "loss", "eval_loss", "learning_rate", "weighted_ce", "contrastive", "wrong_p_mean",
+            "wrong_at_clamp", "grad_norm")
+
+
+def _log_history(value: Any) -> bool:
+    return list_of_objects(value) and all(optional_number(entry.get(key)) for entry in value for key in LOG_KEYS)
+
+
+TRAIN_METRICS_FIELDS = {
+    **{key: NUMBER for key in ("global_step", "tokens_seen", "train_items", "train_runtime")},
+    "log_history": (_log_history, f"an array of objects whose {', '.join(LOG_KEYS)} are numbers or null"),
+}
+
+
+def _optional_string(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _environment(value: Any) -> bool:
+    return value is None or (isinstance(value, dict)
+                             and all(_optional_string(v) for k, v in value.items() if k not in ("packages", "gpus"))
+                             and (value.get("packages") is None or (isinstance(value["packages"], dict) and all(
+                                 _optional_string(v) for v in value["packages"].values())))
+                             and (value.get("gpus") is None or (isinstance(value["gpus"], list) and all(
+                                 isinstance(g, str) for g in value["gpus"]))))
+
+
+def _model(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and isinstance(value.get("source"), str)
+                             and all(_optional_string(value.get(k)) for k in ("folder", "config_sha256",
+                                                                               "stands_in_for")))
+
+
+JOB_FIELDS = {
+    **{key: (_optional_string, "a string or null") for key in ("stage", "settings_sha256", "package_version",
+                                                                  "git_commit", "container", "container_sha256",
+                                                                  "host")},
+    "seed": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "a whole number or null"),
+    "wall_seconds": NUMBER,
+    "environment": (_environment, "an object of strings with 'packages' (an object of versions) and 'gpus' (an "
+                                  "array of names)"),
+    "model": (_model, "an object with a string 'source'"),
+}
+
+
+def _parts(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and all(
+        isinstance(job, dict) and all(check(job[key]) for key, (check, _) in JOB_FIELDS.items() if key in job)
+        for job in value.values()))
+
+
+MANIFEST_FIELDS = {**JOB_FIELDS, "parts": (_parts, "an object of the manifests of the parts a merge joined")}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return read_json(path, MANIFEST_FIELDS)
 
 
 def _cell(metrics: Mapping[tuple[str, str], dict], model: str, spec: ColumnSpec) -> float | None:
@@ -231,7 +299,11 @@ def read_benchmark(path: Path) -> pl.DataFrame:
 
     'NA', '-' and other non-numeric values, and columns an older Snakemake does not write, become null.
     """
-    raw = pl.read_csv(path, separator="\t", infer_schema=False)
+    try:
+        raw = pl.read_csv(path, separator="\t", infer_schema=False)
+    except (OSError, UnicodeDecodeError, pl.exceptions.PolarsError) as err:  # an empty file: NoDataError
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a readable Snakemake benchmark TSV ({first_line})") from err
     return raw.select(
         (pl.col(source).cast(pl.Float64, strict=False) if source in raw.columns
          else pl.lit(None, dtype=pl.Float64)).alias(target)
@@ -269,7 +341,7 @@ def provenance_table(manifests: list[Path]) -> pl.DataFrame:
     """One row per stage manifest: output, settings hash, code version, image and its sha256, seed, wall time."""
     rows = []
     for path in manifests:
-        manifest = read_json(path)
+        manifest = read_manifest(path)
         output = str(path).removesuffix(".manifest.json")
         rows.append({
             "stage": manifest.get("stage"),
@@ -292,7 +364,7 @@ def stage_jobs(manifests: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     joined (the sampling jobs, which loaded the teacher and ran on the GPUs)."""
     jobs = []
     for path in manifests:
-        manifest = read_json(path)
+        manifest = read_manifest(path)
         jobs += [*(manifest.get("parts") or {}).items(), (str(path).removesuffix(".manifest.json"), manifest)]
     return jobs
 

@@ -21,7 +21,9 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from advdistill.config import SamplingConfig
-from advdistill.io import claim_resume_folder, write_parquet
+from advdistill.errors import InputError
+from advdistill.io import claim_resume_folder, read_parquet, write_parquet
+from advdistill.paths import sampling_parts_folder
 from advdistill.provenance import fingerprint, path_identity, source_digest
 from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
 
@@ -65,24 +67,33 @@ def sample_prompts(
     out_path: Path,
     fingerprint: str,
     first_index: int = 0,
+    stage: str = "sample",
 ) -> pl.DataFrame:
     """Sample ``params.n`` completions per prompt into ``out_path``, resuming from finished shards.
 
     ``backend`` may be a factory, so that a run whose shards are all done never loads the model.
-    ``first_index`` is the global index of ``prompts[0]`` when this job samples one part of a run.
+    ``first_index`` is the global index of ``prompts[0]`` when this job samples one part of a run. ``stage`` (sample
+    or evaluate) owns the resume folder. A finished shard that no longer reads (damaged since) is sampled again.
     """
-    parts_dir = out_path.parent / f".{out_path.name}.parts"
-    claim_resume_folder(parts_dir, fingerprint)
+    parts_dir = sampling_parts_folder(out_path)
+    claim_resume_folder(parts_dir, fingerprint, stage)
 
     shard_starts = range(0, len(prompts), cfg.shard_size)
-    done = sum((parts_dir / f"shard-{i:05d}.parquet").exists() for i in range(len(shard_starts)))
-    if done:
-        log.info("resuming: %d of %d shards already sampled", done, len(shard_starts))
+    finished = {}
+    for shard_number in range(len(shard_starts)):
+        part = parts_dir / f"shard-{shard_number:05d}.parquet"
+        if part.exists():
+            try:
+                finished[shard_number] = read_parquet(part, SAMPLE_SCHEMA).select(*SAMPLE_SCHEMA).cast(SAMPLE_SCHEMA)
+            except InputError as err:
+                log.warning("sampling %s again: %s", part, err)
+    if finished:
+        log.info("resuming: %d of %d shards already sampled", len(finished), len(shard_starts))
     progress = tqdm(total=len(prompts), desc="sampling prompts", unit="prompt")
     for shard_number, start in enumerate(shard_starts):
         part = parts_dir / f"shard-{shard_number:05d}.parquet"
         end = min(start + cfg.shard_size, len(prompts))
-        if not part.exists():
+        if shard_number not in finished:
             if callable(backend) and not isinstance(backend, SamplingBackend):
                 backend = backend()
             rows = []
@@ -92,11 +103,12 @@ def sample_prompts(
                 completions = backend.generate(list(prompts[batch_start:batch_end]), params, seed_here)
                 rows.extend(_rows(prompt_ids[batch_start:batch_end], completions))
                 progress.update(batch_end - batch_start)
-            write_parquet(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), part)
+            finished[shard_number] = pl.DataFrame(rows, schema=SAMPLE_SCHEMA)
+            write_parquet(finished[shard_number], part)
         else:
             progress.update(end - start)
     progress.close()
-    parts = [pl.read_parquet(parts_dir / f"shard-{i:05d}.parquet") for i in range(len(shard_starts))]
+    parts = [finished[i] for i in range(len(shard_starts))]
     samples = pl.concat(parts) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
     unanswered = unanswered_prompts(samples, prompt_ids)
     if unanswered:  # the backend skipped them (a prompt too long for vLLM's max_model_len)

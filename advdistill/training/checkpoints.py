@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from advdistill.config import PromptConfig, TrainingConfig
+from advdistill.errors import InputError
 from advdistill.io import read_json, write_json
 from advdistill.provenance import fingerprint, path_identity, source_digest
 
@@ -60,7 +62,7 @@ def checkpoint_problem(folder: Path) -> str | None:
     sealed: damaged since), or None. Sizes catch truncation without reading gigabytes of optimizer state."""
     try:
         sizes = read_json(folder / SEAL_FILE)["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (InputError, OSError, ValueError, KeyError, TypeError):
         return f"no readable {SEAL_FILE} (killed while saving?)"
     for name, size in sizes.items():
         path = folder / name
@@ -88,6 +90,15 @@ def set_aside_incomplete_checkpoints(checkpoints: Path) -> list[str]:
     return set_aside
 
 
+def remove_unsealed_checkpoints(checkpoints: Path) -> list[str]:
+    """Delete the checkpoints of ``checkpoints`` that carry no seal: the one a failed save (a full disk) cut off, whose
+    bytes would only fill the disk further; sealed ones stay for the next run to resume. Returns their names."""
+    removed = []
+    for folder in sorted(checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if checkpoints.is_dir() else []:
+        if folder.is_dir() and not folder.is_symlink() and not (folder / SEAL_FILE).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
 
 
 def whole_run_loss(log_history: Sequence[dict[str, Any]]) -> float | None:

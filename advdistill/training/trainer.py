@@ -21,10 +21,16 @@ from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from advdistill.config import TrainingConfig
-from advdistill.errors import TrainingError
-from advdistill.io import read_json
+from advdistill.errors import OutputError, TrainingError
+from advdistill.io import disk_refusal, read_json
 from advdistill.trackers import start_tracker_folder, tensorboard_folder, tracker_names
-from advdistill.training.checkpoints import CLOCK_FILE, RunClock, set_aside_incomplete_checkpoints, whole_run_loss
+from advdistill.training.checkpoints import (
+    CLOCK_FILE,
+    RunClock,
+    remove_unsealed_checkpoints,
+    set_aside_incomplete_checkpoints,
+    whole_run_loss,
+)
 from advdistill.training.collators import GroupCollator, ListDataset, PairCollator
 from advdistill.training.student import StudentWithLoss, resolve_precision, save_student
 
@@ -273,7 +279,18 @@ def fit(trainer: FusedLossTrainer, checkpoints: Path, save_checkpoints: bool = T
     trainer.add_callback(clock)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as err:  # a checkpoint save the disk refused, in whatever library wrote it (io.disk_refusal)
+        reason = None if isinstance(err, OutputError) else disk_refusal(err)
+        if not save_checkpoints or not (reason or isinstance(err, OutputError)):
+            raise
+        if trainer.is_world_process_zero():
+            for name in remove_unsealed_checkpoints(checkpoints):
+                log.warning("removed %s, cut off while it was saved", checkpoints / name)
+        if reason is None:
+            raise
+        raise OutputError(f"cannot write a checkpoint into {checkpoints}: {reason}") from err
     history = trainer.state.log_history
     return {**result.metrics, "segment_runtime": result.metrics.get("train_runtime"),
             "train_runtime": clock.elapsed(), "train_loss": whole_run_loss(history),

@@ -26,7 +26,14 @@ from advdistill.planning import (
     variant_training,
     without_dataset,
 )
-from advdistill.runs import check_run_folder, check_upstream_run, config_file_names, run_folder, write_record
+from advdistill.runs import (
+    check_job_records,
+    check_run_folder,
+    check_upstream_run,
+    config_file_names,
+    run_folder,
+    write_record,
+)
 from advdistill.schema import load_schema
 
 
@@ -45,6 +52,7 @@ RUN_FOLDER = run_folder(config["run_name"]).as_posix()
 UPSTREAM_FOLDER = run_folder(config["upstream_run"] or config["run_name"]).as_posix()
 if workflow.is_main_process:
     stop_on_config_error(check_run_folder)(config, workflow.configfiles)
+    stop_on_config_error(check_job_records)(config["run_name"])
     stop_on_config_error(check_upstream_run)(config)
 
 
