@@ -279,6 +279,11 @@ def check_stage_sections(config: dict[str, Any]) -> None:
     for key, model in labelled_models(config):
         if "bootstrap" in model:
             section_from_dict("bootstrap", without_dataset(model["bootstrap"]), f"{key}.bootstrap")
+
+
+def check_min_correct(config: dict[str, Any]) -> None:
+    """Two sections that no stage sees together: scoring keeps a group with ``min_correct`` right responses, of
+    the ``n_samples`` sampling writes."""
     wanted, samples = config["score"]["min_correct"], config["sampling"]["n_samples"]
     if wanted > samples:
         raise ConfigError(f"config score.min_correct: {wanted} is above sampling.n_samples {samples}: no group could "
@@ -309,6 +314,7 @@ def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> 
                           "output of a run, its report in results/<run_name>/report")
     validate(config, set_defaults=True)
     check_stage_sections(config)
+    check_min_correct(config)
     check_variants(config)
     check_trackers(config)
     check_model_names(config)
