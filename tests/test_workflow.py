@@ -181,7 +181,8 @@ def test_a_sweep_builds_on_the_run_and_reports_replicates(finished_run, tmp_path
     assert file_stamps(workdir / RUN) == before
     sweep = workdir / "results/sweep"
     assert sorted(p.name for p in sweep.iterdir()) == ["benchmarks", "evaluate", "logs", "report", "run.json",
-                                                       "train"]
+                                                       "trackers", "train"]
+    assert not [p for p in (sweep / "trackers").rglob("*") if p.is_file()]  # report_to: none writes no tracker
     trained = sorted(p.name for p in (sweep / "train/arith").iterdir() if not p.name.startswith("."))
     assert [name for name in trained if not name.endswith(".manifest.json")] == [
         "student-advdistill", "student-advdistill@lam0", "student-advdistill@lam0@seed8", "student-advdistill@seed8",
@@ -205,5 +206,5 @@ def test_an_upstream_run_that_disagrees_stops_at_planning(finished_run, tmp_path
     result = snakemake(finished_run, "--dry-run", "--configfile", str(tmp_path / "sweep.yaml"))
     assert result.returncode != 0
     assert ("config upstream_run: run 'test_basic' (config_basic.yaml) was made with another score.min_correct"
-            in result.stderr)
+            in result.stdout + result.stderr)
     assert not (finished_run / "results/sweep").exists()
