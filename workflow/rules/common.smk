@@ -334,11 +334,16 @@ def evaluation_prompt(model):
     return as_json(prompt)
 
 
+def evaluated_here(model):
+    """Whether this run evaluates ``model``: a trained student always, a base model (teacher, base students) unless
+    the upstream run lends its evaluations."""
+    return model in TRAINED_RUNS or not config["upstream_run"]
+
+
 def evaluation_file(train_set, model, testset, kind):
-    """An evaluation's file: a trained student's is this run's, a base model's (teacher, base students) comes
-    from the upstream run where the config names one."""
+    """An evaluation's file: this run's own (:func:`evaluated_here`), else the upstream run's."""
     path = f"evaluate/{train_set}/{model}/{testset}/{kind}"
-    return out(path) if model in TRAINED_RUNS else upstream(path)
+    return out(path) if evaluated_here(model) else upstream(path)
 
 
 def evaluation_outputs(kind):
@@ -398,16 +403,16 @@ def run_benchmarks():
                        for train_set in config["experiments"] for run in TRAINED_RUNS],
              "evaluate": [out(f"benchmarks/evaluate/{train_set}/{model}/{testset}.tsv")
                           for train_set, experiment in config["experiments"].items()
-                          for model in evaluated_models() if model in TRAINED_RUNS or not config["upstream_run"]
+                          for model in evaluated_models() if evaluated_here(model)
                           for testset in experiment["testsets"]]}
     if config["upstream_run"]:
         return files
     bootstrapped = [name for name in models() if is_bootstrapped(name)]
+    tokenizer = ["tokenizer"] if bootstrapped else []  # trained once for all bootstrapped models
     return {
         "prepare": [out(f"benchmarks/prepare/{name}/{split}.tsv")
                     for name, dataset in config["datasets"].items() for split in dataset["splits"]],
-        "bootstrap": [out(f"benchmarks/bootstrap/{name}.tsv") for name in ["tokenizer"] * bool(bootstrapped)
-                      + bootstrapped],
+        "bootstrap": [out(f"benchmarks/bootstrap/{name}.tsv") for name in tokenizer + bootstrapped],
         "sample": [out(f"benchmarks/sample/{train_set}/{part}.tsv") for train_set in config["experiments"]
                    for part in [*(f"part-{i}" for i in range(config["sampling"]["jobs"])), "merge"]],
         "score": [out(f"benchmarks/score/{train_set}.tsv") for train_set in config["experiments"]],
