@@ -21,6 +21,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
@@ -142,6 +143,53 @@ void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::
   }
 }
 
+// Columns of one VNNI-packed block of the batch-reduce GEMM below (AMX tiles take up to 64 bfloat16 columns).
+constexpr int64_t kPackedColumns = 64;
+
+// Whether oneDNN's batch-reduce GEMM micro-kernel (through ATen's cpublas::brgemm) runs bfloat16 products into a
+// float32 sum on this CPU (AMX or AVX-512-BF16), with its B operand in the VNNI layout.
+bool brgemm_runs() { return at::native::cpublas::could_pack(at::kBFloat16); }
+
+// acc_t += b^T a like add_transposed_product, through the batch-reduce GEMM micro-kernel: the bfloat16 products go
+// straight into the float32 sum, without a scratch and a second pass over it. Each thread takes 64-column blocks of
+// the vocabulary: it packs its block of `a` into the VNNI layout ([rows / 2][64][2], a zero row appended when rows
+// is odd: the micro-kernel takes an even depth only) and adds b^T (its zero-padded transposed copy) times the block
+// into the block's columns of acc_t.
+void brgemm_add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& acc_t,
+                                   bool accumulate) {
+  const int64_t rows = a.size(0);
+  const int64_t vocab = a.size(1);
+  const int64_t d = b.size(1);
+  const int64_t depth = rows + (rows & 1);
+  at::Tensor b_t = at::zeros({d, depth}, b.options());
+  b_t.narrow(1, 0, rows).copy_(b.t());
+  const at::BFloat16* a_data = a.data_ptr<at::BFloat16>();
+  const at::BFloat16* b_t_data = b_t.data_ptr<at::BFloat16>();
+  float* acc_data = acc_t.data_ptr<float>();
+  const int64_t blocks = (vocab + kPackedColumns - 1) / kPackedColumns;
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    std::vector<uint32_t> packed(depth / 2 * kPackedColumns);  // bfloat16 pairs (row 2k, row 2k + 1)
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t begin = block * kPackedColumns;
+      const int64_t n = std::min(kPackedColumns, vocab - begin);
+      for (int64_t pair = 0; pair < depth / 2; ++pair) {
+        const uint16_t* even = reinterpret_cast<const uint16_t*>(a_data + 2 * pair * vocab + begin);
+        const uint16_t* odd = 2 * pair + 1 < rows ? even + vocab : nullptr;
+        uint32_t* target = packed.data() + pair * kPackedColumns;
+        if (odd != nullptr) {
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) target[k] = static_cast<uint32_t>(even[k]) | static_cast<uint32_t>(odd[k]) << 16;
+        } else {
+          for (int64_t k = 0; k < n; ++k) target[k] = even[k];
+        }
+      }
+      at::native::cpublas::brgemm(d, n, depth, depth, kPackedColumns, vocab, accumulate, b_t_data,
+                                  reinterpret_cast<const at::BFloat16*>(packed.data()), acc_data + begin, true);
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+}
+
 // Positions [begin, end) of the response-ordered tokens processed as one logits tile.
 struct Tile {
   int64_t begin, end;
@@ -163,6 +211,7 @@ struct Problem {
   double p_max;
   int64_t vocab_size;
   bool use_onednn;
+  bool use_brgemm;  // bfloat16 grad_weight through brgemm_add_transposed_product (oneDNN provider only)
 };
 
 // use(begin, n, w) for the vocabulary rows [begin, begin + n) of the weight in the GEMM dtype: all of it at once,
@@ -297,7 +346,11 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
   }
   if (grad_weight.defined()) {
     RECORD_PHASE("advdistill::grad_weight_gemm");
-    add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, grad_weight_written, pr.use_onednn);
+    if (pr.use_brgemm) {
+      brgemm_add_transposed_product(logits, hidden_tile, grad_weight, grad_weight_written);
+    } else {
+      add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, grad_weight_written, pr.use_onednn);
+    }
     grad_weight_written = true;
   }
 }
@@ -366,6 +419,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   pr.vocab_size = weight.size(0);
   pr.p_max = p_max;
   pr.use_onednn = use_onednn && compute_type != at::kDouble;
+  pr.use_brgemm = pr.use_onednn && compute_type == at::kBFloat16 && brgemm_runs();
   pr.weight = input_type == at::kHalf ? weight.contiguous() : weight.to(compute_type).contiguous();
   pr.rows = identity ? hidden.to(compute_type).contiguous() : hidden.index_select(0, order_c).to(compute_type);
   pr.counts.assign(num_responses, 0);
@@ -406,7 +460,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const auto accumulator_options = compute_options.dtype(compute_type == at::kDouble ? at::kDouble : at::kFloat);
     if (compute_type == at::kBFloat16) {
       grad_weight_acc = at::empty({d, pr.vocab_size}, accumulator_options);
-      weight_scratch = at::empty({d, vocabulary_slice(4)}, compute_options);
+      if (!pr.use_brgemm) weight_scratch = at::empty({d, vocabulary_slice(4)}, compute_options);
     } else {
       grad_weight_acc = at::empty(weight.sizes(), accumulator_options);
     }
