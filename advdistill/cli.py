@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from advdistill import __version__
 from advdistill.config import section_from_json
 from advdistill.errors import AdvDistillError, ConfigError, InputError, OutputError
 from advdistill.paths import MANIFEST_SUFFIX, raw_responses, sampling_parts_folder
@@ -102,17 +103,19 @@ def _add_prepare(sub) -> None:
 
 def _add_bootstrap(sub) -> None:
     p = sub.add_parser("bootstrap-tokenizer", help="train a byte-level BPE on a rows parquet")
-    p.add_argument("--rows", type=Path, required=True)
+    p.add_argument("--rows", type=Path, required=True,
+                   help="rows parquet (prepare output) whose questions and solutions the tokenizer is trained on")
     p.add_argument("--settings", type=_json_text, default="{}", help="tokenizer settings as JSON or @FILE")
     p.add_argument("--out", type=Path, required=True, help="output tokenizer folder")
 
     p = sub.add_parser("bootstrap-model", help="build and pretrain a tiny Qwen2 model")
     p.add_argument("--rows", type=Path, required=True, help="rows with reference solutions")
-    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, required=True,
+                   help="tokenizer folder (bootstrap-tokenizer output); the model's vocabulary is its size")
     p.add_argument("--settings", type=_json_text, default="{}",
                    help="bootstrap settings (shape, optim) as JSON or @FILE")
     p.add_argument("--prompt", type=_json_text, default="{}", help="prompt settings as JSON or @FILE")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and of the training order")
     p.add_argument("--snapshot-steps", type=_snapshot_steps, default=(),
                    help="comma-separated optimizer steps whose weights are also saved (models/<name>/snapshots/step-N)")
     p.add_argument("--out", type=Path, required=True, help="output model folder")
@@ -124,7 +127,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--rows", type=Path, required=True, help="rows parquet (prepare output)")
     p.add_argument("--settings", type=_json_text, default="{}", help="sampling settings as JSON or @FILE")
     p.add_argument("--prompt", type=_json_text, default="{}", help="prompt settings as JSON or @FILE")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the few-shot turns and of every generate call (with its batch's first prompt)")
     p.add_argument("--part", type=_part, default="0/1", help="I/J: sample the I-th of J prompt ranges (0-based)")
     _add_device(p)
     p.add_argument("--out", type=Path, required=True, help="output samples parquet")
@@ -136,8 +140,8 @@ def _add_sample(sub) -> None:
 
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="rewards, group advantages and filtering")
-    p.add_argument("--rows", type=Path, required=True)
-    p.add_argument("--samples", type=Path, required=True)
+    p.add_argument("--rows", type=Path, required=True, help="rows parquet (prepare output) with the gold answers")
+    p.add_argument("--samples", type=Path, required=True, help="samples parquet (sample or merge-samples output)")
     p.add_argument("--settings", type=_json_text, default="{}", help="score settings as JSON or @FILE")
     p.add_argument("--out", type=Path, required=True, help="output scored parquet")
     p.add_argument("--summary", type=Path, required=True, help="output summary JSON")
@@ -148,11 +152,14 @@ def _add_train(sub) -> None:
     p.add_argument("--model", required=True, help="student base: model folder or hub id")
     p.add_argument("--rows", type=Path, required=True, help="training rows parquet (for the prompts)")
     p.add_argument("--scored", type=Path, required=True, help="scored parquet")
-    p.add_argument("--objective", choices=["sft", "advdistill"], required=True)
+    p.add_argument("--objective", choices=["sft", "advdistill"], required=True,
+                   help="sft: the best response of each group; advdistill: every response, weighted by advantage, "
+                        "with the contrastive term")
     p.add_argument("--settings", type=_json_text, default="{}", help="training settings as JSON or @FILE")
     p.add_argument("--prompt", type=_json_text, default="{}",
                    help="prompt settings as JSON or @FILE (few_shot turns come from --rows)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the validation split, the training order and the trainer's random state")
     p.add_argument("--few-shot-seed", type=_seed,
                    help="seed that picks the few-shot turns, the sampler's and evaluation's (default: --seed)")
     p.add_argument("--checkpoints", type=Path,
@@ -179,7 +186,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--settings", type=_json_text, default="{}", help="evaluation settings as JSON or @FILE")
     p.add_argument("--prompt", type=_json_text, default="{}",
                    help="prompt settings as JSON or @FILE (few_shot > 0 for base models)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the few-shot turns and, when evaluation.temperature > 0, of the sampling")
     p.add_argument("--out", type=Path, required=True, help="output responses parquet")
     p.add_argument("--metrics", type=Path, required=True, help="output metrics JSON")
     _add_device(p)
@@ -190,7 +198,8 @@ def _add_report(sub) -> None:
     p.add_argument("--plan", type=_json_object, required=True,
                    help="JSON or @FILE: the models, test sets and the declared input files to report on "
                         "(advdistill.report.run_report)")
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="output folder: index.html, each table as Markdown and CSV, the figures in plots/")
 
 
 def _add_standin(sub) -> None:
@@ -203,16 +212,19 @@ def _add_standin(sub) -> None:
                         "so that some samples are right); 0 = untrained")
     p.add_argument("--prompt", type=_json_text, default="{}",
                    help="prompt settings as JSON or @FILE, as sampling renders them")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and of the pretraining")
     p.add_argument("--out", type=Path, required=True, help="output model folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="advdistill", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        help="log lines at this level and above go to stderr: DEBUG, INFO (default), WARNING or ERROR")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of configuration, input and output errors too (bugs always show one)")
-    sub = parser.add_subparsers(dest="stage", required=True)
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE",
+                                help="the pipeline stage to run; 'advdistill STAGE --help' for its options")
     _add_prepare(sub)
     _add_bootstrap(sub)
     _add_sample(sub)

@@ -1,11 +1,15 @@
-"""The CLI's error contract: the project's errors in one line (exit 2), bugs with their traceback (exit 1)."""
+"""The CLI: its error contract (the project's errors in one line, exit 2; bugs with their traceback, exit 1), its
+version and its help texts."""
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Iterator
 
 import pytest
 
+import advdistill
 from advdistill import cli
 from advdistill.errors import ConfigError, DatasetError, InputError, MemoryPlanError, OutputError, TrainingError
 from tests.helpers import files_under, run_cli
@@ -118,3 +122,31 @@ def test_an_unreadable_json_file_is_a_usage_error(capsys, tmp_path, name):
                                        "--settings", f"@{path}"])
     assert exit_info.value.code == 2
     assert f"--settings: cannot read the JSON file {path}" in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out == f"advdistill {advdistill.__version__}\n"
+
+
+def parser_entries(parser: argparse.ArgumentParser,
+                   command: str = "advdistill") -> Iterator[tuple[str, str, str | None]]:
+    """(command, option or subcommand, its help) for every argument of ``parser`` and of all its subcommands."""
+    for action in parser._actions:
+        name = "/".join(action.option_strings) or action.metavar or action.dest
+        yield command, name, action.help
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}  # only those given help=
+            for stage, subparser in action.choices.items():
+                yield command, stage, helps.get(stage)
+                yield from parser_entries(subparser, f"{command} {stage}")
+
+
+def test_every_option_and_subcommand_has_help():
+    entries = list(parser_entries(cli.build_parser()))
+    assert {"advdistill score", "advdistill bootstrap-model"} <= {command for command, _, _ in entries}
+    missing = [f"{command} {name}" for command, name, text in entries
+               if not text or text == argparse.SUPPRESS or not text.strip()]
+    assert not missing, f"no help text: {', '.join(missing)}"

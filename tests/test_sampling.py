@@ -75,6 +75,17 @@ def test_parts_of_a_different_configuration_are_discarded(tmp_path):
     assert sum(len(call) for call in backend.calls) == 20
 
 
+@pytest.mark.parametrize(("stage", "temperature", "label"), [("evaluate", 0.0, "generating greedy answers"),
+                                                             ("evaluate", 0.7, "sampling answers"),
+                                                             ("sample", 0.9, "sampling responses")])
+def test_the_progress_bar_says_what_is_generated(tmp_path, capsys, stage, temperature, label):
+    params = GenerationParams(n=1, temperature=temperature, top_p=1.0, max_new_tokens=4)
+    sample_prompts(CountingBackend(), ["a", "b"], ["p0", "p1"], params, SamplingConfig(batch_size=2, shard_size=2), 0,
+                   tmp_path / "out.parquet", "fp", stage=stage)
+    bar = capsys.readouterr().err
+    assert f"{label}: 100%" in bar and "2/2" in bar
+
+
 def test_greedy_with_several_samples_is_rejected():
     with pytest.raises(ConfigError, match="greedy"):
         GenerationParams(n=2, temperature=0.0, top_p=1.0, max_new_tokens=4)

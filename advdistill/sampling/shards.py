@@ -57,6 +57,13 @@ def batch_seed(seed: int, first_prompt: int) -> int:
     return (seed * 1_000_003 + first_prompt) % (2**63)
 
 
+def progress_label(stage: str, params: GenerationParams) -> str:
+    """What the progress bar says it is doing: an evaluation writes answers, the sample stage a teacher's
+    responses; at temperature 0 both are greedy, not sampled."""
+    verb = "generating greedy" if params.temperature == 0 else "sampling"
+    return f"{verb} {'answers' if stage == 'evaluate' else 'responses'}"
+
+
 def sample_prompts(
     backend: SamplingBackend | Callable[[], SamplingBackend],
     prompt_ids: Sequence[str],
@@ -89,7 +96,7 @@ def sample_prompts(
                 log.warning("sampling %s again: %s", part, err)
     if finished:
         log.info("resuming: %d of %d shards already sampled", len(finished), len(shard_starts))
-    progress = tqdm(total=len(prompts), desc="sampling prompts", unit="prompt")
+    progress = tqdm(total=len(prompts), desc=progress_label(stage, params), unit="prompt")
     for shard_number, start in enumerate(shard_starts):
         part = parts_dir / f"shard-{shard_number:05d}.parquet"
         end = min(start + cfg.shard_size, len(prompts))
