@@ -1,6 +1,8 @@
 # Two entry points, each installing what it needs first:
 #   make pipeline   runs the embedded default pipeline (snakemake --cores all)
 #   make test       runs the test suite (the vLLM backend tests in their own environment first)
+# and a check of a paper configuration before a cluster run (docs/paper-runs.md):
+#   make rehearse CONFIG=config/paper/gsm8k.yaml [SOURCES=offline.yaml]
 #
 # Where it installs: into the environment you activated (a venv: VIRTUAL_ENV, or conda: CONDA_PREFIX), else
 # into the project's own virtual environment .venv, made with the first python3 on the PATH (a stock Debian or
@@ -22,7 +24,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 endif
 PIP ?= $(ENV_PYTHON) -m pip
 
-.PHONY: install pipeline test test-vllm vllm-venv container-check gpu-deps-check gpu-wheelhouse gpu-acceptance
+.PHONY: install pipeline rehearse test test-vllm vllm-venv container-check gpu-deps-check gpu-wheelhouse gpu-acceptance
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "make: '$(PYTHON) -m venv $(VENV)' failed;" \
@@ -35,6 +37,12 @@ install: $(ENV_MADE)
 
 pipeline: install
 	snakemake --cores all
+
+# The whole DAG of CONFIG on a CPU, on stand-ins of its models at small sizes (advdistill/rehearsal.py), in
+# results/<run_name>-rehearsal; SOURCES: a config file whose local_sources give local copies of the datasets.
+rehearse: install
+	$(if $(CONFIG),,$(error give the configuration to rehearse: make rehearse CONFIG=config/paper/gsm8k.yaml))
+	$(ENV_PYTHON) -m advdistill.rehearsal "$(CONFIG)" $(if $(SOURCES),--sources "$(SOURCES)")
 
 # vLLM's CPU build pins its own transformers, so it lives in a separate environment that sees the project's
 # environment behind its own packages (a .pth file adds that environment's site-packages at the end of

@@ -11,11 +11,13 @@ time limit on the CPU.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
 import shutil
 import subprocess
 import warnings
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -77,6 +79,33 @@ def require_cuda(stage: str) -> None:
 @cache
 def _log_cpu_fallback(stage: str) -> None:
     log.info("no CUDA device: running on CPU (the %s stage)", stage)
+
+
+def machine_gpus(environ: Mapping[str, str] = os.environ) -> int:
+    """The GPUs of this machine that jobs can use, found without importing torch (planning asks on every
+    ``snakemake`` call): those ``CUDA_VISIBLE_DEVICES`` names when it is set (up to its first empty or negative entry,
+    where CUDA stops reading it; no more than ``nvidia-smi`` lists where it runs), else those ``nvidia-smi -L``
+    lists; 0 without either."""
+    listed = _listed_gpus()
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return listed or 0
+    entries = [entry.strip() for entry in visible.split(",")]
+    named = len(list(itertools.takewhile(lambda entry: entry and not entry.startswith("-"), entries)))
+    return named if listed is None else min(named, listed)
+
+
+def _listed_gpus() -> int | None:
+    """How many GPUs ``nvidia-smi -L`` lists; None where it is missing or fails."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return sum(line.startswith("GPU ") for line in done.stdout.splitlines())
 
 
 def check_device(stage: str, device: str = "auto") -> None:

@@ -36,6 +36,8 @@ from advdistill.config import (
     from_dict,
 )
 from advdistill.errors import MemoryPlanError
+from advdistill.model_folders import model_folder_problem
+from advdistill.paths import looks_local
 from advdistill.planning import building_run, trained_runs, variant_training, without_dataset
 
 GIB = 1024**3
@@ -153,11 +155,17 @@ def _cached_config(repo_id: str) -> str | None:
 
 
 def find_architecture(source: str) -> tuple[Architecture | None, str]:
-    """The architecture of a model folder or hub id and where it came from, or None and why it is unknown."""
+    """The architecture of a model folder or hub id and where it came from, or None and why it is unknown: a
+    local folder that is broken (:func:`~advdistill.model_folders.model_folder_problem`) or missing is named as
+    such, not looked up as a hub id."""
     folder_config = Path(source) / "config.json"
     config_path = str(folder_config) if folder_config.is_file() else None
     origin = f"config.json in {source}"
-    if config_path is None and not Path(source).exists():
+    if config_path is None and Path(source).exists():
+        return None, f"model folder {source} {model_folder_problem(Path(source))}"
+    if config_path is None and looks_local(source):
+        return None, f"model folder {source} not found"
+    if config_path is None:
         config_path, origin = _cached_config(source), "config.json in the Hugging Face cache"
     if config_path is not None:
         try:

@@ -13,16 +13,21 @@ import copy
 import functools
 import hashlib
 import json
+import os
+import shlex
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from advdistill import paths
 from advdistill.config import section_from_dict
-from advdistill.errors import ConfigError
-from advdistill.schema import read_config_file, validate
+from advdistill.errors import ConfigError, InputError
+from advdistill.model_folders import model_folder_problem
+from advdistill.schema import read_config_file, type_command_line_values, validate
 from advdistill.trackers import check_report_to
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -305,13 +310,15 @@ def check_configfile_options(argv: list[str]) -> None:
 
 
 @stop_on_config_error
-def check_config(config: dict[str, Any], config_files: Iterable[str | Path]) -> None:
-    """Every planning check of the config itself, in order; fills in the schema's defaults."""
+def check_config(config: dict[str, Any], config_files: Iterable[str | Path], command_line: Any = None) -> None:
+    """Every planning check of the config itself, in order; fills in the schema's defaults. ``command_line`` is the
+    ``--config`` mapping, whose nested text values get their schema type first (:func:`type_command_line_values`)."""
     for path in config_files:
         read_config_file(path)
     if "report_name" in config:
         raise ConfigError("config report_name: replaced by run_name, the folder results/<run_name> that holds every "
                           "output of a run, its report in results/<run_name>/report")
+    type_command_line_values(config, command_line or {})
     validate(config, set_defaults=True)
     check_stage_sections(config)
     check_min_correct(config)
@@ -396,3 +403,103 @@ def accelerate_launch_args(processes: int) -> list[str]:
     """Arguments of ``accelerate launch`` for a train job of ``processes`` processes on one node, up to the
     module to run (port 0: a free port, so several multi-process jobs can share a node)."""
     return ["--multi_gpu", "--num_machines", "1", "--num_processes", str(int(processes)), "--main_process_port", "0"]
+
+
+IMAGE_DEFINITIONS = {"cpu": "containers/advdistill-cpu.def", "gpu": "containers/advdistill-gpu.def"}
+
+
+def image_build_commands(kind: str, image: str) -> list[str]:
+    """The commands of containers/README.md that build the ``kind`` image at ``image``, from the repository root:
+    unprivileged (``--fakeroot``); the GPU image without its ``%test``, which needs a GPU, run on a GPU node after."""
+    target = shlex.quote(image)
+    if kind == "cpu":
+        return [f"apptainer build --fakeroot {target} {IMAGE_DEFINITIONS[kind]}"]
+    return [f"apptainer build --fakeroot --notest {target} {IMAGE_DEFINITIONS[kind]}",
+            f"apptainer test --nv {target}  # on a GPU node, before the first run"]
+
+
+def missing_images(containers: dict[str, str], kinds: Iterable[str], repo: Path) -> str | None:
+    """Which local images of ``kinds`` (``containers.<kind>``, relative to ``repo``; a URL is pulled) are missing,
+    with the commands that build them; None when none is."""
+    missing = [kind for kind in kinds if "://" not in containers[kind] and not (repo / containers[kind]).exists()]
+    if not missing:
+        return None
+    named = " and ".join(f"containers.{kind} ({containers[kind]})" for kind in missing)
+    commands = [command for kind in missing for command in image_build_commands(kind, containers[kind])]
+    return (f"config {named}: image not found; with --sdm apptainer every job runs in its image. Build "
+            f"{'them' if len(missing) > 1 else 'it'} from the repository root on a machine with Apptainer >= 1.2 "
+            "(containers/README.md, docs/paper-runs.md):\n  " + "\n  ".join(commands))
+
+
+def check_profile_options(argv: list[str], environ: Mapping[str, str], workflow_profile: Path | None) -> None:
+    """A profile given with ``--profile`` (or ``SNAKEMAKE_PROFILE``) is merged by Snakemake with this workflow's own
+    profile (``workflow_profile``: profiles/default, loaded unless ``--workflow-profile`` names another), and the
+    workflow profile wins key by key: ``--profile profiles/slurm`` would run with the workstation's keep-going and
+    without ``--cleanenv``. Refused where the workstation profile would replace a value the given profile sets."""
+    if workflow_profile is None or any(word.split("=", 1)[0] == "--workflow-profile" for word in argv):
+        return
+    given = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--profile"]
+    given += [word.split("=", 1)[1] for word in argv if word.startswith("--profile=")]
+    if not given and environ.get("SNAKEMAKE_PROFILE"):
+        given = [environ["SNAKEMAKE_PROFILE"]]
+    from snakemake.cli import get_profile_dir  # the lookup Snakemake itself makes (a name, a folder or a file)
+
+    ours = yaml.safe_load(get_profile_dir(str(workflow_profile))[1].read_text()) or {}
+    for name in (name for name in given if name != "none"):  # "none": no profile
+        theirs = yaml.safe_load(get_profile_dir(name)[1].read_text()) or {}
+        replaced = [f"{key}: {json.dumps(ours[key])} over {json.dumps(theirs[key])}" for key in theirs
+                    if key in ours and ours[key] != theirs[key]]
+        if replaced:
+            raise ConfigError(
+                f"--profile {name}: Snakemake also loads this workflow's profile {workflow_profile} (the "
+                f"workstation's) and lets it win key by key, so this run would take {'; '.join(replaced)}. Give the "
+                f"profile as --workflow-profile {name}, which replaces {workflow_profile}, or add --workflow-profile "
+                "none to use --profile alone")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (imported only where the variable is set at all)."""
+    if "HF_HUB_OFFLINE" not in os.environ:
+        return False
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def check_model_folder(key: str, folder: Any) -> None:
+    """A local model folder passes the check its stage makes before loading it
+    (:func:`advdistill.model_folders.model_folder_problem`); ``key`` is where the config gives it."""
+    if not isinstance(folder, str):
+        raise ConfigError(f"config {key}: {folder!r} is not a model folder (a path)")
+    path = Path(folder).expanduser()
+    problem = model_folder_problem(path) if path.exists() else "not found"
+    if problem:
+        raise ConfigError(f"config {key}: model folder {folder} {problem}")
+
+
+def check_offline_model(key: str, hub_id: str) -> None:
+    """Under HF_HUB_OFFLINE=1 a stage loads a hub id from the Hugging Face cache alone: the same lookup and folder
+    check (:func:`advdistill.hub.local_model`), made at planning."""
+    from advdistill.hub import local_model
+
+    try:
+        local_model(hub_id, "snakemake", f"config {key}")
+    except InputError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_offline_dataset(key: str, hub_id: str, adapter: str, options: dict[str, Any] | None) -> None:
+    """Under HF_HUB_OFFLINE=1 prepare's ``datasets.load_dataset`` finds a hub id in the ``datasets`` cache alone:
+    planning asks that cache for the same dataset and configuration, loading nothing."""
+    import datasets
+
+    from advdistill.datasets import get_adapter
+    from advdistill.hub import first_line
+
+    hub_config = getattr(get_adapter(adapter, hub_id, options), "hub_config", None)
+    try:
+        datasets.load_dataset_builder(hub_id, hub_config)
+    except Exception as err:  # datasets raises many types for a dataset or configuration it has not cached
+        raise ConfigError(f"config {key}: '{hub_id}' is not in the datasets cache and HF_HUB_OFFLINE=1 forbids "
+                          f"downloading it ({type(err).__name__}: {first_line(err)}); map it to a local copy of its "
+                          "release file in local_sources (config/paper/offline.example.yaml)") from None

@@ -21,7 +21,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,139 @@ def validate(instance: Any, pointer: str = "", section: str = "", set_defaults: 
               f"surrogate, such as a \\ud800 escape)" for path in _unencodable_text(instance)]
     if lines:
         raise ConfigError("\n".join(lines))
+
+
+# Text that reads as one value of a JSON Schema type, as a YAML or JSON config file would read it.
+_BOOLEANS = {"true": True, "True": True, "false": False, "False": False}
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_TYPE_NAMES = {"boolean": "true or false", "integer": "an integer", "number": "a number", "null": "null"}
+_EXAMPLES = {"boolean": ["true", "false"], "integer": ["4"], "number": ["0.002", "2e-3"], "null": ["null"]}
+
+
+def type_command_line_values(config: dict[str, Any], given: Any) -> None:
+    """Give the text values of ``--config`` (``given``, as Snakemake parsed it) the type the schema asks for, in
+    ``config``, before validation.
+
+    Snakemake reads a value nested in a ``--config`` mapping (``training={"optim": {"learning_rate": 0.002}}``) with
+    YAML's BaseLoader, which keeps every scalar as text, so ``0.002`` arrives as ``'0.002'``. A text value where the
+    schema takes no string (a number, an integer, a boolean or null) becomes that value when it is written as one
+    (``0.002``, ``1e-3``, ``4``, ``true``, ``null``); otherwise planning stops naming the key and the config file
+    way to set it. A key the schema leaves untyped (``datasets.<name>.options``) keeps its text.
+    """
+    problems = []
+    for path, text in _text_leaves(given):
+        types = _schema_types(path)
+        if not types or "string" in types or _value_at(config, path) != text:
+            continue
+        try:
+            _set_value(config, path, _typed(text, types))
+        except ValueError:
+            kinds = sorted(types, key=list(_TYPE_NAMES).index)
+            expected = " or ".join(_TYPE_NAMES[kind] for kind in kinds)
+            examples = ", ".join(example for kind in kinds for example in _EXAMPLES[kind])
+            problem = f"config {_key_path('', path)}: {text!r} from --config is not {expected}"
+            if len(path) > 1:
+                problem += (f"; Snakemake passes values nested in a --config mapping on as text, which planning reads "
+                            f"as {expected} only when written as one ({examples}). Or set the key in a small config "
+                            f"file given after yours: --configfile config.yaml override.yaml, override.yaml holding "
+                            f"{_yaml_snippet(path)}")
+            problems.append(problem)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _text_leaves(node: Any, path: tuple = ()) -> Iterable[tuple[tuple, str]]:
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _text_leaves(value, path + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _text_leaves(value, path + (index,))
+
+
+def _value_at(node: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _set_value(node: Any, path: tuple, value: Any) -> None:
+    _value_at(node, path[:-1])[path[-1]] = value
+
+
+def _typed(text: str, types: set[str]) -> Any:
+    """``text`` as a value of one of ``types`` (no ``string`` among them); a ValueError when it reads as none."""
+    if "boolean" in types and text in _BOOLEANS:
+        return _BOOLEANS[text]
+    if "null" in types and text == "null":
+        return None
+    if types & {"integer", "number"} and _INTEGER.fullmatch(text):
+        return int(text)
+    if "number" in types and _DECIMAL.fullmatch(text) and math.isfinite(float(text)):
+        return float(text)
+    raise ValueError(text)
+
+
+def _schema_types(path: tuple) -> set[str]:
+    """The JSON types the schema allows at ``path``, those of every alternative; empty where it names none, or an
+    enum (then text stays text). A variant's ``training`` overrides keys of the training section."""
+    if path[:1] == ("variants",) and path[2:3] == ("training",):
+        schemas, path = _alternatives(load_schema()["properties"]["training"]), path[3:]
+    else:
+        schemas = _alternatives(load_schema())
+    for part in path:
+        schemas = [alternative for schema in schemas for alternative in _alternatives(_child(schema, part))]
+    types = set()
+    for schema in schemas:
+        if "enum" in schema or "const" in schema:
+            return set()
+        declared = schema.get("type", [])
+        types.update([declared] if isinstance(declared, str) else declared)
+    return types
+
+
+def _alternatives(schema: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """``schema`` and the schemas its ``$ref``, ``allOf``, ``anyOf`` and ``oneOf`` lead to."""
+    if schema is None:
+        return []
+    found = [schema]
+    if "$ref" in schema:
+        target: Any = load_schema()
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        found += _alternatives(target)
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        for branch in schema.get(keyword, []):
+            found += _alternatives(branch)
+    return found
+
+
+def _child(schema: dict[str, Any], part: Any) -> dict[str, Any] | None:
+    """The subschema of a key (a list index: an item) in ``schema``."""
+    if isinstance(part, int):
+        items = schema.get("items")
+        return items if isinstance(items, dict) else None
+    if part in schema.get("properties", {}):
+        return schema["properties"][part]
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, dict) else None
+
+
+def _yaml_snippet(path: tuple) -> str:
+    """``training: {optim: {learning_rate: ...}}`` for a key path (a list is given whole: ``seeds: [...]``)."""
+    text = "..."
+    keys = list(path)
+    if any(isinstance(part, int) for part in keys):
+        keys, text = keys[:next(i for i, part in enumerate(keys) if isinstance(part, int))], "[...]"
+    for key in reversed(keys):
+        text = f"{{{key}: {text}}}"
+    return text[1:-1]
 
 
 def is_encodable(text: str) -> bool:

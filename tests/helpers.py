@@ -14,11 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-from advdistill import cli
+from advdistill import cli, rehearsal
 from advdistill.config import ModelShape, TokenizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The paper configurations; config/paper/offline.example.yaml beside them is an overrides file, not one of them.
+PAPER_CONFIGS = sorted(path for path in (REPO / "config" / "paper").glob("*.yaml")
+                       if not path.name.endswith(".example.yaml"))
 WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "advdistill", "kernels", ".test", "containers", "config")
 
 
@@ -35,10 +38,8 @@ def copy_workflow(workdir: Path) -> Path:
     return workdir
 
 
-# Every rule that asks for two threads gets one: test models are tiny, so a job's time is mostly its imports
-# (about 10 s of torch and transformers on 2 cores), and two single-thread jobs at a time cut a run's wall time by
-# about 40 % (the workflow fixture run: 153 s -> 90 s).
-ONE_THREAD = ("--set-threads", "bootstrap_model=1", "sample=1", "train=1", "evaluate=1")
+# Every rule that asks for two threads gets one, as in a rehearsal (test models are tiny too).
+ONE_THREAD = rehearsal.ONE_THREAD
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import zipfile
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from advdistill import cli
 from advdistill.config import (
@@ -32,7 +33,7 @@ from advdistill.planning import (
     check_variants,
 )
 from advdistill.rewards import REWARD_FUNCTIONS
-from advdistill.schema import declared_properties, load_schema, read_config_file, validate
+from advdistill.schema import declared_properties, load_schema, read_config_file, type_command_line_values, validate
 from tests.helpers import REPO
 
 BASIC = yaml.safe_load((REPO / ".test" / "config_basic.yaml").read_text())
@@ -314,6 +315,40 @@ def test_planning_checks_parse_every_stage_section(tmp_path):
     config["teacher"]["bootstrap"]["shape"]["hidden_size"] = 32
     check_config(config, [path])
     assert config["sampling"]["jobs"] == 1
+
+
+def test_nested_command_line_values_get_the_schema_type():
+    """Snakemake hands values nested in a --config mapping on as text (YAML's BaseLoader)."""
+    given = {"training": {"optim": {"learning_rate": "2e-3", "max_steps": "3"}, "report_to": "none"},
+             "resources": {"gpu_rules": "true", "gpu_mem_gb": "null"}, "seeds": ["7", "8"],
+             "variants": {"lam0": {"training": {"loss": {"lam": "0"}}}}}
+    config = copy.deepcopy(BASIC)
+    update_config(config, copy.deepcopy(given))
+    type_command_line_values(config, given)
+    assert config["training"]["optim"]["learning_rate"] == 0.002 and config["training"]["optim"]["max_steps"] == 3
+    assert config["training"]["report_to"] == "none"  # a string where the schema takes one
+    assert config["resources"] == {"gpu_rules": True, "gpu_mem_gb": None} and config["seeds"] == [7, 8]
+    assert config["variants"]["lam0"]["training"]["loss"]["lam"] == 0  # a variant overrides training keys
+    validate(config, set_defaults=True)
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"training": {"optim": {"learning_rate": "fast"}}},
+     "config training.optim.learning_rate: 'fast' from --config is not a number; "),
+    ({"training": {"optim": {"max_steps": "4.0"}}},
+     "config training.optim.max_steps: '4.0' from --config is not an integer"),
+    ({"score": {"drop_zero_variance": "yes"}},
+     "config score.drop_zero_variance: 'yes' from --config is not true or false"),
+    ({"sampling": {"temperature": "nan"}}, "config sampling.temperature: 'nan' from --config is not a number"),
+])
+def test_a_command_line_value_of_no_schema_type_names_the_key_and_the_config_file_way(given, message):
+    config = copy.deepcopy(BASIC)
+    update_config(config, copy.deepcopy(given))
+    with pytest.raises(ConfigError) as raised:
+        type_command_line_values(config, given)
+    assert message in str(raised.value)
+    section = next(iter(given))
+    assert f"--configfile config.yaml override.yaml, override.yaml holding {section}: {{" in str(raised.value)
 
 
 @pytest.mark.failure_mode(

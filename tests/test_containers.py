@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import advdistill
-from tests.helpers import REPO
+from advdistill.planning import image_build_commands
+from tests.helpers import REPO, copy_workflow
 
 DEFINITIONS = sorted((REPO / "containers").glob("*.def"))
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -58,6 +59,34 @@ def test_every_rule_names_a_container():
             name = block.split(":")[0]
             has_container = "\n    container:\n        container_for(" in block
             assert has_container, f"rule {name} in {rules.name} has no container"
+
+
+def test_the_build_commands_planning_names_are_the_documented_ones():
+    for kind, image in CONFIG["containers"].items():
+        for command in image_build_commands(kind, image):
+            for doc in ("containers/README.md", "docs/paper-runs.md"):
+                assert command.split("  #")[0] in (REPO / doc).read_text(), (doc, command)
+
+
+@pytest.mark.failure_mode(
+    "a run with --sdm apptainer (the SLURM profile) whose images are not built",
+    sees="planning stops naming every missing image (containers.cpu, containers.gpu) with the commands that build "
+         "it (--fakeroot; --notest and apptainer test --nv for the GPU image); a dry run says so and plans on",
+    kept="everything; no job starts")
+def test_a_run_without_its_images_stops_naming_each_with_its_build_commands(tmp_path):
+    workdir = copy_workflow(tmp_path / "repo")
+    images = {"cpu": "containers/absent-cpu_0.1.0.sif", "gpu": "containers/absent-gpu_0.1.0.sif"}
+    (workdir / "images.yaml").write_text(yaml.safe_dump({"containers": images}))
+    result = subprocess.run(["snakemake", "--cores", "1", "--sdm", "apptainer", "--configfile",
+                             "config/paper/gsm8k.yaml", "images.yaml"], cwd=workdir, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output and not (workdir / "results").exists(), output[-3000:]
+    assert ("config containers.cpu (containers/absent-cpu_0.1.0.sif) and containers.gpu "
+            "(containers/absent-gpu_0.1.0.sif): image not found") in output
+    for kind, image in images.items():
+        for command in image_build_commands(kind, image):
+            assert command in output
 
 
 def test_build_arguments_are_substituted_as_apptainer_does(tmp_path):

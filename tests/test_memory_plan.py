@@ -74,6 +74,13 @@ def test_architecture_from_the_hugging_face_cache(tmp_path, monkeypatch):
     assert arch.hidden_size == 32 and arch.tie_word_embeddings
 
 
+def test_a_broken_local_folder_is_told_from_a_missing_one(tmp_path):
+    assert find_architecture(str(tmp_path)) == (None, f"model folder {tmp_path} is empty")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert find_architecture(str(tmp_path)) == (None, f"model folder {tmp_path} has no config.json")
+    assert find_architecture(str(tmp_path / "gone")) == (None, f"model folder {tmp_path / 'gone'} not found")
+
+
 def test_table_shapes_are_named_and_unknown_models_are_not_guessed():
     assert find_architecture("Qwen/Qwen2.5-7B-Instruct") == (QWEN25["Qwen/Qwen2.5-7B"], "built-in Qwen2.5 table")
     arch, origin = find_architecture("nobody/no-such-model-7b")

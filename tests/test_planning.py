@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,9 +24,9 @@ HOSTILE = "$(touch pwned) `touch pwned` ; touch pwned; rm -rf ./results & it's \
 STUBS = "advdistill() { printf '%s\\0' \"$@\" > \"$ARGV\"; }; accelerate() { advdistill \"$@\"; }\n"
 
 
-def snakemake(workdir: Path, *args: str, snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, snakefile: Path = REPO / "Snakefile", **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["snakemake", "-s", str(snakefile), "--dry-run", "--printshellcmds", *args], cwd=workdir,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, **kwargs)
 
 
 def assert_clean_stop(result: subprocess.CompletedProcess) -> str:
@@ -283,6 +285,10 @@ def set_key(path, value):
      "config datasets.arith.source: file ./no-such-release.jsonl not found (split 'train')"),
     (set_key(("students", 0, "source"), "/no/such/model"), "config students[0].source: model folder /no/such/model "
                                                            "not found"),
+    (set_key(("students", 0, "source"), "./empty-model"), "config students[0].source: model folder ./empty-model is "
+                                                          "empty"),
+    (set_key(("students", 0, "source"), str(REPO / "workflow")),
+     f"config students[0].source: model folder {REPO / 'workflow'} has no config.json"),
     (lambda config: (set_at(config, ("students", 0, "name"), "s" * 100),
                      set_at(config, ("variants",), {"v" * 100: {"training": {"loss": {"lam": 0.0}}}})),
      f"the file name 'loss_terms_arith_{'s' * 40}...' derived from it needs 261 bytes with the pipeline's "
@@ -314,7 +320,8 @@ def set_key(path, value):
         "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "min-correct-above-samples",
         "variants-only-none",
         "report-name-replaced", "upstream-never-run", "upstream-itself",
-        "paper-unknown-model", "missing-local-release", "missing-local-model", "file-name-too-long",
+        "paper-unknown-model", "missing-local-release", "missing-local-model", "empty-local-model",
+        "broken-local-model", "file-name-too-long",
         "model-source-a-file", "dataset-source-a-folder",
         "evaluation-past-context", "sampling-past-context", "snapshot-past-run", "snapshot-of-itself",
         "snapshot-of-unknown", "variant-unknown-tracker", "variant-control-unknown",
@@ -332,6 +339,12 @@ def set_key(path, value):
     "variant: the report's loss plot)",
     sees="planning stops naming the keys, the name, the bytes it needs and the limit", kept="everything; no job "
                                                                                              "starts")
+@pytest.mark.failure_mode(
+    "a local model folder (a model's source, or the local_sources entry of its hub id) that is empty or lacks "
+    "config.json, complete weights, a tokenizer, a chat template or an end-of-sequence token",
+    sees="planning stops naming the key, the folder and what it lacks (the check each stage makes before loading a "
+         "model, advdistill/model_folders.py), not the first GPU job",
+    kept="everything; no job starts")
 @pytest.mark.failure_mode(
     "a dataset or model source that is a local path (absolute, ./, ../, ~ or a release-file suffix) that does "
     "not exist",
@@ -374,10 +387,49 @@ def set_key(path, value):
     "derived model names collide (students 'x' and 'x-sft', or a teacher named '<student>-base')",
     sees="planning stops naming both config keys and the shared name", kept="everything; no job starts")
 def test_bad_config_stops_planning_with_one_message_naming_the_key(tmp_path, change, message):
+    (tmp_path / "empty-model").mkdir()
     result = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, change)))
     output = assert_clean_stop(result)
     assert message in output
     assert not (tmp_path / "results").exists()
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """HF_HUB_OFFLINE=1 with empty Hugging Face caches (hub and datasets) of the test's own."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}
+
+
+@pytest.mark.failure_mode(
+    "HF_HUB_OFFLINE=1 and a model or dataset hub id that local_sources does not map and the Hugging Face cache "
+    "does not hold (the stage would stop at once on its node)",
+    sees="planning stops naming the key (teacher/students[i].source, datasets.<name>.source), the hub id, the cache "
+         "and local_sources as the way out; a hub model the cache holds plans",
+    kept="everything; no job starts")
+def test_an_unmapped_hub_id_under_hf_hub_offline_stops_planning(tmp_path, tiny_model_dir):
+    env = offline_env(tmp_path)
+    output = assert_clean_stop(snakemake(tmp_path, "--configfile", str(write_config(
+        tmp_path, set_key(("students", 0, "source"), "nobody/no-such-model"))), env=env))
+    assert (f"config students[0].source: 'nobody/no-such-model' is not in the Hugging Face cache "
+            f"({tmp_path / 'hf' / 'hub'}) and HF_HUB_OFFLINE=1 forbids downloading it; give a local model folder "
+            "instead (in a workflow config: local_sources maps the hub id to it)") in output
+
+    def hub_dataset(config):
+        config["datasets"]["arith_ood"] = {"adapter": "gsm_plus", "source": "qtli/GSM-Plus", "splits": ["test"]}
+    output = assert_clean_stop(snakemake(tmp_path, "--configfile", str(write_config(tmp_path, hub_dataset)), env=env))
+    assert ("config datasets.arith_ood.source: 'qtli/GSM-Plus' is not in the datasets cache and HF_HUB_OFFLINE=1 "
+            "forbids downloading it (ConnectionError: ") in output
+    assert "map it to a local copy of its release file in local_sources" in output
+
+    commit = "0" * 40
+    snapshot = tmp_path / "hf" / "hub" / "models--owner--tiny" / "snapshots" / commit  # the copy the stage loads
+    shutil.copytree(tiny_model_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(commit)
+    result = snakemake(tmp_path, "--configfile", str(write_config(tmp_path, set_key(("students", 0, "source"),
+                                                                                    "owner/tiny"))), env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "--model owner/tiny " in result.stdout
 
 
 def test_plain_runs_false_trains_the_variants_only():

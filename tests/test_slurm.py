@@ -1,4 +1,6 @@
-"""The pipeline through a real single-node SLURM cluster (Debian's slurm-wlm + munge on localhost).
+"""The SLURM profile: its plan previewed on a machine without Apptainer or images, ``--profile`` refused where the
+workstation profile would override it, and the pipeline through a real single-node SLURM cluster (Debian's
+slurm-wlm + munge on localhost).
 
 The cluster is private to the test: scripts/slurm/start_cluster.sh keeps its slurm.conf, state, spool, logs
 and its own munge daemon (key, socket) in a temporary folder, on free ports, and every Slurm command here finds
@@ -21,8 +23,11 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 import yaml
+from snakemake.cli import parse_args
 
-from tests.helpers import ONE_THREAD, REPO
+from advdistill.errors import ConfigError
+from advdistill.planning import check_profile_options, image_build_commands
+from tests.helpers import ONE_THREAD, REPO, copy_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +35,83 @@ CONFIG = REPO / ".test" / "config_basic.yaml"
 PROFILE = REPO / ".test" / "slurm"
 COMPARED = ["results/test_basic/prepare/arith/train.parquet", "results/test_basic/sample/arith/samples.parquet",
             "results/test_basic/score/arith/scored.parquet"]
+PAPER = "config/paper/gsm8k.yaml"
+GPU_RULES = {"sample", "train", "evaluate"}
+
+
+def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["snakemake", "-n", *args], cwd=workdir, capture_output=True, text=True, timeout=300)
+
+
+def planned_resources(output: str) -> list[tuple[str, dict[str, str]]]:
+    """Each job of a dry run's printout: its rule and its resources."""
+    jobs = []
+    for block in re.split(r"^(?:local)?rule ", output, flags=re.MULTILINE)[1:]:
+        found = re.search(r"^    resources: (.*)$", block, flags=re.MULTILINE)
+        jobs.append((block.split(":")[0], dict(item.split("=", 1) for item in found.group(1).split(", "))))
+    return jobs
+
+
+def test_the_cluster_plan_is_previewed_without_apptainer_or_images(tmp_path):
+    """On a login node without Apptainer or the .sif images, the dry run of a paper config lists every job with what
+    it will ask SLURM for, and says what a run lacks."""
+    workdir = copy_workflow(tmp_path / "repo")
+    result = dry_run(workdir, "--workflow-profile", "profiles/slurm", "--configfile", PAPER)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    jobs = planned_resources(result.stdout)
+    assert sorted({rule for rule, _ in jobs}) == ["all", "evaluate", "merge_samples", "prepare", "report", "sample",
+                                                 "score", "train"]
+    assert len(jobs) == 23
+    for rule, resources in jobs:
+        assert {"slurm_partition", "mem_mb", "runtime"} <= set(resources), rule
+        assert (resources["slurm_partition"], resources.get("gpu")) == (("gpu", "1") if rule in GPU_RULES
+                                                                         else ("cpu", None)), rule
+    train = dict(jobs)["train"]
+    assert (train["mem_mb"], train["runtime"], train["cpus_per_task"]) == ("128000", "2880", "8")
+    if not (shutil.which("apptainer") or shutil.which("singularity")):
+        assert "Apptainer is not installed here: this dry run plans the jobs without their images" in output
+    for kind in ("cpu", "gpu"):  # both images are missing in the copy: named, with the commands that build them
+        for command in image_build_commands(kind, f"containers/advdistill-{kind}_0.1.0.sif"):
+            assert command in output, command
+    assert "This dry run goes on; a run would stop here." in output
+
+
+def test_the_workflow_profile_gives_the_cluster_settings(monkeypatch):
+    """--workflow-profile profiles/slurm takes the place of profiles/default; --profile would be merged with it, and
+    the workstation's values would win (Snakemake's own rule, which planning refuses below)."""
+    monkeypatch.chdir(REPO)
+    _, args = parse_args(["--workflow-profile", "profiles/slurm", "-n", "--configfile", PAPER])
+    assert (args.executor, args.keep_going, args.apptainer_args) == ("slurm", True, "--nv --cleanenv")
+    _, merged = parse_args(["--profile", "profiles/slurm", "-n", "--configfile", PAPER])
+    assert (merged.executor, merged.keep_going, merged.apptainer_args) == ("slurm", False, "--nv")
+
+
+@pytest.mark.failure_mode(
+    "--profile profiles/slurm (or a site's own --profile, SNAKEMAKE_PROFILE) where the workstation profile "
+    "profiles/default, which Snakemake loads beside it and lets win, would replace its values",
+    sees="planning stops naming the keys the workstation profile would replace (keep-going, apptainer-args) and "
+         "the two ways out: --workflow-profile <profile>, or --workflow-profile none",
+    kept="everything; no job is submitted")
+def test_a_profile_the_workstation_profile_would_override_is_refused(tmp_path):
+    workdir = copy_workflow(tmp_path / "repo")
+    result = dry_run(workdir, "--profile", "profiles/slurm", "--configfile", PAPER)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Job stats" not in output and "Traceback" not in output, output[-3000:]
+    assert ("--profile profiles/slurm: Snakemake also loads this workflow's profile profiles/default (the "
+            "workstation's) and lets it win key by key, so this run would take keep-going: false over true; "
+            'apptainer-args: "--nv" over "--nv --cleanenv". Give the profile as --workflow-profile profiles/slurm, '
+            "which replaces profiles/default, or add --workflow-profile none to use --profile alone") in output
+
+    site = tmp_path / "site"  # a site's own profile, given by the environment
+    site.mkdir()
+    (site / "config.yaml").write_text("executor: slurm\nkeep-going: true\n")
+    default = REPO / "profiles" / "default"
+    with pytest.raises(ConfigError, match=r"^--profile .*/site: .* keep-going: false over true\. Give"):
+        check_profile_options(["snakemake", "-n"], {"SNAKEMAKE_PROFILE": str(site)}, default)
+    check_profile_options(["snakemake", "--workflow-profile", "none"], {"SNAKEMAKE_PROFILE": str(site)}, default)
+    (site / "config.yaml").write_text("executor: slurm\njobs: 10\n")  # keys of its own only: nothing replaced
+    check_profile_options(["snakemake", f"--profile={site}"], {}, default)
 
 
 def free_ports(count: int) -> list[str]:

@@ -88,6 +88,18 @@ def test_training_hyperparameter_reruns_training_and_downstream_only(finished_ru
         assert planned_jobs(finished_run) == TRAINED
 
 
+def test_a_one_key_edit_is_the_rerun_reason_with_old_and_new_value(finished_run):
+    """Snakemake's own reason prints the old and new training sections whole (advdistill/rerun_reasons.py)."""
+    with edited_config(finished_run, lambda c: c["training"]["optim"].update(learning_rate=2e-3)):
+        result = snakemake(finished_run, "--dry-run", "--configfile", "config_basic.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    reasons = re.findall(r"reason: Params have changed since last execution: ?((?:\n {8}\S.*)+)", output)
+    lines = [reason.strip().split("\n") for reason in reasons]
+    assert lines == [["training.optim.learning_rate: 0.001 -> 0.002"]] * 2  # the two trainings
+    assert "Union of exclusive params" not in output
+
+
 def test_reward_constant_reruns_scoring_not_sampling(finished_run):
     with edited_config(finished_run, lambda c: c["score"]["cosine"].update(wrong_at_max=-1.0)):
         assert planned_jobs(finished_run) == {"score": 1, **TRAINED}

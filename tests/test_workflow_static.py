@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import PAPER_CONFIGS, REPO
 
 
 def run_snakemake(*args, cwd):
@@ -52,7 +52,7 @@ def test_default_teacher_run_saves_the_student_snapshot_and_training_loads_it(tm
     assert "--model results/default/models/teacher/snapshots/step-300" in result.stdout
 
 
-@pytest.mark.parametrize("config", sorted((REPO / "config" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda p: p.stem)
 def test_paper_configs_plan_the_full_dag_without_downloading(config, tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -75,16 +75,14 @@ def test_sampling_jobs_plan_one_job_per_prompt_range(tmp_path):
     assert stats.split("\nsample")[1].split()[0] == "3"
 
 
-@pytest.mark.failure_mode(
-    "--sdm apptainer with the image file missing",
-    sees="the run stops before any job, with the apptainer build command",
-    kept="everything")
-def test_missing_container_image_stops_before_any_job(tmp_path):
+def test_a_dry_run_without_the_image_plans_on_and_names_it(tmp_path):
+    """A run stops instead (tests/test_containers.py); a CPU run's rules use the CPU image alone."""
     result = run_snakemake("--dry-run", "--sdm", "apptainer", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "image containers/advdistill-cpu_0.1.0.sif not found" in output
-    assert "apptainer build containers/advdistill-cpu_0.1.0.sif containers/advdistill-cpu.def" in output
+    assert result.returncode == 0, output[-2000:]
+    assert "config containers.cpu (containers/advdistill-cpu_0.1.0.sif): image not found" in output
+    assert "apptainer build --fakeroot containers/advdistill-cpu_0.1.0.sif containers/advdistill-cpu.def" in output
+    assert "This dry run goes on; a run would stop here." in output and "containers.gpu" not in output
 
 
 @pytest.mark.failure_mode(
@@ -123,7 +121,7 @@ def test_every_documented_apptainer_args_keeps_nv():
     """A command-line --apptainer-args replaces the profile's value as a whole: one without --nv hides the GPUs."""
     found = {(path.relative_to(REPO).as_posix(), value) for path in text_files(REPO)
              for _, value in APPTAINER_ARGS.findall(path.read_text(errors="replace"))}
-    assert {path for path, _ in found} >= {"config/paper/README.md", "profiles/slurm/config.yaml",
+    assert {path for path, _ in found} >= {"docs/paper-runs.md", "profiles/slurm/config.yaml",
                                            "profiles/default/config.yaml"}, found
     assert [(path, value) for path, value in sorted(found) if "--nv" not in value.split()] == []
     for name in ("default", "slurm"):
@@ -131,21 +129,33 @@ def test_every_documented_apptainer_args_keeps_nv():
         assert "--nv" in profile["apptainer-args"].split(), name
 
 
-def local_sources_config(tmp_path, **changes):
-    """``local_sources`` for config/paper/gsm8k.yaml: empty model folders and the dataset fixtures, then ``changes``."""
+def local_sources_config(tmp_path, model_dir, **changes):
+    """``local_sources`` for config/paper/gsm8k.yaml: a usable model folder (links to ``model_dir``) per hub model and
+    the dataset fixtures, then ``changes``."""
     fixtures = REPO / "tests" / "fixtures" / "datasets"
     sources = {"openai/gsm8k": {"train": str(fixtures / "gsm8k.jsonl"), "test": str(fixtures / "gsm8k_test.jsonl")},
                "qtli/GSM-Plus": str(fixtures / "gsm_plus.jsonl")}
     for hub_id in ("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-3B"):
         sources[hub_id] = str(tmp_path / hub_id.split("/")[1])
-        (tmp_path / hub_id.split("/")[1]).mkdir()
+        (tmp_path / hub_id.split("/")[1]).symlink_to(model_dir, target_is_directory=True)
     path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump({"local_sources": {**sources, **changes}}))
     return path
 
 
-def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path):
-    local = local_sources_config(tmp_path)
+def test_the_offline_example_maps_every_hub_id_of_every_paper_config():
+    example = yaml.safe_load((REPO / "config" / "paper" / "offline.example.yaml").read_text())["local_sources"]
+    configs = [yaml.safe_load(path.read_text()) for path in PAPER_CONFIGS]
+    models = {model["source"] for config in configs for model in [config["teacher"], *config["students"]]}
+    datasets = [spec for config in configs for spec in config["datasets"].values()]
+    assert set(example) == models | {spec["source"] for spec in datasets}  # each hub id used, and no other
+    assert all(isinstance(example[hub_id], str) for hub_id in models)
+    for spec in datasets:  # a mapping by split gives every split the configurations prepare
+        assert not isinstance(example[spec["source"]], dict) or set(spec["splits"]) <= set(example[spec["source"]])
+
+
+def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path, tiny_model_dir):
+    local = local_sources_config(tmp_path, tiny_model_dir)
     result = run_snakemake("--dry-run", "--configfile", str(REPO / "config/paper/gsm8k.yaml"), str(local),
                            cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -157,8 +167,8 @@ def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path
 
 
 @pytest.mark.failure_mode(
-    "local_sources entry pointing at a missing file or folder",
-    sees="the run stops before any job, naming local_sources.<id>",
+    "local_sources entry pointing at a missing file or folder, or at an empty or broken model folder",
+    sees="the run stops before any job, naming local_sources.<id> and what the folder lacks",
     kept="everything")
 @pytest.mark.failure_mode(
     "one local release file given for the training and the test split of an experiment whose adapter does not hold "
@@ -167,7 +177,8 @@ def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path
     kept="everything")
 @pytest.mark.parametrize("change, message", [
     ({"Qwen/Qwen2.5-3B": "/nonexistent/qwen3b"},
-     "config local_sources.Qwen/Qwen2.5-3B: '/nonexistent/qwen3b' is not a model folder (model 'qwen2.5-3b')"),
+     "config local_sources.Qwen/Qwen2.5-3B: model folder /nonexistent/qwen3b not found"),
+    ({"Qwen/Qwen2.5-3B": "./empty-model"}, "config local_sources.Qwen/Qwen2.5-3B: model folder ./empty-model is empty"),
     ({"openai/gsm8k": {"train": "/nonexistent/train.jsonl", "test": "/nonexistent/test.jsonl"}},
      "config local_sources.openai/gsm8k.train: file /nonexistent/train.jsonl not found (datasets.gsm8k, split "),
     ({"qtli/GSM-Plus": {"train": str(REPO / "tests/fixtures/datasets/gsm_plus.jsonl")}},
@@ -176,9 +187,10 @@ def test_local_sources_replace_hub_ids_without_editing_the_paper_config(tmp_path
      f"config datasets.gsm8k.source: its test split reads {REPO / 'tests/fixtures/datasets/gsm8k.jsonl'}, the file "
      "the training split of datasets.gsm8k reads, and adapter 'gsm8k' does not hold a test share out of one file: "
      "the students would be trained on the test set (experiments.gsm8k)"),
-], ids=["model-folder", "dataset-file", "dataset-split", "one-file-for-both-splits"])
-def test_missing_local_source_stops_before_any_job_naming_the_key(tmp_path, change, message):
-    local = local_sources_config(tmp_path, **change)
+], ids=["model-folder", "empty-model-folder", "dataset-file", "dataset-split", "one-file-for-both-splits"])
+def test_missing_local_source_stops_before_any_job_naming_the_key(tmp_path, tiny_model_dir, change, message):
+    (tmp_path / "empty-model").mkdir()
+    local = local_sources_config(tmp_path, tiny_model_dir, **change)
     result = run_snakemake("--dry-run", "--configfile", str(REPO / "config/paper/gsm8k.yaml"), str(local),
                            cwd=tmp_path)
     assert result.returncode != 0

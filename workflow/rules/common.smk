@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -8,6 +9,8 @@ from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
 from advdistill.code_deps import CachedStageVersions
+from advdistill.devices import machine_gpus
+from advdistill.model_folders import HUB_ID
 from advdistill.paths import looks_local, snapshot_folder
 from advdistill.digests import DigestCache
 from advdistill.errors import ConfigError
@@ -17,15 +20,22 @@ from advdistill.planning import (
     building_run,
     check_config,
     check_configfile_options,
+    check_model_folder,
+    check_offline_dataset,
+    check_offline_model,
+    check_profile_options,
     check_split_sources,
     check_submitted_resources,
+    hub_offline,
     labelled_models,
+    missing_images,
     params_json,
     stop_on_config_error,
     trained_runs,
     variant_training,
     without_dataset,
 )
+from advdistill.rerun_reasons import install as install_rerun_reasons
 from advdistill.runs import (
     check_job_records,
     check_run_folder,
@@ -42,7 +52,11 @@ from advdistill.schema import load_schema
 # job with one message naming the key (stop_on_config_error), not a traceback.
 if workflow.is_main_process:
     check_configfile_options(sys.argv)
-check_config(config, workflow.configfiles)
+    # the workstation profile, which Snakemake loads beside a --profile unless --workflow-profile names another
+    WORKSTATION_PROFILES = [folder for folder in (Path("profiles/default"), Path(workflow.basedir, "profiles/default"))
+                            if folder.is_dir()]
+    stop_on_config_error(check_profile_options)(sys.argv, os.environ, next(iter(WORKSTATION_PROFILES), None))
+check_config(config, workflow.configfiles, workflow.config_settings.config)
 
 REPO = Path(workflow.basedir)
 
@@ -224,12 +238,7 @@ def model_path(name):
         snapshot = models()[name]["snapshot"]
         return str(snapshot_folder(model_path(snapshot["of"]), snapshot["step"]))
     source = models()[name]["source"]
-    if source not in local_sources():
-        return source
-    local = local_sources()[source]
-    if not isinstance(local, str) or not Path(local).expanduser().is_dir():
-        raise ConfigError(f"config local_sources.{source}: {local!r} is not a model folder (model '{name}')")
-    return str(Path(local).expanduser())
+    return str(Path(local_sources()[source]).expanduser()) if source in local_sources() else source
 
 
 def model_input(name):
@@ -242,20 +251,32 @@ def model_input(name):
 
 @stop_on_config_error
 def check_local_sources():
-    """Resolve every model and dataset split once, so that a missing local copy stops the run before any job."""
+    """Every model and dataset split a stage loads, checked before any job as its stage would check it: a local
+    model folder passes the stage's own check (config.json, weight headers, tokenizer, chat template, end-of-sequence
+    token: advdistill/model_folders.py), a local dataset file exists, and under HF_HUB_OFFLINE=1 a hub id has a copy
+    in the cache its stage reads offline."""
+    offline = hub_offline()
     for key, model in labelled_models(config):
-        if model["source"] in ("bootstrap", "snapshot"):
+        source = model["source"]
+        if source in ("bootstrap", "snapshot"):
             continue  # built by the pipeline
-        source = model_path(model["name"])
-        if looks_local(source) and not Path(source).expanduser().is_dir():
-            problem = "is not a folder" if Path(source).expanduser().exists() else "not found"
-            raise ConfigError(f"config {key}.source: model folder {source} {problem}")
+        if source in local_sources():
+            check_model_folder(f"local_sources.{source}", local_sources()[source])
+        elif looks_local(source):
+            check_model_folder(f"{key}.source", source)
+        elif offline and HUB_ID.match(source):
+            check_offline_model(f"{key}.source", source)
     for dataset, spec in config["datasets"].items():
+        sources = {}  # each source once, with the first split that reads it
         for split in spec["splits"]:
-            source = dataset_source(dataset, split)
-            if looks_local(source) and not Path(source).expanduser().is_file():
-                problem = "is not a file" if Path(source).expanduser().exists() else "not found"
-                raise ConfigError(f"config datasets.{dataset}.source: file {source} {problem} (split '{split}')")
+            sources.setdefault(dataset_source(dataset, split), split)
+        for source, split in sources.items():
+            if looks_local(source):
+                if not Path(source).expanduser().is_file():
+                    problem = "is not a file" if Path(source).expanduser().exists() else "not found"
+                    raise ConfigError(f"config datasets.{dataset}.source: file {source} {problem} (split '{split}')")
+            elif offline and HUB_ID.match(source):
+                check_offline_dataset(f"datasets.{dataset}.source", source, spec["adapter"], spec.get("options"))
 
 
 check_local_sources()
@@ -273,18 +294,40 @@ def evaluated_model_input(train_set, name):
     return model_input(base) if base in models() else [evaluated_model_path(train_set, name)]
 
 
-@stop_on_config_error
+USES_APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+# A dry run previews the plan anywhere: where Apptainer is not installed (a login node, a laptop) the rules name no
+# image, since Snakemake would otherwise stop the dry run at its own check for the apptainer command.
+WITHOUT_IMAGES = USES_APPTAINER and workflow.output_settings.dryrun and not (
+    shutil.which("apptainer") or shutil.which("singularity"))
+
+
 def container_for(kind="cpu"):
-    """The Apptainer image of a rule; with --sdm apptainer a missing local image stops the run early."""
+    """The Apptainer image of a rule (check_images checks that a run's images exist); none in a dry run on a
+    machine without Apptainer."""
     image = config["containers"][kind]
-    if "://" in image:
-        return image
-    uses_apptainer = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
-    if uses_apptainer and not (REPO / image).exists():
-        definition = Path(image).name.rsplit("_", 1)[0] + ".def"
-        raise ConfigError(f"config containers.{kind}: image {image} not found; build it with "
-                         f"'apptainer build {image} containers/{definition}' (see containers/README.md)")
-    return str(REPO / image)
+    if WITHOUT_IMAGES:
+        return None
+    return image if "://" in image else str(REPO / image)
+
+
+@stop_on_config_error
+def check_images():
+    """With --sdm apptainer every job runs in its image: a run stops before any job when an image its rules name
+    (the CPU image; the GPU image too under resources.gpu_rules) is missing, naming each with the commands that
+    build it; a dry run only says so, and plans on."""
+    kinds = ["cpu", "gpu"] if config.get("resources", {}).get("gpu_rules", False) else ["cpu"]
+    missing = missing_images(config["containers"], kinds, REPO)
+    if WITHOUT_IMAGES:
+        logger.info("Apptainer is not installed here: this dry run plans the jobs without their images (a run with "
+                    "--sdm apptainer needs apptainer where Snakemake runs, and the images)")
+    if missing and workflow.output_settings.dryrun:
+        logger.warning(f"{missing}\nThis dry run goes on; a run would stop here.")
+    elif missing:
+        raise ConfigError(missing)
+
+
+if USES_APPTAINER and workflow.is_main_process:
+    check_images()
 
 
 def gpu_resources(stage):
@@ -309,6 +352,43 @@ if MEMORY_PLAN and workflow.is_main_process:
     logger.info(f"Memory plan (advdistill/memory_plan.py):\n{format_plan(MEMORY_PLAN)}\n")
     if config["resources"].get("gpu_mem_gb") is not None:
         stop_on_config_error(check_plan)(MEMORY_PLAN, config["resources"]["gpu_mem_gb"])
+
+
+def limit_gpu_jobs():
+    """On a workstation, the GPU jobs at once take no more GPUs than the machine has (advdistill.devices.machine_gpus),
+    so that two vLLM evaluations or trainings never share one; a --resources gpu=N of the user's wins. A cluster
+    run (--jobs to an executor: Snakemake's nodes) and a CPU run (no rule asks for a GPU) are left as they are."""
+    if not config.get("resources", {}).get("gpu_rules", False) or workflow.resource_settings.nodes is not None:
+        return
+    if "gpu" in workflow.resource_settings.resources:
+        return
+    gpus = machine_gpus()
+    if gpus:
+        workflow.register_resource("gpu", gpus)
+        logger.info(f"GPU jobs: at most {gpus} GPU(s) in use at once, the GPUs of this machine (CUDA_VISIBLE_DEVICES "
+                    "or nvidia-smi); --resources gpu=N sets another limit")
+
+
+if workflow.is_main_process:
+    limit_gpu_jobs()
+
+
+def param_key(rule_name, name, wildcards):
+    """The config key that a rule's JSON parameter holds, named in rerun reasons (advdistill/rerun_reasons.py);
+    None: the parameter's own name."""
+    if name == "prompt":
+        return "prompt"
+    if rule_name == "prepare" and name == "options":
+        return f"datasets.{wildcards['dataset']}.options"
+    if rule_name == "bootstrap_model" and name == "settings":
+        return next(f"{key}.bootstrap" for key, model in labelled_models(config) if model["name"] == wildcards["model"])
+    sections = {"bootstrap_tokenizer": "tokenizer", "sample": "sampling", "score": "score", "train": "training",
+                "evaluate": "evaluation"}
+    return sections.get(rule_name) if name == "settings" else None
+
+
+if workflow.is_main_process:
+    install_rerun_reasons(param_key)
 
 
 def run_training(trained):
