@@ -161,10 +161,8 @@ def find_architecture(source: str) -> tuple[Architecture | None, str]:
     folder_config = Path(source) / "config.json"
     config_path = str(folder_config) if folder_config.is_file() else None
     origin = f"config.json in {source}"
-    if config_path is None and Path(source).exists():
+    if config_path is None and (Path(source).exists() or looks_local(source)):
         return None, f"model folder {source} {model_folder_problem(Path(source))}"
-    if config_path is None and looks_local(source):
-        return None, f"model folder {source} not found"
     if config_path is None:
         config_path, origin = _cached_config(source), "config.json in the Hugging Face cache"
     if config_path is not None:

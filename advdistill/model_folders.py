@@ -9,6 +9,7 @@ rendered with it) and an end-of-sequence token (sampling stops at it; the pad to
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ def _damaged_safetensors(folder: Path) -> str | None:
 
 
 def model_folder_problem(folder: Path) -> str | None:
-    """What makes ``folder`` unusable as a model, or None."""
+    """What makes ``folder`` unusable as a model ("not found" where nothing is there), or None."""
+    if not os.path.lexists(folder):
+        return "not found"
     if not folder.is_dir():
         return "is not a folder"
     if not any(folder.iterdir()):

@@ -471,8 +471,7 @@ def check_model_folder(key: str, folder: Any) -> None:
     (:func:`advdistill.model_folders.model_folder_problem`); ``key`` is where the config gives it."""
     if not isinstance(folder, str):
         raise ConfigError(f"config {key}: {folder!r} is not a model folder (a path)")
-    path = Path(folder).expanduser()
-    problem = model_folder_problem(path) if path.exists() else "not found"
+    problem = model_folder_problem(Path(folder).expanduser())
     if problem:
         raise ConfigError(f"config {key}: model folder {folder} {problem}")
 
