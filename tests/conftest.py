@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,21 @@ from advdistill.datasets import get_adapter
 from advdistill.datasets.base import normalise_split
 from advdistill.io import write_parquet
 from tests.helpers import save_untrained_model
+
+
+def pytest_configure(config):
+    """Build the cpp kernel extension, and keep its GEMM timings, in a folder of this run (the workflows' stages
+    inherit it), not in the user's ~/.cache/advdistill_kernels: tests leave the machine as they found it. A cache
+    given in ADVDISTILL_KERNELS_CACHE is used as it is."""
+    if "ADVDISTILL_KERNELS_CACHE" not in os.environ:
+        config.kernels_cache = tempfile.mkdtemp(prefix="advdistill-kernels-")
+        os.environ["ADVDISTILL_KERNELS_CACHE"] = config.kernels_cache
+
+
+def pytest_unconfigure(config):
+    if cache := getattr(config, "kernels_cache", None):
+        shutil.rmtree(cache, ignore_errors=True)
+        os.environ.pop("ADVDISTILL_KERNELS_CACHE", None)
 
 
 def pytest_collection_modifyitems(items):

@@ -470,9 +470,7 @@ def machine(device: str, dtype: torch.dtype, size: Size) -> dict[str, str]:
             elif line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 break
-    gemm = cpp_backend.gemm_provider(dtype, (size.hidden_dim, size.vocab_size)) if device == "cpu" else "cuBLAS"
-    if gemm == "aten":
-        gemm = f"aten ({'MKL' if torch.backends.mkl.is_available() else 'BLAS'})"
+    gemm = cpp_backend.gemm_description(dtype, (size.hidden_dim, size.vocab_size)) if device == "cpu" else "cuBLAS"
     return {"cpu": cpu_model, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
             "loadavg_1min": f"{os.getloadavg()[0]:.2f}",
             "gpu": torch.cuda.get_device_name() if device == "cuda" else "", "torch": torch.__version__,

@@ -89,7 +89,7 @@ def main() -> None:
     per_step = profile_steps(forward, x, args.steps)
     limit = statistics.median(time_limit(x, args.steps))
     medians = {name: statistics.median(step[name] for step in per_step) for name in per_step[0]}
-    provider = cpp_backend.gemm_provider(dtype, (x.hidden.shape[1], x.weight.shape[0]))
+    provider = cpp_backend.gemm_description(dtype, (x.hidden.shape[1], x.weight.shape[0]))
     print(f"cpp {args.size} {args.dtype}{' plain CE' if args.plain_ce else ''}, GEMM provider "
           f"{provider}, {torch.get_num_threads()} threads, "
           f"tile tokens {args.chunk_size or cpp_backend.default_tile_tokens(SIZES[args.size].vocab_size)}; "

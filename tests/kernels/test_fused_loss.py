@@ -701,6 +701,23 @@ def test_cpp_bfloat16_weight_gradient_sums_its_tiles_in_float32(provider, monkey
     assert grad_weight.dtype == torch.bfloat16 and error < 2 * floor, (error.item(), floor.item())
 
 
+def test_cpp_brgemm_runs_where_the_cpu_has_bfloat16_dot_products(monkeypatch):
+    """The extension's probe finds oneDNN's batch-reduce micro-kernel on CPUs with bfloat16 dot products (AMX or
+    AVX-512-BF16); ATen's could_pack, its gate before, said no on AVX-512-BF16 EPYCs, where it runs."""
+    if reason := _cpp_skip_reason():
+        pytest.skip(reason)
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), set()) if cpuinfo.exists() else set()
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        pytest.skip("this CPU has no bfloat16 dot products (avx512_bf16, amx_bf16)")
+    if not cpp_backend.onednn_runs(torch.bfloat16):
+        pytest.skip("oneDNN does not take bfloat16 on this CPU")
+    assert cpp_backend.brgemm_runs()
+    monkeypatch.setenv("ADVDISTILL_CPP_GEMM", "onednn")
+    assert cpp_backend.gemm_description(torch.bfloat16, (64, 1000)) == "onednn + brgemm"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpp_step_peak_memory_is_its_outputs_accumulator_and_one_tile(dtype):
     """A full cpp step at the benchmark's small size (measured as the benchmark does, in a fresh process) holds

@@ -172,6 +172,22 @@ def gemm_provider(dtype: torch.dtype, shape: tuple[int, int] | None = None) -> s
 
 
 @functools.cache
+def brgemm_runs() -> bool:
+    """Whether oneDNN's batch-reduce GEMM micro-kernel runs here: with the oneDNN provider, bfloat16 ``grad_weight``
+    products then go straight into its float32 sum (``brgemm_add_transposed_product`` in the extension)."""
+    return load_error() is None and bool(torch.ops.advdistill_kernels.brgemm_runs())
+
+
+def gemm_description(dtype: torch.dtype, shape: tuple[int, int]) -> str:
+    """The GEMM provider for ``dtype`` and ``shape`` in words, for benchmark headers: ``onednn`` (``+ brgemm`` where
+    bfloat16 ``grad_weight`` takes the micro-kernel) or ``aten (MKL)``."""
+    provider = gemm_provider(dtype, shape)
+    if provider == "aten":
+        return f"aten ({'MKL' if torch.backends.mkl.is_available() else 'BLAS'})"
+    return "onednn + brgemm" if dtype == torch.bfloat16 and brgemm_runs() else "onednn"
+
+
+@functools.cache
 def fastest_gemm(dtype: torch.dtype, hidden_size: int, vocab_size: int, threads: int) -> str:
     """The provider that runs a default tile of the extension's step faster here (:func:`_time_providers`).
 

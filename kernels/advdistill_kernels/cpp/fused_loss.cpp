@@ -108,14 +108,42 @@ void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool 
   }
 }
 
+// out[c, r] = bfloat16(acc[r, c] + part[r, c]) for r < d, c < n (acc or part may be null: a zero term): the float32
+// sum of grad_weight^T rounded into the bfloat16 output [n, d], transposed on the way, in blocks of 16 columns
+// staged in a small float32 buffer, so that both the reads and the writes stream. Done while the last tile's
+// products are in cache, it replaces a transposing copy of the whole accumulator after the tiles (68 ms of a
+// 2.5 s medium step on an AVX-512 EPYC).
+void store_transposed(const float* acc, int64_t acc_ld, const at::BFloat16* part, int64_t part_ld, int64_t d,
+                      int64_t n, at::BFloat16* out) {
+  constexpr int64_t kBlock = 16;
+  std::vector<float> staged(kBlock * d);  // [column][r]
+  for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
+    const int64_t width = std::min(kBlock, n - c0);
+    for (int64_t r = 0; r < d; ++r) {
+      for (int64_t k = 0; k < width; ++k) {
+        const float sum = (acc != nullptr ? acc[r * acc_ld + c0 + k] : 0.0f) +
+                          (part != nullptr ? to_acc(part[r * part_ld + c0 + k]) : 0.0f);
+        staged[k * d + r] = sum;
+      }
+    }
+    for (int64_t k = 0; k < width; ++k) {
+      at::BFloat16* out_row = out + (c0 + k) * d;
+      const float* staged_row = staged.data() + k * d;
+#pragma omp simd
+      for (int64_t r = 0; r < d; ++r) out_row[r] = from_acc<at::BFloat16>(staged_row[r]);
+    }
+  }
+}
+
 // acc_t += b^T a (accumulate false: acc_t = b^T a) for a bfloat16 tile a [rows, V] and b [rows, d] into a
 // float32 acc_t [d, V], grad_weight transposed: one bfloat16 GEMM (float32 accumulation inside) per slice of the
 // vocabulary into `scratch` [d, slice], then a float32 add, so the products are rounded once per tile and the sum
 // over tiles is float32 (accumulating in bfloat16 rounded the running sum at every tile), at the bfloat16 GEMM
 // rate and a scratch much smaller than a logits tile. Transposed because oneDNN runs b^T a at its logits-GEMM rate
-// and a^T b into [V, d] slices 1.5x slower (AVX-512 EPYC, d = 512, V = 65,536).
+// and a^T b into [V, d] slices 1.5x slower (AVX-512 EPYC, d = 512, V = 65,536). With `out` defined (the last
+// tile) the sum goes, rounded and transposed, into the bfloat16 grad_weight out [V, d] instead of acc_t.
 void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& acc_t,
-                            const at::Tensor& scratch, bool accumulate, bool use_onednn) {
+                            const at::Tensor& scratch, bool accumulate, bool use_onednn, const at::Tensor& out) {
   const int64_t vocab = a.size(1);
   const int64_t d = b.size(1);
   const int64_t slice = scratch.size(1);
@@ -127,6 +155,14 @@ void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::
     // in place and without the float32 copy of the slice that a mixed-dtype add_ would allocate
     const at::BFloat16* source = part.data_ptr<at::BFloat16>();
     float* target = acc_t.data_ptr<float>() + begin;
+    if (out.defined()) {
+      at::BFloat16* out_rows = out.data_ptr<at::BFloat16>() + begin * d;
+      at::parallel_for(0, n, 64, [&](int64_t first, int64_t last) {
+        store_transposed(accumulate ? target + first : nullptr, vocab, source + first, n, d, last - first,
+                         out_rows + first * d);
+      });
+      continue;
+    }
     at::parallel_for(0, d, 1, [&](int64_t first, int64_t last) {
       for (int64_t r = first; r < last; ++r) {
         float* target_row = target + r * vocab;
@@ -147,16 +183,48 @@ void add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::
 constexpr int64_t kPackedColumns = 64;
 
 // Whether oneDNN's batch-reduce GEMM micro-kernel (through ATen's cpublas::brgemm) runs bfloat16 products into a
-// float32 sum on this CPU (AMX or AVX-512-BF16), with its B operand in the VNNI layout.
-bool brgemm_runs() { return at::native::cpublas::could_pack(at::kBFloat16); }
+// float32 sum on this CPU, with its B operand in the VNNI layout: asked once with a product of known value, because
+// cpublas::could_pack (whether oneDNN wants B packed) is false on AVX-512-BF16 EPYCs, where the micro-kernel runs
+// and its grad_weight took 13 % less time than the scratch path (medium size), and the call throws where it cannot
+// run.
+bool brgemm_probe() {
+  constexpr int64_t rows = 2, depth = 2;
+  const std::vector<at::BFloat16> a = {1.0f, 2.0f, 3.0f, 4.0f};  // [rows, depth]
+  std::vector<at::BFloat16> b_packed(depth * kPackedColumns);      // [depth / 2][64][2]
+  for (int64_t c = 0; c < kPackedColumns; ++c) {
+    b_packed[2 * c] = 1.0f;
+    b_packed[2 * c + 1] = static_cast<float>(c % 7);
+  }
+  std::vector<float> c(rows * kPackedColumns, -1.0f);
+  try {
+    at::native::cpublas::brgemm(rows, kPackedColumns, depth, depth, kPackedColumns, kPackedColumns, false, a.data(),
+                                b_packed.data(), c.data(), true);
+    at::native::cpublas::brgemm_release(true);
+  } catch (const std::exception&) {
+    return false;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t col = 0; col < kPackedColumns; ++col) {
+      const float expected = static_cast<float>(a[r * depth]) + static_cast<float>(a[r * depth + 1]) * (col % 7);
+      if (c[r * kPackedColumns + col] != expected) return false;
+    }
+  }
+  return true;
+}
+
+bool brgemm_runs() {
+  static const bool runs = brgemm_probe();
+  return runs;
+}
 
 // acc_t += b^T a like add_transposed_product, through the batch-reduce GEMM micro-kernel: the bfloat16 products go
 // straight into the float32 sum, without a scratch and a second pass over it. Each thread takes 64-column blocks of
 // the vocabulary: it packs its block of `a` into the VNNI layout ([rows / 2][64][2], a zero row appended when rows
 // is odd: the micro-kernel takes an even depth only) and adds b^T (its zero-padded transposed copy) times the block
-// into the block's columns of acc_t.
+// into the block's columns of acc_t; with `out` defined (the last tile), it then stores the block's sum, rounded and
+// transposed, into the bfloat16 grad_weight out [V, d] while it is in cache.
 void brgemm_add_transposed_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& acc_t,
-                                   bool accumulate) {
+                                   bool accumulate, const at::Tensor& out) {
   const int64_t rows = a.size(0);
   const int64_t vocab = a.size(1);
   const int64_t d = b.size(1);
@@ -166,6 +234,7 @@ void brgemm_add_transposed_product(const at::Tensor& a, const at::Tensor& b, con
   const at::BFloat16* a_data = a.data_ptr<at::BFloat16>();
   const at::BFloat16* b_t_data = b_t.data_ptr<at::BFloat16>();
   float* acc_data = acc_t.data_ptr<float>();
+  at::BFloat16* out_data = out.defined() ? out.data_ptr<at::BFloat16>() : nullptr;
   const int64_t blocks = (vocab + kPackedColumns - 1) / kPackedColumns;
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     std::vector<uint32_t> packed(depth / 2 * kPackedColumns);  // bfloat16 pairs (row 2k, row 2k + 1)
@@ -185,6 +254,7 @@ void brgemm_add_transposed_product(const at::Tensor& a, const at::Tensor& b, con
       }
       at::native::cpublas::brgemm(d, n, depth, depth, kPackedColumns, vocab, accumulate, b_t_data,
                                   reinterpret_cast<const at::BFloat16*>(packed.data()), acc_data + begin, true);
+      if (out_data != nullptr) store_transposed(acc_data + begin, vocab, nullptr, 0, d, n, out_data + begin * d);
     }
     at::native::cpublas::brgemm_release(true);
   });
@@ -195,6 +265,7 @@ struct Tile {
   int64_t begin, end;
   bool accumulate_stats;   // add this tile's logp and p to its responses' sums
   bool compute_gradients;  // turn the logits into dlogits and run the two gradient GEMMs
+  bool last_gradients;     // the last tile with gradients: bfloat16 grad_weight is finished into its output here
 };
 
 struct Problem {
@@ -248,7 +319,7 @@ struct ResponseSums {
 template <typename acc_t, typename logit_t>
 void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::vector<acc_t>& token_logp,
                   ResponseSums& sums, const at::Tensor& grad_rows, const at::Tensor& grad_weight,
-                  bool& grad_weight_written, const at::Tensor& weight_scratch) {
+                  bool& grad_weight_written, const at::Tensor& weight_scratch, const at::Tensor& grad_weight_out) {
   const int64_t rows = tile.end - tile.begin;
   const int64_t vocab = pr.vocab_size;
   const at::Tensor hidden_tile = pr.rows.narrow(0, tile.begin, rows);
@@ -346,10 +417,12 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
   }
   if (grad_weight.defined()) {
     RECORD_PHASE("advdistill::grad_weight_gemm");
+    const at::Tensor out = tile.last_gradients ? grad_weight_out : at::Tensor();
     if (pr.use_brgemm) {
-      brgemm_add_transposed_product(logits, hidden_tile, grad_weight, grad_weight_written);
+      brgemm_add_transposed_product(logits, hidden_tile, grad_weight, grad_weight_written, out);
     } else {
-      add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, grad_weight_written, pr.use_onednn);
+      add_transposed_product(logits, hidden_tile, grad_weight, weight_scratch, grad_weight_written, pr.use_onednn,
+                             out);
     }
     grad_weight_written = true;
   }
@@ -410,9 +483,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t* row = plan_ptr + 4 * k;
     TORCH_CHECK(0 <= row[0] && row[0] < row[1] && row[1] <= valid_tokens,
                 "advdistill cpp backend: tile ", k, " [", row[0], ", ", row[1], ") outside [0, ", valid_tokens, ")");
-    tiles.push_back({row[0], row[1], row[2] != 0, row[3] != 0 && (need_hidden || need_weight)});
+    tiles.push_back({row[0], row[1], row[2] != 0, row[3] != 0 && (need_hidden || need_weight), false});
     largest_tile = std::max(largest_tile, row[1] - row[0]);
     need_gradients = need_gradients || tiles.back().compute_gradients;
+  }
+  for (auto tile = tiles.rbegin(); tile != tiles.rend(); ++tile) {
+    if (tile->compute_gradients) {
+      tile->last_gradients = true;
+      break;
+    }
   }
 
   Problem pr;
@@ -455,11 +534,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (need_hidden && need_gradients) grad_rows = at::empty({valid_tokens, d}, compute_options);
   // grad_weight accumulates across tiles in float32 (float64 for float64 inputs), bfloat16 included, where it is
   // kept transposed (add_transposed_product); the first tile with gradients writes it, so it starts empty
-  at::Tensor weight_scratch;
+  at::Tensor weight_scratch, grad_weight_out;  // grad_weight_out: bfloat16 inputs, finished by the last tile
   if (need_weight && need_gradients) {
     const auto accumulator_options = compute_options.dtype(compute_type == at::kDouble ? at::kDouble : at::kFloat);
     if (compute_type == at::kBFloat16) {
       grad_weight_acc = at::empty({d, pr.vocab_size}, accumulator_options);
+      grad_weight_out = at::empty(weight.sizes(), weight.options());
       if (!pr.use_brgemm) weight_scratch = at::empty({d, vocabulary_slice(4)}, compute_options);
     } else {
       grad_weight_acc = at::empty(weight.sizes(), accumulator_options);
@@ -474,7 +554,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bool grad_weight_written = false;
     for (const Tile& tile : tiles) {
       process_tile<acc_t, logit_t>(pr, tile, buffer, token_logp, sums, grad_rows, grad_weight_acc,
-                                   grad_weight_written, weight_scratch);
+                                   grad_weight_written, weight_scratch, grad_weight_out);
     }
   };
   if (compute_type == at::kDouble) {
@@ -489,6 +569,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   buffer.reset();
   weight_scratch.reset();
   pr.weight_slice.reset();
+  if (grad_weight_out.defined()) grad_weight_acc.reset();
 
   const at::ScalarType stats_type = input_type == at::kDouble ? at::kDouble : at::kFloat;
   std::vector<double> ce(num_responses, 0.0), p_mean(num_responses, 0.0);
@@ -514,10 +595,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   at::Tensor grad_weight = at::empty({0}, weight.options());
   if (need_weight) {
-    if (!grad_weight_acc.defined()) {
+    if (!grad_weight_acc.defined() && !grad_weight_out.defined()) {
       grad_weight = at::zeros_like(weight);
-    } else if (compute_type == at::kBFloat16) {
-      grad_weight = at::empty(weight.sizes(), weight.options()).copy_(grad_weight_acc.t());
+    } else if (grad_weight_out.defined()) {
+      grad_weight = grad_weight_out;
     } else {
       grad_weight = grad_weight_acc.to(input_type);
     }
@@ -544,4 +625,5 @@ TORCH_LIBRARY(advdistill_kernels, m) {
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       &advdistill::fused_loss);
   m.def("gemm(Tensor a, Tensor b, Tensor(a!) out, bool accumulate, bool use_onednn) -> ()", &advdistill::gemm_op);
+  m.def("brgemm_runs() -> bool", &advdistill::brgemm_runs);
 }
