@@ -35,6 +35,7 @@ from advdistill.config import (
     TrainingConfig,
     from_dict,
 )
+from advdistill.devices import cpu_training_precision
 from advdistill.errors import MemoryPlanError
 from advdistill.model_folders import model_folder_problem
 from advdistill.paths import looks_local
@@ -322,10 +323,10 @@ def _loss_chunk_bytes(training: TrainingConfig, arch: Architecture, tokens: int,
     return elements * (compute if backend == "triton" else 12)
 
 
-def _resolved_precision(precision: str, gpu_rules: bool) -> str:
-    """``auto`` as the trainer resolves it, assuming a GPU run's cards support bf16."""
+def _resolved_precision(precision: str, gpu_rules: bool, hidden_size: int) -> str:
+    """``auto`` as the trainer resolves it, assuming a GPU run's cards support bf16 and a CPU run's CPU is this one."""
     if precision == "auto":
-        return "bf16-mixed" if gpu_rules else "fp32"
+        return "bf16-mixed" if gpu_rules else cpu_training_precision(hidden_size)
     return precision
 
 
@@ -344,7 +345,7 @@ def training_estimate(model: str, objective: str, arch: Architecture, origin: st
     copies of it and, under autocast, of the head) and one chunk of logits. The optimizer step needs one
     parameter-sized temporary, but no activations.
     """
-    precision = _resolved_precision(training.precision, gpu_rules)
+    precision = _resolved_precision(training.precision, gpu_rules, arch.hidden_size)
     processes, fsdp = training.processes, training.fsdp
     shards = processes if fsdp else 1
     n_params, head = arch.parameters, arch.vocab_size * arch.hidden_size

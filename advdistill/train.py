@@ -91,7 +91,7 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     metrics.update({"objective": objective, "groups": len(groups), "train_items": len(train_items),
                     "eval_items": len(eval_items), "truncated_responses": truncated,
-                    "precision": resolve_precision(cfg.precision), "processes": trainer.accelerator.num_processes,
+                    "precision": resolve_precision(cfg.precision, model.config.hidden_size), "processes": trainer.accelerator.num_processes,
                     "fsdp": trainer.is_fsdp_enabled})
     if trainer.is_world_process_zero():
         with atomic_directory(out, "train") as tmp:

@@ -153,3 +153,35 @@ def test_auto_loss_backend_says_when_it_falls_back_to_torch(monkeypatch, caplog)
     assert caplog.text.count("loss backend auto: cpp is unavailable (no C++ compiler (simulated)); using the "
                              "torch backend") == 1
     api._log_auto_fallback.cache_clear()
+
+
+@pytest.mark.parametrize("flags, hidden_size, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, 896, "bf16-mixed"),  # an AVX-512-BF16 EPYC, a Qwen2.5-0.5B-wide student
+    ({"avx512_bf16", "amx_tile", "amx_bf16"}, 1536, "bf16-mixed"),  # an AMX Xeon
+    ({"amx_bf16"}, 128, "fp32"),  # the default's student: slower in bf16-mixed on the AMX Xeon
+    ({"avx512_bf16"}, 895, "fp32"),
+    ({"avx2", "avx512f", "fma"}, 896, "fp32"),  # no bfloat16 dot products
+    (set(), 4096, "fp32"),
+])
+def test_auto_precision_on_a_cpu_is_bf16_mixed_only_for_wide_students_on_bf16_cpus(flags, hidden_size, expected):
+    assert devices.cpu_training_precision(hidden_size, frozenset(flags)) == expected
+
+
+def test_cpu_flags_are_the_first_processor_s(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu\n")
+    assert devices.cpu_flags(cpuinfo) == {"fpu", "avx2", "amx_bf16"}
+    assert devices.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_training_precision_auto_follows_the_cpu_rule_on_a_cpu(monkeypatch):
+    from advdistill.training.student import resolve_precision
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert resolve_precision("auto", 896) == "bf16-mixed"
+    assert resolve_precision("auto", 128) == "fp32"
+    for explicit in ("fp32", "bf16-mixed", "bf16-pure"):
+        assert resolve_precision(explicit, 128) == explicit
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert resolve_precision("auto", 896) == "fp32"

@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from advdistill import devices
 from advdistill.config import OptimConfig, SamplingConfig, TrainingConfig
 from advdistill.memory_plan import (
     QWEN25,
@@ -121,6 +122,16 @@ def test_precision_orders_the_model_states():
     assert mixed.gib > pure.gib
     assert fp32.parts["activations"] > mixed.parts["activations"]  # 4-byte activations
     assert train(precision="auto").note.startswith("bf16-mixed")  # a GPU run
+
+
+def test_auto_precision_of_a_cpu_run_is_the_trainer_s(monkeypatch):
+    """On a CPU run the plan resolves ``auto`` as the trainer will on this machine (advdistill.devices)."""
+    cfg = TrainingConfig(optim=OptimConfig(max_seq_length=2048))
+    for flags, expected in (({"amx_bf16"}, "bf16-mixed"), ({"avx2"}, "fp32")):
+        monkeypatch.setattr(devices, "cpu_flags", lambda flags=flags: frozenset(flags))
+        estimate = training_estimate("s", "advdistill", QWEN25["Qwen/Qwen2.5-1.5B"], "table", cfg, 8,
+                                     gpu_rules=False, gpu_mem_gb=None)
+        assert estimate.note.startswith(expected)
 
 
 def test_sft_micro_batch_is_per_device_batch_size():

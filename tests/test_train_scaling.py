@@ -205,7 +205,7 @@ def test_a_run_launched_with_other_processes_stops(tiny_model_dir, synthetic_row
     kept="everything; no job starts")
 def test_fsdp_shards_every_decoder_layer_with_full_state_saves(tmp_path):
     """accelerate enables FSDP only on GPUs, so on CPU its arguments are checked instead of a run."""
-    cfg = TrainingConfig(processes=2, fsdp=True)
+    cfg = TrainingConfig(processes=2, fsdp=True, precision="fp32")
     args = training_arguments(cfg, tmp_path, seed=0, has_eval=False, save_checkpoints=True,
                               layer_classes=["Qwen2DecoderLayer"])
     plugin = args.fsdp_plugin_args

@@ -11,28 +11,35 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from advdistill.config import LossConfig
+from advdistill.devices import cpu_training_precision
 from advdistill.losses import IGNORE_INDEX, group_loss, group_loss_terms, sft_loss
 
 log = logging.getLogger(__name__)
 
 
-def resolve_precision(setting: str) -> str:
-    """``auto`` is ``bf16-mixed`` on a bf16-capable GPU and ``fp32`` elsewhere."""
-    if setting == "auto":
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return setting
+def resolve_precision(setting: str, hidden_size: int) -> str:
+    """``auto`` is ``bf16-mixed`` on a bf16-capable GPU, ``fp32`` on other GPUs, and on a CPU what
+    :func:`~advdistill.devices.cpu_training_precision` says for a student ``hidden_size`` wide."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
+    return cpu_training_precision(hidden_size)
+
 
 
 def load_student(path: str, precision: str) -> tuple[PreTrainedModel, torch.dtype]:
-    """The student in its training dtype, and the dtype its checkpoint was saved in (the one to save it in).
+    """The student in its training dtype for ``precision``, and the dtype its checkpoint was saved in (the one to save
+    it in).
 
     Hub checkpoints are bf16, and ``from_pretrained`` keeps that dtype, so without an explicit fp32 load
     AdamW would update bf16 weights: at lr 5e-6 most updates round away. Only ``bf16-pure`` trains that way.
     """
-    saved_dtype = AutoConfig.from_pretrained(path).dtype or torch.float32
+    config = AutoConfig.from_pretrained(path)
+    saved_dtype = config.dtype or torch.float32
     if isinstance(saved_dtype, str):
         saved_dtype = getattr(torch, saved_dtype)
-    precision = resolve_precision(precision)
+    precision = resolve_precision(precision, config.hidden_size)
     if precision == "bf16-pure":
         log.warning("training.precision bf16-pure: weights and AdamW state stay in bf16, so small updates round "
                     "away (use bf16-mixed unless memory forces this)")

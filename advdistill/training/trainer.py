@@ -60,7 +60,10 @@ def fsdp_arguments(cfg: TrainingConfig, layer_classes: Sequence[str]) -> dict[st
 
 def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, has_eval: bool, save_checkpoints: bool,
                        layer_classes: Sequence[str] = (), run_name: str | None = None) -> TrainingArguments:
-    """``run_name`` names the run in the trackers (W&B, MLflow, Trackio, ...); None: transformers' default."""
+    """``cfg.precision`` resolved (:func:`~advdistill.training.student.resolve_precision`; :func:`build_trainer` does
+    it); ``run_name`` names the run in the trackers (W&B, MLflow, Trackio, ...); None: transformers' default."""
+    if cfg.precision == "auto":
+        raise ValueError("training_arguments: resolve training.precision 'auto' first (resolve_precision)")
     optim = cfg.optim
     return SingleDeviceArguments(
         output_dir=str(output_dir),
@@ -75,7 +78,7 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, has_eva
         lr_scheduler_type=optim.lr_scheduler,
         max_grad_norm=optim.max_grad_norm,
         optim="adamw_torch",
-        bf16=resolve_precision(cfg.precision) == "bf16-mixed",
+        bf16=cfg.precision == "bf16-mixed",
         use_cpu=not torch.cuda.is_available(),
         average_tokens_across_devices=True,
         include_num_input_tokens_seen="non_padding",
@@ -235,6 +238,11 @@ def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_
     if not train_items:
         raise TrainingError("no training examples")
     check_launch(cfg.processes)
+    precision = resolve_precision(cfg.precision, model.config.hidden_size)
+    if precision != cfg.precision:
+        log.info("training.precision auto: %s for this %d-wide student on this machine", precision,
+                 model.config.hidden_size)
+        cfg = dataclasses.replace(cfg, precision=precision)
     if objective == "sft" and cfg.match_steps and cfg.optim.max_steps <= 0:
         steps = advdistill_steps(len(train_items), cfg)
         log.info("training.match_steps: SFT takes the %d optimizer steps AdvDistill takes on these groups", steps)
