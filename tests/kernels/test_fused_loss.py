@@ -43,6 +43,7 @@ from advdistill_kernels import (
 from advdistill_kernels.backends import cpp as cpp_backend
 from advdistill_kernels.backends._tiles import Tile, plan_tiles
 
+from advdistill.devices import BF16_DOT_PRODUCT_FLAGS, cpu_flags
 from tests.helpers import loaded_script
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -706,10 +707,7 @@ def test_cpp_brgemm_runs_where_the_cpu_has_bfloat16_dot_products(monkeypatch):
     AVX-512-BF16); ATen's could_pack, its gate before, said no on AVX-512-BF16 EPYCs, where it runs."""
     if reason := _cpp_skip_reason():
         pytest.skip(reason)
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("flags")), set()) if cpuinfo.exists() else set()
-    if not flags & {"avx512_bf16", "amx_bf16"}:
+    if not cpu_flags() & BF16_DOT_PRODUCT_FLAGS:
         pytest.skip("this CPU has no bfloat16 dot products (avx512_bf16, amx_bf16)")
     if not cpp_backend.onednn_runs(torch.bfloat16):
         pytest.skip("oneDNN does not take bfloat16 on this CPU")
