@@ -564,8 +564,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   } else {
     run_tiles(0.0f, 0.0f);
   }
-  // the logits tile and the slice scratch are freed before the outputs are allocated, so that the step's peak is
-  // the larger of the tiles phase and the outputs phase, not their sum
+  // the logits tile, the slice scratch and a finished accumulator are freed before the other outputs are allocated,
+  // so that the step's peak is the larger of the tiles phase and the outputs phase, not their sum
   buffer.reset();
   weight_scratch.reset();
   pr.weight_slice.reset();
@@ -595,12 +595,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   at::Tensor grad_weight = at::empty({0}, weight.options());
   if (need_weight) {
-    if (!grad_weight_acc.defined() && !grad_weight_out.defined()) {
-      grad_weight = at::zeros_like(weight);
-    } else if (grad_weight_out.defined()) {
+    if (grad_weight_out.defined()) {
       grad_weight = grad_weight_out;
-    } else {
+    } else if (grad_weight_acc.defined()) {
       grad_weight = grad_weight_acc.to(input_type);
+    } else {
+      grad_weight = at::zeros_like(weight);
     }
   }
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
