@@ -36,7 +36,7 @@ from advdistill.config import (
     from_dict,
 )
 from advdistill.devices import cpu_training_precision
-from advdistill.errors import MemoryPlanError
+from advdistill.errors import ConfigError, MemoryPlanError
 from advdistill.model_folders import model_folder_problem
 from advdistill.paths import looks_local
 from advdistill.planning import building_run, trained_runs, variant_training, without_dataset
@@ -453,6 +453,23 @@ def stage_gpus(config: dict[str, Any], stage: str) -> int:
     engine = (from_dict(SamplingConfig, config["sampling"], "sampling") if stage == "sample"
               else from_dict(EvaluationConfig, config["evaluation"], "evaluation"))
     return engine.tensor_parallel_size if engine.backend == "vllm" else 1
+
+
+def check_gpu_requests(config: dict[str, Any], limit: int, source: str) -> None:
+    """Every GPU job of a workstation run asks for at most the ``limit`` GPUs it may use at once (``source`` says
+    where that limit comes from): Snakemake would lower a larger request to the limit without a word, and the job
+    would then share GPUs or fail in its launcher. Sampling is checked only where this run samples (no
+    ``upstream_run``)."""
+    requests = [] if config.get("upstream_run") else [("sampling.tensor_parallel_size", stage_gpus(config, "sample"))]
+    requests.append(("evaluation.tensor_parallel_size", stage_gpus(config, "evaluate")))
+    requests.append(("training.processes", config["training"].get("processes", 1)))
+    for name, spec in (config.get("variants") or {}).items():
+        if "processes" in (spec.get("training") or {}):
+            requests.append((f"variants.{name}.training.processes", spec["training"]["processes"]))
+    for key, gpus in requests:
+        if gpus > limit:
+            raise ConfigError(f"config {key}: {gpus} GPUs for one job, but {source} allow(s) {limit} at once; "
+                              f"lower {key}, or run on a machine with more GPUs")
 
 
 def plan_rows(estimates: list[Estimate]) -> list[dict[str, Any]]:

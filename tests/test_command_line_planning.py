@@ -66,6 +66,28 @@ def test_a_workstation_runs_no_more_gpu_jobs_than_its_gpus(tmp_path, two_gpus, g
     assert ("gpu=1" in result.stdout) == gpu_rules  # what each GPU job asks for
 
 
+@pytest.mark.failure_mode(
+    "a GPU job asking for more GPUs than the workstation has",
+    sees="planning stops naming the key, its GPUs and the limit with where it comes from",
+    kept="everything; no job starts")
+@pytest.mark.parametrize("settings, extra, message", [
+    ({"training": {"processes": 3}}, (), "config training.processes: 3 GPUs for one job, but this machine's GPUs"),
+    ({"variants": {"wide": {"training": {"processes": 4}}}}, (),
+     "config variants.wide.training.processes: 4 GPUs for one job"),
+    ({"training": {"processes": 2}}, ("--resources", "gpu=1"),
+     "config training.processes: 2 GPUs for one job, but --resources gpu=1 allow(s) 1 at once"),
+])
+def test_a_gpu_job_larger_than_the_workstation_stops_planning(tmp_path, two_gpus, settings, extra, message):
+    def edit(config):
+        config["resources"] = {"gpu_rules": True}
+        for section, values in settings.items():
+            config.setdefault(section, {}).update(values) if section == "training" else config.update({section: values})
+
+    config = write_config(tmp_path, edit)
+    output = assert_clean_stop(dry_run(tmp_path, "--configfile", str(config), *extra, env=two_gpus))
+    assert message in output
+
+
 @pytest.mark.parametrize("visible, listed, count", [
     (None, None, 0),  # no GPU tools: a CPU machine
     (None, 4, 4),

@@ -14,7 +14,7 @@ from advdistill.model_folders import HUB_ID
 from advdistill.paths import looks_local, snapshot_folder
 from advdistill.digests import DigestCache
 from advdistill.errors import ConfigError
-from advdistill.memory_plan import check_plan, format_plan, plan_memory, plan_rows, stage_gpus
+from advdistill.memory_plan import check_gpu_requests, check_plan, format_plan, plan_memory, plan_rows, stage_gpus
 from advdistill.planning import (
     accelerate_launch_args,
     building_run,
@@ -356,17 +356,24 @@ if MEMORY_PLAN and workflow.is_main_process:
 
 def limit_gpu_jobs():
     """On a workstation, the GPU jobs at once take no more GPUs than the machine has (advdistill.devices.machine_gpus),
-    so that two vLLM evaluations or trainings never share one; a --resources gpu=N of the user's wins. A cluster
-    run (--jobs to an executor: Snakemake's nodes) and a CPU run (no rule asks for a GPU) are left as they are."""
+    so that two vLLM evaluations or trainings never share one; a --resources gpu=N of the user's wins. A job asking
+    for more than the limit stops planning, naming its key. A cluster run (--jobs to an executor: Snakemake's nodes)
+    and a CPU run (no rule asks for a GPU) are left as they are."""
     if not config.get("resources", {}).get("gpu_rules", False) or workflow.resource_settings.nodes is not None:
         return
     if "gpu" in workflow.resource_settings.resources:
-        return
-    gpus = machine_gpus()
-    if gpus:
-        workflow.register_resource("gpu", gpus)
-        logger.info(f"GPU jobs: at most {gpus} GPU(s) in use at once, the GPUs of this machine (CUDA_VISIBLE_DEVICES "
+        limit = workflow.resource_settings.resources["gpu"]
+        limit = int(getattr(limit, "value", limit))  # Snakemake 9 wraps it in a Resource
+        source = f"--resources gpu={limit}"
+    else:
+        limit = machine_gpus()
+        if not limit:
+            return
+        workflow.register_resource("gpu", limit)
+        logger.info(f"GPU jobs: at most {limit} GPU(s) in use at once, the GPUs of this machine (CUDA_VISIBLE_DEVICES "
                     "or nvidia-smi); --resources gpu=N sets another limit")
+        source = "this machine's GPUs (CUDA_VISIBLE_DEVICES or nvidia-smi)"
+    stop_on_config_error(check_gpu_requests)(config, limit, source)
 
 
 if workflow.is_main_process:
