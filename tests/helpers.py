@@ -47,6 +47,15 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=900)
 
 
+def assert_clean_stop(result: subprocess.CompletedProcess) -> str:
+    """Planning stopped before any job, with the message alone: no traceback, no job planned."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and 'File "' not in output and "Exception" not in output, output[-3000:]
+    assert "Job stats" not in output
+    return output
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
     """``advdistill *argv`` in this process: exit status and stderr."""
     code = cli.main([str(a) for a in argv])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from advdistill import devices
-from tests.helpers import REPO
-from tests.test_planning import assert_clean_stop, write_config
+from tests.helpers import REPO, assert_clean_stop
+from tests.test_planning import write_config
 
 FAKE_NVIDIA_SMI = ("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n"
                    "echo 'GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-1)'\n")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from advdistill.planning import params_json, trained_runs
-from tests.helpers import REPO, copy_workflow
+from tests.helpers import REPO, assert_clean_stop, copy_workflow
 
 CONFIGS = [REPO / ".test" / "config_basic.yaml", REPO / "config" / "paper" / "gsm8k.yaml"]
 # every hostile feature in one value: command substitution, backticks, separators, both quotes, spaces, a newline
@@ -27,15 +27,6 @@ STUBS = "advdistill() { printf '%s\\0' \"$@\" > \"$ARGV\"; }; accelerate() { adv
 def snakemake(workdir: Path, *args: str, snakefile: Path = REPO / "Snakefile", **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["snakemake", "-s", str(snakefile), "--dry-run", "--printshellcmds", *args], cwd=workdir,
                           capture_output=True, text=True, timeout=300, **kwargs)
-
-
-def assert_clean_stop(result: subprocess.CompletedProcess) -> str:
-    """Planning stopped before any job, with the message alone: no traceback, no job planned."""
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-3000:]
-    assert "Traceback" not in output and 'File "' not in output and "Exception" not in output, output[-3000:]
-    assert "Job stats" not in output
-    return output
 
 
 def string_leaves(node, path=()):
