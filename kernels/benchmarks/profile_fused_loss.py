@@ -2,7 +2,8 @@
 
 The extension marks its phases for ``torch.profiler`` (``RECORD_PHASE`` in ``cpp/fused_loss.cpp``):
 ``logits_gemm`` (logits of a tile), ``exp_rows`` (row max, ``exp(z - max)`` in place, log-sum-exp),
-``dlogits`` (bfloat16 only: the in-place ``dlogits`` pass), ``grad_hidden_gemm`` and ``grad_weight_gemm``
+``dlogits`` (bfloat16 only: the in-place ``dlogits`` pass over the rows whose coefficient waits for the tile's
+statistics; the other rows become ``dlogits`` inside ``exp_rows``), ``grad_hidden_gemm`` and ``grad_weight_gemm``
 (for bfloat16 the latter includes the float32 accumulation of each slice). ``other`` is the rest of the
 step: the tile plan, input conversions, the statistics and the outputs. Every figure is the wall time of
 the calling thread per step (OpenMP and the GEMM threads work inside it), the median over ``--steps``

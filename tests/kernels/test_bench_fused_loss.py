@@ -96,5 +96,6 @@ def test_profile_splits_a_cpp_step_into_the_extension_phases(dtype, phases):
             if (cells := line.split("|")) and len(cells) > 3 and cells[2].strip()[:1].isdigit()}
     assert set(rows) == phases | {"step"} | {name for name in rows if name.startswith("limit")}
     timings = {name: float(rows[name]) for name in phases | {"step"}}
-    assert all(timings[name] > 0 for name in phases - {"other"})
+    # bfloat16 rows without a pending contrastive term become dlogits inside exp_rows: its own phase may round to 0
+    assert all(timings[name] > 0 for name in phases - {"other", "dlogits"})
     assert sum(timings[name] for name in phases) == pytest.approx(timings["step"], abs=0.2)

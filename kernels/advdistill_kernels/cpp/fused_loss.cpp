@@ -303,12 +303,17 @@ void for_weight_slices(const Problem& pr, Use&& use) {
   }
 }
 
+// Whether response i's c_t has a contrastive part b_i m_t p_t at all (b_i itself waits for its p_mean_i).
+bool has_contrastive_term(const Problem& pr, int64_t i) {
+  return pr.contrastive[i] && pr.contrastive_counts[i] != 0;
+}
+
 // Running per-response sums and the coefficients c_t = a_i + b_i p_t derived from them.
 struct ResponseSums {
   std::vector<double> logp, p;
 
   double contrastive_factor(const Problem& pr, int64_t i) const {
-    if (!pr.contrastive[i] || pr.contrastive_counts[i] == 0) return 0.0;
+    if (!has_contrastive_term(pr, i)) return 0.0;
     const double count = static_cast<double>(pr.contrastive_counts[i]);
     const double p_mean = p[i] / count;
     if (!(p_mean < pr.p_max)) return 0.0;
@@ -335,6 +340,35 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
   std::vector<acc_t> row_sum(rows), row_scale(rows);
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
 
+  // dlogits_t = c_t (onehot(y_t) - E_t / sum_t) = s_t E'_t, s_t = -c_t / sum_t, E'_t = E_t - sum_t onehot(y_t)
+  const auto set_row_scale = [&](int64_t r) {
+    const int64_t i = pr.responses[tile.begin + r];
+    const double p = std::exp(static_cast<double>(token_logp[tile.begin + r]));
+    const double coefficient = -pr.response_weights[i] / static_cast<double>(pr.counts[i]) +
+                               (pr.in_mask[tile.begin + r] ? sums.contrastive_factor(pr, i) * p : 0.0);
+    row_scale[r] = static_cast<acc_t>(-coefficient / static_cast<double>(row_sum[r]));
+  };
+  // bfloat16: dlogits in place, rounded once as autograd's are (a folded s_t would round both gradients twice)
+  const auto bfloat16_dlogits_row = [&](int64_t r) {
+    logit_t* row = data + r * vocab;
+    const acc_t scale = row_scale[r];
+    const int64_t y = pr.targets[tile.begin + r];
+    const acc_t target_gradient = scale * (to_acc(row[y]) - row_sum[r]);
+#pragma omp simd
+    for (int64_t col = 0; col < vocab; ++col) row[col] = from_acc<logit_t>(scale * to_acc(row[col]));
+    row[y] = from_acc<logit_t>(target_gradient);
+  };
+  // A bfloat16 row whose c_t does not wait for this tile's statistics (its response has no contrastive term, the
+  // token is outside the contrastive mask, or the statistics are complete: a second pass) becomes dlogits right
+  // after its exponentials, while it is in cache, instead of in a second pass over the whole tile.
+  constexpr bool kRoundedTile = !std::is_same_v<logit_t, acc_t>;
+  const auto dlogits_in_exp_pass = [&](int64_t r) {
+    const int64_t t = tile.begin + r;
+    return kRoundedTile && tile.compute_gradients &&
+           (!tile.accumulate_stats || !pr.in_mask[t] || !has_contrastive_term(pr, pr.responses[t]));
+  };
+  std::vector<uint8_t> scaled(rows, 0);
+
   // Each row is overwritten with E = exp(z - max) while its log-sum-exp is taken: one read-only pass
   // for the max, one read-write pass for the exponentials.
   {
@@ -355,6 +389,11 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
       }
       row_sum[r] = sum;
       token_logp[tile.begin + r] = target_logit - row_max - std::log(sum);
+      if (dlogits_in_exp_pass(r)) {
+        set_row_scale(r);
+        bfloat16_dlogits_row(r);
+        scaled[r] = 1;
+      }
     }
   }
   if (tile.accumulate_stats) {
@@ -367,13 +406,8 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
   }
   if (!tile.compute_gradients) return;
 
-  // dlogits_t = c_t (onehot(y_t) - E_t / sum_t) = s_t E'_t, s_t = -c_t / sum_t, E'_t = E_t - sum_t onehot(y_t)
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = pr.responses[tile.begin + r];
-    const double p = std::exp(static_cast<double>(token_logp[tile.begin + r]));
-    const double coefficient = -pr.response_weights[i] / static_cast<double>(pr.counts[i]) +
-                               (pr.in_mask[tile.begin + r] ? sums.contrastive_factor(pr, i) * p : 0.0);
-    row_scale[r] = static_cast<acc_t>(-coefficient / static_cast<double>(row_sum[r]));
+    if (!scaled[r]) set_row_scale(r);
   }
   if constexpr (std::is_same_v<logit_t, acc_t>) {
     // float32/float64: the tile becomes E' (one element per row) and s_t is folded into the GEMMs
@@ -397,18 +431,11 @@ void process_tile(const Problem& pr, const Tile& tile, at::Tensor& buffer, std::
     }
     return;
   }
-  // bfloat16: dlogits in place, rounded once as autograd's are (a folded s_t would round both gradients twice)
   {
     RECORD_PHASE("advdistill::dlogits");
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < rows; ++r) {
-      logit_t* row = data + r * vocab;
-      const acc_t scale = row_scale[r];
-      const int64_t y = pr.targets[tile.begin + r];
-      const acc_t target_gradient = scale * (to_acc(row[y]) - row_sum[r]);
-#pragma omp simd
-      for (int64_t col = 0; col < vocab; ++col) row[col] = from_acc<logit_t>(scale * to_acc(row[col]));
-      row[y] = from_acc<logit_t>(target_gradient);
+      if (!scaled[r]) bfloat16_dlogits_row(r);
     }
   }
   if (grad_rows.defined()) {
