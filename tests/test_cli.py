@@ -11,11 +11,20 @@ import pytest
 
 import advdistill
 from advdistill import cli
-from advdistill.errors import ConfigError, DatasetError, InputError, MemoryPlanError, OutputError, TrainingError
+from advdistill import errors
+from advdistill.errors import (AdvDistillError, BadRow, ConfigError, DatasetError, InputError, MemoryPlanError,
+                               OutputError, TrainingError)
 from tests.helpers import files_under, run_cli
 
 
 def test_every_project_error_has_the_common_base_and_keeps_its_old_one():
+    project_errors = [value for value in vars(errors).values()
+                      if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == errors.__name__]
+    assert {error.__name__ for error in project_errors} >= {"ConfigError", "DatasetError", "InputError", "OutputError",
+                                                            "TrainingError", "DeviceError", "MemoryPlanError"}
+    for error in project_errors:
+        # BadRow is a row's problem, skipped and counted by its reader, never a stage's error
+        assert issubclass(error, AdvDistillError) != (error is BadRow), error
     assert issubclass(ConfigError, ValueError) and issubclass(DatasetError, RuntimeError)
     assert issubclass(TrainingError, RuntimeError) and issubclass(MemoryPlanError, ConfigError)
 

@@ -306,12 +306,19 @@ def test_a_variant_control_must_be_another_variant_of_the_same_objective(variant
 
 
 def test_planning_checks_parse_every_stage_section(tmp_path):
+    """A value the schema accepts but the stage's own section rejects (its ``__post_init__``) stops planning."""
     path = tmp_path / "config.yaml"
     config = copy.deepcopy(BASIC)
-    config["teacher"]["bootstrap"]["shape"]["hidden_size"] = 4
+    config["sampling"].update(temperature=0, n_samples=4)
     path.write_text(yaml.safe_dump(config))
+    validated = copy.deepcopy(config)
+    validate(validated, set_defaults=True)
+    with pytest.raises(ConfigError, match=r"^config sampling\.n_samples: 4 responses per prompt at sampling\."
+                                          r"temperature 0 \(greedy decoding\)"):
+        check_stage_sections(validated)
     with pytest.raises(SystemExit):
         check_config(config, [path])
+    config = copy.deepcopy(BASIC)
     config["teacher"]["bootstrap"]["shape"]["hidden_size"] = 32
     check_config(config, [path])
     assert config["sampling"]["jobs"] == 1

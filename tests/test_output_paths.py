@@ -167,7 +167,7 @@ def test_a_stage_replaces_its_own_kind_and_an_old_marker_only_where_safe(tmp_pat
     with pytest.raises(OutputError, match="not as the --out of train"):
         check_replaceable(tmp_path / "old-report", "train")
     check_replaceable(tmp_path / "old-trackers", "train", "--tracker-dir")
-    with pytest.raises(OutputError):
+    with pytest.raises(OutputError, match="not as the --out-dir of report"):
         check_replaceable(tmp_path / "old-trackers", "report", "--out-dir")
 
 

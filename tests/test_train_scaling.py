@@ -87,13 +87,12 @@ def test_bf16_checkpoint_trains_like_fp32(bf16_checkpoint, synthetic_rows, tmp_p
 
     reference, reference_change, saved_dtype = trained("fp32")
     assert saved_dtype == torch.bfloat16 and reference.dtype == torch.float32
-    for precision in ("bf16-mixed", "auto"):
-        _, change, _ = trained(precision)
-        for name, expected in reference_change.items():
-            moved = (change[name] != 0).double().mean().item()
-            assert moved > 0.99, f"{precision}: only {moved:.1%} of {name} changed"
-            ratio = change[name].norm() / expected.norm()
-            assert 0.8 < ratio < 1.25, f"{precision}: {name} moved {ratio:.2f}x as far as in fp32"
+    _, change, _ = trained("bf16-mixed")
+    for name, expected in reference_change.items():
+        moved = (change[name] != 0).double().mean().item()
+        assert moved > 0.99, f"only {moved:.1%} of {name} changed"
+        ratio = change[name].norm() / expected.norm()
+        assert 0.8 < ratio < 1.25, f"{name} moved {ratio:.2f}x as far as in fp32"
 
 
 def test_saved_student_keeps_the_checkpoint_dtype(bf16_checkpoint, synthetic_rows, rows_file, tmp_path):

@@ -98,4 +98,6 @@ def test_profile_splits_a_cpp_step_into_the_extension_phases(dtype, phases):
     timings = {name: float(rows[name]) for name in phases | {"step"}}
     # bfloat16 rows without a pending contrastive term become dlogits inside exp_rows: its own phase may round to 0
     assert all(timings[name] > 0 for name in phases - {"other", "dlogits"})
-    assert sum(timings[name] for name in phases) == pytest.approx(timings["step"], abs=0.2)
+    # "other" is the step less the named phases: negative if a phase were counted twice (nested scopes)
+    assert timings["other"] >= -0.1
+    assert sum(timings[name] for name in phases - {"other"}) > 0.25 * timings["step"]
