@@ -2,12 +2,14 @@
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from advdistill.cli import build_parser
 from tests.helpers import PAPER_CONFIGS, REPO
 
 
@@ -48,8 +50,25 @@ def test_dangling_dataset_reference_names_the_key(tmp_path):
 def test_default_teacher_run_saves_the_student_snapshot_and_training_loads_it(tmp_path):
     result = run_snakemake("--dry-run", "--printshellcmds", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "--snapshot-steps 300 --out results/default/models/teacher" in result.stdout
+    assert "--snapshot-steps=300 --out results/default/models/teacher" in result.stdout
     assert "--model results/default/models/teacher/snapshots/step-300" in result.stdout
+
+
+def test_a_bootstrapped_model_without_snapshots_gets_a_command_its_parser_takes(tmp_path):
+    """Snakemake's ``:q`` writes an empty value as nothing at all: ``--snapshot-steps --out X`` took ``--out`` as
+    the steps, and every bootstrap job of a model no snapshot points at failed."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["students"][0].update(source="bootstrap", bootstrap=config["teacher"]["bootstrap"])
+    del config["students"][0]["snapshot"]
+    (tmp_path / "bootstrapped.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake("--dry-run", "--printshellcmds", "--configfile", str(tmp_path / "bootstrapped.yaml"),
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    commands = [line[line.index("advdistill bootstrap-model"):] for line in result.stdout.splitlines()
+                if "advdistill bootstrap-model" in line]
+    parsed = [build_parser().parse_args(shlex.split(command.split(" > ")[0])[1:]) for command in commands]
+    assert sorted(Path(args.out).name for args in parsed) == ["student", "teacher"]
+    assert all(args.snapshot_steps == () for args in parsed)
 
 
 @pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda p: p.stem)

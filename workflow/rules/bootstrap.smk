@@ -49,4 +49,4 @@ rule bootstrap_model:
     shell:
         "advdistill bootstrap-model --rows {input.rows:q} --tokenizer {input.tokenizer:q}"
         " --settings {params.settings:q} --prompt {params.prompt:q} --seed {params.seed:q}"
-        " --snapshot-steps {params.snapshot_steps:q} --out {output:q} > {log:q} 2>&1"
+        " --snapshot-steps={params.snapshot_steps:q} --out {output:q} > {log:q} 2>&1"
