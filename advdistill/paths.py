@@ -20,6 +20,12 @@ MAX_COMPONENT_BYTES = 255
 RANDOM_CHARACTERS = 8  # what tempfile.mkstemp/mkdtemp add after the prefix
 MANIFEST_SUFFIX = ".manifest.json"
 
+OBJECTIVES = ("advdistill", "sft")
+"""Training objectives, the method first: a trained student is named ``<student>-<objective>``, and two of them
+are compared as "advdistill vs sft"."""
+BASE_SUFFIX = "base"
+"""``<student>-base``: the untrained student, evaluated beside its trained runs."""
+
 
 def looks_local(source: str) -> bool:
     """A path (existing, absolute, relative with ./ or ../, or a release-file suffix), not a hub id."""

@@ -210,13 +210,35 @@ def derived_model_names(config: dict[str, Any]) -> list[tuple[str, str]]:
 
 def check_model_names(config: dict[str, Any]) -> None:
     """Two config keys that give the same derived name would share results/train and results/evaluate folders:
-    one model would be evaluated in place of the other, and one never built or never evaluated."""
-    first: dict[str, str] = {}
-    for name, key in derived_model_names(config):
-        if name in first:
-            raise ConfigError(f"config {first[name]} and {key} both give the model name '{name}', so their results "
-                              f"would be mixed up (one model evaluated in place of the other); rename one")
-        first[name] = key
+    one model would be evaluated in place of the other, and one never built or never evaluated. Names that differ
+    only in case share them too on a case-insensitive file system (macOS's default), and so do datasets' prepare
+    folders. A teacher's name must not read as a student's base or trained model (``<student>-base``,
+    ``<student>-sft``): the workflow and the report tell the models' roles by those suffixes."""
+    teacher = config["teacher"]["name"]
+    stem, _, suffix = teacher.rpartition("-")
+    if stem and suffix in (*paths.OBJECTIVES, paths.BASE_SUFFIX):
+        raise ConfigError(f"config teacher.name: '{teacher}' ends in '-{suffix}', the name of student '{stem}'s "
+                          f"{'base model' if suffix == paths.BASE_SUFFIX else 'run trained with ' + suffix}: the "
+                          "pipeline would take the teacher for it; rename the teacher")
+    check_distinct_names(derived_model_names(config), "model name", "their results would be mixed up (one model "
+                         "evaluated in place of the other)")
+    check_distinct_names([(name, f"datasets.{name}") for name in config.get("datasets", {})], "dataset name",
+                         "their prepared rows would share one folder")
+
+
+def check_distinct_names(names: Iterable[tuple[str, str]], what: str, consequence: str) -> None:
+    """No two ``(name, config key)`` pairs may give one name, nor names that differ only in case."""
+    first: dict[str, tuple[str, str]] = {}
+    for name, key in names:
+        if name.casefold() not in first:
+            first[name.casefold()] = (name, key)
+            continue
+        other, other_key = first[name.casefold()]
+        if other == name:
+            raise ConfigError(f"config {other_key} and {key} both give the {what} '{name}', so {consequence}; "
+                              "rename one")
+        raise ConfigError(f"config {other_key} and {key} give the {what}s '{other}' and '{name}', which differ only "
+                          f"in case: on a case-insensitive file system (macOS's default) {consequence}; rename one")
 
 
 def derived_file_names(config: dict[str, Any]) -> list[tuple[str, str]]:

@@ -194,10 +194,22 @@ def test_colliding_derived_model_names_name_both_keys():
     with pytest.raises(ConfigError, match=r"config students\[0\].objectives \('sft', trained as 'student-sft'\) and "
                                           r"students\[1\].name both give the model name 'student-sft'"):
         check_model_names(config)
+    for teacher, role in [("student-base", "base model"), ("qwen7b-base", "base model"),
+                          ("big-sft", "run trained with sft")]:
+        config = copy.deepcopy(BASIC)
+        config["teacher"]["name"] = teacher
+        with pytest.raises(ConfigError, match=rf"^config teacher.name: '{teacher}' ends in '-\w+', the name of "
+                                              rf"student '\S+'s {role}: the pipeline would take the teacher for it"):
+            check_model_names(config)
     config = copy.deepcopy(BASIC)
-    config["teacher"]["name"] = "student-base"
-    with pytest.raises(ConfigError, match=r"config teacher.name and students\[0\].name \(its base model "
-                                          r"'student-base'\) both give the model name 'student-base'"):
+    config["students"].append({**config["students"][0], "name": "Student"})
+    with pytest.raises(ConfigError, match=r"config students\[0\].name and students\[1\].name give the model names "
+                                          r"'student' and 'Student', which differ only in case"):
+        check_model_names(config)
+    config = copy.deepcopy(BASIC)
+    config["datasets"]["ARITH"] = config["datasets"][next(iter(config["datasets"]))]
+    with pytest.raises(ConfigError, match=r"config datasets\.\w+ and datasets.ARITH give the dataset names "
+                                          r"'\w+' and 'ARITH', which differ only in case"):
         check_model_names(config)
     config = copy.deepcopy(BASIC)
     config["students"].append({**config["students"][0], "name": "student"})

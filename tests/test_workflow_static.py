@@ -1,5 +1,6 @@
 """Fast workflow checks: lint, and the DAG the default configuration plans on a fresh directory."""
 
+import json
 import os
 import re
 import shlex
@@ -69,6 +70,25 @@ def test_a_bootstrapped_model_without_snapshots_gets_a_command_its_parser_takes(
     parsed = [build_parser().parse_args(shlex.split(command.split(" > ")[0])[1:]) for command in commands]
     assert sorted(Path(args.out).name for args in parsed) == ["student", "teacher"]
     assert all(args.snapshot_steps == () for args in parsed)
+
+
+def test_only_untrained_models_are_evaluated_with_the_base_few_shot_turns(tmp_path):
+    """A model's role comes from the configured names, not from a '-base' ending: a variant called 'tau-base'
+    trains a student like any other variant and is evaluated with prompt.few_shot."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["evaluation"]["base_few_shot"] = 3
+    config["variants"] = {"tau-base": {"objectives": ["advdistill"], "training": {}}}
+    (tmp_path / "variant.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake("--dry-run", "--printshellcmds", "--configfile", str(tmp_path / "variant.yaml"),
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    few_shot = {}
+    for line in result.stdout.splitlines():
+        if "advdistill evaluate" in line:
+            args = build_parser().parse_args(shlex.split(line[line.index("advdistill evaluate"):].split(" > ")[0])[1:])
+            few_shot[Path(args.out).parent.parent.name] = json.loads(args.prompt)["few_shot"]
+    assert few_shot == {"teacher": 3, "student-base": 3, "student-sft": 0, "student-advdistill": 0,
+                        "student-advdistill@tau-base": 0}, few_shot
 
 
 @pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda p: p.stem)

@@ -10,11 +10,9 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
+from advdistill.paths import BASE_SUFFIX, OBJECTIVES
 from advdistill.stats import mcnemar_exact, mean_t_interval, paired_difference
 
-# Training objectives, the method first: two trained students are compared as "advdistill vs sft".
-OBJECTIVES = ("advdistill", "sft")
-BASE_SUFFIX = "base"
 TEACHER_ROLE = "teacher"
 
 

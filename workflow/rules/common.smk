@@ -283,15 +283,21 @@ check_local_sources()
 stop_on_config_error(check_split_sources)(config, dataset_source)
 
 
+def base_models():
+    """Evaluated names of the untrained models (the teacher's own, ``<student>-base``) -> their configured model."""
+    teacher = config["teacher"]["name"]
+    return {teacher: teacher, **{f"{s['name']}-base": s["name"] for s in config.get("students", [])}}
+
+
 def evaluated_model_path(train_set, name):
     """Where an evaluated model lives: the base model's path, or the trained student's folder."""
-    base = name.removesuffix("-base")
-    return model_path(base) if base in models() else out(f"train/{train_set}/{name}")
+    base = base_models().get(name)
+    return model_path(base) if base else out(f"train/{train_set}/{name}")
 
 
 def evaluated_model_input(train_set, name):
-    base = name.removesuffix("-base")
-    return model_input(base) if base in models() else [evaluated_model_path(train_set, name)]
+    base = base_models().get(name)
+    return model_input(base) if base else [evaluated_model_path(train_set, name)]
 
 
 USES_APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
@@ -416,7 +422,7 @@ def evaluation_prompt(model):
     """Base models, the teacher included, answer with few-shot turns from the training split (the paper's ICL
     baselines: every BASE row of its results table)."""
     prompt = dict(config.get("prompt", {}))
-    if model.endswith("-base") or model == config["teacher"]["name"]:
+    if model in base_models():
         prompt["few_shot"] = config["evaluation"]["base_few_shot"]
     return as_json(prompt)
 
