@@ -1,6 +1,7 @@
 """Apptainer definitions: parsed by the parser `make container-check` builds with, versions, every rule's image,
 the GPU recipe's pip requirements, and the image digest in the provenance manifests."""
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -12,7 +13,9 @@ import pytest
 import yaml
 
 import advdistill
+from advdistill.errors import ConfigError
 from advdistill.planning import image_build_commands
+from advdistill.schema import validate
 from tests.helpers import REPO, assert_clean_stop, copy_workflow
 
 DEFINITIONS = sorted((REPO / "containers").glob("*.def"))
@@ -50,6 +53,21 @@ def test_image_names_carry_the_definition_and_package_version():
         definition = REPO / "containers" / f"{name}.def"
         assert definition.exists(), f"containers.{kind}: no definition for {image}"
         assert chroot_build.parse_definition(definition).labels()["Version"] == version == advdistill.__version__
+
+
+@pytest.mark.parametrize(("image", "valid"), [
+    ("containers/advdistill-cpu_0.1.0.sif", True), ("/abs/path/img.sif", True), ("~/images/img.sif", True),
+    ("docker://ghcr.io/org/advdistill:0.1.0@sha256:0a1b", True), ("library://user/collection/img:tag", True),
+    ("x.sif;id", False), ("images/advdistill(cpu).sif", False), ("$(id).sif", False), ("a b.sif", False),
+    ("-x.sif", False), ("`id`.sif", False), ("", False),
+])
+def test_an_image_is_a_word_the_unquoted_apptainer_command_keeps_whole(image, valid):
+    config = {**copy.deepcopy(CONFIG), "containers": {**CONFIG["containers"], "cpu": image}}
+    if valid:
+        validate(config, set_defaults=True)
+        return
+    with pytest.raises(ConfigError, match=r"config containers\.cpu: "):
+        validate(config, set_defaults=True)
 
 
 def test_every_rule_names_a_container():
