@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -318,9 +319,7 @@ def atomic_directory(path: str | os.PathLike, stage: str | None = None, output: 
         try:
             write_artefact_marker(tmp, stage, output)
             check_replaceable(path, stage, output)
-            if os.path.lexists(path):
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            _move_into_place(tmp, path)
         except OSError as err:
             raise _output_error(path, err) from err
     finally:
@@ -328,21 +327,50 @@ def atomic_directory(path: str | os.PathLike, stage: str | None = None, output: 
             shutil.rmtree(tmp)
 
 
+def _move_into_place(folder: Path, path: Path) -> None:
+    """Move ``folder`` onto ``path``. An old folder at ``path`` is first renamed aside to a temporary sibling and
+    deleted only once ``folder`` is in place: a job killed meanwhile leaves the whole old folder or the whole new one
+    at ``path`` (or neither), never a half-deleted one that still holds its marker and looks complete. A sibling left
+    behind is removed by the next job of that output (:func:`remove_stale_temporaries`)."""
+    if not os.path.lexists(path):
+        os.replace(folder, path)
+        return
+    old = _temporary_sibling(path, is_dir=True)  # reserves the name: a folder renamed onto an empty one replaces it
+    try:
+        os.replace(path, old)
+    except OSError:
+        old.rmdir()
+        raise
+    try:
+        os.replace(folder, path)
+    except OSError:
+        os.replace(old, path)  # the stage failed: its output stays as it was
+        raise
+    try:
+        shutil.rmtree(old)
+    except OSError as err:  # the new folder is complete: failing the stage now would only cost its work
+        log.warning("%s is written, but its old folder, renamed to %s, could not be deleted (%s); the next job of "
+                    "that output removes it", path, old, err.strerror or err)
+
+
 RESUME_MARKER = "fingerprint.json"
+LEGACY_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+"""The whole marker of an older advdistill: a bare sha256 hex digest."""
 
 
 def resume_owner(path: Path) -> tuple[str | None, str | None]:
     """(stage, fingerprint) of a resume folder's marker; the stage is None in a marker of an older advdistill (a
-    bare fingerprint) or of a caller that named none, and both are None for a damaged marker."""
+    bare fingerprint, :data:`LEGACY_FINGERPRINT`) or of a caller that named none. Both are None for a marker that
+    advdistill did not write (damaged, or another tool's ``fingerprint.json``): nothing proves the folder ours."""
     try:
         marker = read_json(path / RESUME_MARKER)
     except InputError:
         return None, None
-    if isinstance(marker, str):
+    if isinstance(marker, str) and LEGACY_FINGERPRINT.fullmatch(marker):
         return None, marker
-    if isinstance(marker, dict):
-        stage, fingerprint = marker.get("stage"), marker.get("fingerprint")
-        return (stage if isinstance(stage, str) else None), (fingerprint if isinstance(fingerprint, str) else None)
+    if (isinstance(marker, dict) and marker.keys() == {"stage", "fingerprint"}
+            and isinstance(marker["stage"], (str, type(None))) and isinstance(marker["fingerprint"], str)):
+        return marker["stage"], marker["fingerprint"]
     return None, None
 
 
@@ -361,7 +389,10 @@ def check_resume_folder(path: Path, stage: str | None = None, option: str = "res
             return
         raise OutputError(f"{option} {path} exists and is not a resume folder of advdistill (no {RESUME_MARKER} "
                           "inside): refusing to delete it; move it away or choose another folder")
-    owner, _ = resume_owner(path)
+    owner, fingerprint = resume_owner(path)
+    if fingerprint is None:
+        raise OutputError(f"{option} {path} exists and is not a resume folder of advdistill (its {RESUME_MARKER} is "
+                          "not one advdistill writes): refusing to delete it; move it away or choose another folder")
     if stage is not None and owner is not None and owner != stage:
         raise OutputError(f"{option} {path} is a resume folder of advdistill {owner}, not of {stage}: refusing to "
                           "delete its partial work; choose another folder")
@@ -369,9 +400,9 @@ def check_resume_folder(path: Path, stage: str | None = None, option: str = "res
 
 def claim_resume_folder(path: str | os.PathLike, fingerprint: str, stage: str | None = None) -> None:
     """Make ``path`` the resume folder of the run identified by ``fingerprint`` (of ``stage``): partial work of this
-    same run is kept, a folder left by another run (another fingerprint, or a damaged stamp) is deleted first, a
-    non-empty folder without a fingerprint, which this package did not make, or another stage's stops the stage
-    untouched. Temporary files a killed job left inside (``.<name>.tmp-*``) are removed."""
+    same run is kept, a folder left by another run (another fingerprint) is deleted first, a non-empty folder
+    without a fingerprint this package wrote (none, or a damaged or foreign ``fingerprint.json``), or another
+    stage's, stops the stage untouched. Temporary files a killed job left inside (``.<name>.tmp-*``) are removed."""
     path = Path(path)
     marker = path / RESUME_MARKER
     check_resume_folder(path, stage)

@@ -12,16 +12,20 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from advdistill import io as advdistill_io
 from advdistill.errors import InputError, OutputError
 from advdistill.io import (
     ARTEFACT_MARKER,
     atomic_directory,
     atomic_write,
+    check_resume_folder,
     claim_resume_folder,
     read_parquet,
+    remove_stale_temporaries,
     write_json,
     write_parquet,
 )
+from advdistill.paths import is_temporary_of
 from tests.helpers import files_under, run_cli_process
 
 SYNTHETIC = ("prepare", "--dataset", "synthetic", "--source", "synthetic", "--split", "test",
@@ -173,6 +177,7 @@ def test_a_folder_without_the_marker_is_never_replaced(tmp_path):
     with atomic_directory(tmp_path / "model") as tmp:
         (tmp / "v2").write_text("2")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [ARTEFACT_MARKER, "v2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "model"]  # the old folder's set-aside copy is gone
     (tmp_path / "empty").mkdir()
     with atomic_directory(tmp_path / "empty") as tmp:
         (tmp / "v1").write_text("1")
@@ -195,6 +200,80 @@ def test_a_resume_folder_is_claimed_only_if_empty_or_stamped_by_a_run(tmp_path):
     assert (tmp_path / "work" / "shard-0").exists()
     claim_resume_folder(tmp_path / "work", "run-b")
     assert not (tmp_path / "work" / "shard-0").exists()
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("marker", ['{"note": "mine"}', '"my notes"', '[1, 2]', '{"stage": "train", "fing',
+                                    '{"stage": "train", "fingerprint": "fp", "note": "mine"}', '{"fingerprint": 3}'])
+def test_a_folder_with_a_fingerprint_json_advdistill_did_not_write_is_never_claimed(tmp_path, marker):
+    foreign = user_folder(tmp_path / "proj")
+    (foreign / "data").mkdir()
+    (foreign / "data" / "results.csv").write_bytes(b"a,b\n1,2\n")
+    (foreign / "fingerprint.json").write_text(marker)
+    before = contents(foreign)
+    with pytest.raises(OutputError, match=rf"^--checkpoints {foreign} exists and is not a resume folder of advdistill "
+                                          r"\(its fingerprint.json is not one advdistill writes\): refusing to delete"):
+        check_resume_folder(foreign, "train", "--checkpoints")
+    with pytest.raises(OutputError, match="not a resume folder of advdistill"):
+        claim_resume_folder(foreign, "run-a", "train")
+    assert contents(foreign) == before
+
+
+@pytest.mark.parametrize("marker", ['"' + "0123456789abcdef" * 4 + '"',  # an older advdistill's bare fingerprint
+                                    '{"fingerprint": "run-a", "stage": null}'])
+def test_a_resume_folder_of_an_older_advdistill_or_a_library_caller_is_still_claimed(tmp_path, marker):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "fingerprint.json").write_text(marker)
+    (work / "shard-0").write_text("partial")
+    claim_resume_folder(work, "run-b", "train")
+    assert sorted(p.name for p in work.iterdir()) == ["fingerprint.json"]
+
+
+def test_a_replaced_folder_is_complete_even_if_deleting_the_old_one_fails(tmp_path, monkeypatch, caplog):
+    model = tmp_path / "model"
+    with atomic_directory(model, "train") as tmp:
+        (tmp / "config.json").write_text("old")
+        (tmp / "weights.bin").write_text("old")
+
+    def cut_off(folder, *args, **kwargs):
+        """A deletion that stops half-way, as a killed job's would."""
+        (Path(folder) / "config.json").unlink()
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(advdistill_io.shutil, "rmtree", cut_off)
+    with atomic_directory(model, "train") as tmp:
+        (tmp / "config.json").write_text("new")
+        (tmp / "weights.bin").write_text("new")
+    monkeypatch.undo()
+    written = contents(model)
+    assert written.pop(ARTEFACT_MARKER) and written == {"config.json": b"new", "weights.bin": b"new"}
+    [aside] = [p for p in tmp_path.iterdir() if p != model]
+    assert is_temporary_of("model", aside.name) and sorted(contents(aside)) == [ARTEFACT_MARKER, "weights.bin"]
+    assert "could not be deleted (Input/output error)" in caplog.text
+    assert remove_stale_temporaries(model) == [aside] and sorted(tmp_path.iterdir()) == [model]
+
+
+def test_a_failed_swap_leaves_the_old_folder_in_place(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    with atomic_directory(model, "train") as tmp:
+        (tmp / "weights.bin").write_text("old")
+    before = contents(model)
+    replace = os.replace
+
+    def refuse_new_folder(source, target):
+        if Path(target) == model and (Path(source) / "weights.bin").read_text() == "new":
+            raise OSError(16, "Device or resource busy")
+        replace(source, target)
+
+    monkeypatch.setattr(advdistill_io.os, "replace", refuse_new_folder)
+    with pytest.raises(OutputError, match=rf"^cannot write {model}: Device or resource busy$"):
+        with atomic_directory(model, "train") as tmp:
+            (tmp / "weights.bin").write_text("new")
+    assert contents(model) == before and sorted(tmp_path.iterdir()) == [model]
 
 
 @pytest.mark.failure_mode(

@@ -386,7 +386,7 @@ def test_a_killed_jobs_temporaries_are_removed_by_the_next_job_of_that_output(ca
     assert (tmp_path / ".model.tmp-abcdefgh").is_dir()  # only a job holding the output removes its temporaries
 
 
-def test_a_damaged_resume_stamp_or_shard_is_redone_not_a_traceback(tmp_path):
+def test_a_damaged_shard_is_redone_and_a_damaged_resume_stamp_stops_the_stage_untouched(tmp_path):
     from advdistill.config import SamplingConfig
     from advdistill.sampling.base import Completion, GenerationParams, SamplingBackend
     from advdistill.sampling.shards import sample_prompts
@@ -412,8 +412,9 @@ def test_a_damaged_resume_stamp_or_shard_is_redone_not_a_traceback(tmp_path):
     claim_resume_folder(parts, "fp", "sample")
     (parts / "shard-00000.parquet").write_text("kept?")
     (parts / RESUME_MARKER).write_text('{"stage": "sample", "fing')
-    claim_resume_folder(parts, "fp", "sample")  # a damaged stamp: another run's work, discarded
-    assert sorted(p.name for p in parts.iterdir()) == [RESUME_MARKER]
+    with pytest.raises(OutputError, match="not one advdistill writes"):  # nothing proves the folder ours: kept
+        claim_resume_folder(parts, "fp", "sample")
+    assert sorted(p.name for p in parts.iterdir()) == [RESUME_MARKER, "shard-00000.parquet"]
 
 
 # ---- class 6: one job per output ----
