@@ -297,6 +297,34 @@ def wheel_index(wheels: Path, index: Path) -> None:
         (index / project / "index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n")
 
 
+OUT_MARKER = ".chroot-build"
+OUT_ENTRIES = ("rootfs", "rootfs-ro", "work", "wheel-index", "summary.json")
+"""What a build writes into --out (besides its marker); a rebuild deletes these and nothing else."""
+
+
+def check_own_out(out: Path) -> None:
+    """Refuse an existing --out this script did not make: it runs as root, and --out may be any folder."""
+    if out.exists() and not (out / OUT_MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise SystemExit(f"--out {out} exists and was not made by chroot_build (no {OUT_MARKER} inside): refusing to "
+                         "delete anything in it; choose a new or empty folder")
+
+
+def claim_out(out: Path) -> None:
+    """A clean --out for a build: a new or empty folder, or one an earlier build made, whose own entries go."""
+    check_own_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUT_MARKER).write_text("made by containers/chroot_build.py; a rebuild deletes " + ", ".join(OUT_ENTRIES)
+                                  + "\n")
+    for name in OUT_ENTRIES:
+        entry = out / name
+        if name.startswith("rootfs") and entry.exists():
+            remove_root(entry)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+
+
 def root_size(root: Path) -> int:
     return int(subprocess.run(["du", "-sb", "--one-file-system", str(root)], capture_output=True, text=True,
                               check=True).stdout.split()[0])
@@ -330,16 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages_only:
         if not (root / ENVIRONMENT_FILE).exists():
             raise SystemExit(f"--stages-only: no built root filesystem in {root}")
+        check_own_out(out)
         if (out / "work").exists():
             shutil.rmtree(out / "work")
         summary = json.loads((out / "summary.json").read_text())
         return stages(summary, root, out)
-    if out.exists():
-        for folder in (out / "rootfs", out / "rootfs-ro"):
-            if folder.exists():
-                remove_root(folder)
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    claim_out(out)
     if args.wheel_index:
         name, wheels = args.wheel_index.split("=", 1)
         wheel_index(Path(wheels), out / "wheel-index")

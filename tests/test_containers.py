@@ -235,3 +235,24 @@ def test_gpu_image_test_names_what_is_missing(tmp_path, driver, message):
     done = run_gpu_test(tmp_path, driver)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith(message), done.stderr
+
+
+def test_the_chroot_build_deletes_only_what_an_earlier_build_made(tmp_path):
+    """It runs as root, and --out may be any folder: a folder it did not make is refused untouched; in its own,
+    a rebuild deletes its entries and nothing else."""
+    user = tmp_path / "user"
+    (user / "data").mkdir(parents=True)
+    (user / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="was not made by chroot_build"):
+        chroot_build.claim_out(user)
+    with pytest.raises(SystemExit, match="was not made by chroot_build"):
+        chroot_build.check_own_out(user)
+    assert (user / "data" / "notes.txt").read_text() == "mine" and sorted(p.name for p in user.iterdir()) == ["data"]
+    out = tmp_path / "new" / "out"
+    chroot_build.claim_out(out)
+    for name in ("rootfs/etc", "work/stage", "wheel-index/torch"):
+        (out / name).mkdir(parents=True)
+    (out / "summary.json").write_text("{}")
+    (out / "kept.txt").write_text("a file of the user's, put there later")
+    chroot_build.claim_out(out)
+    assert sorted(p.name for p in out.iterdir()) == [chroot_build.OUT_MARKER, "kept.txt"]
