@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import polars as pl
@@ -607,6 +608,55 @@ def test_an_incomplete_plan_is_named_before_anything_is_read(capsys, tmp_path, p
     code, err = run_cli(capsys, "report", "--plan", plan, "--out-dir", tmp_path / "report")
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "report").exists()
+
+
+def plan_naming(tmp_path, key, name):
+    """A plan whose inputs exist and all make a figure (so an unchecked name would be written), with ``name`` at
+    ``key``, every other name safe."""
+    names = {"scored": "arith", "testsets": "arith", "train_set": "arith", "model": "student-sft", **{key: name}}
+    responses, metrics, scored = tmp_path / "responses.parquet", tmp_path / "metrics.json", tmp_path / "scored.parquet"
+    write_parquet(judged_responses([T, F], [5, 6]), responses)
+    write_json(evaluation_metrics(judged_responses([T, F], [5, 6])), metrics)
+    write_parquet(scored_groups(n_groups=2, group_size=2), scored)
+    write_json({"global_step": 1, "train_runtime": 1.0, "log_history": [{"step": 1, "loss": 1.0}]},
+               tmp_path / "trained" / "train_metrics.json")
+    return {"models": [names["model"]], "testsets": [names["testsets"]], "scored": {names["scored"]: str(scored)},
+            "evaluations": [{"model": names["model"], "testset": names["testsets"], "metrics": str(metrics),
+                             "responses": str(responses)}],
+            "trained": [{"train_set": names["train_set"], "model": names["model"], "student": "student",
+                         "objective": "sft", "path": str(tmp_path / "trained")}]}
+
+
+@pytest.mark.failure_mode(
+    "advdistill report called with a plan whose scored dataset, test set or trained run's train_set or model is no "
+    "safe file name ('../../x', '..', '.x', '-x', 'a/b', a trailing newline)",
+    sees="report stops (exit 2): --plan <key>: '<name>' is not a safe name, with the rule a safe name follows",
+    kept="everything; no file is read or written, inside --out-dir or outside it")
+@pytest.mark.parametrize("key, where", [("scored", "--plan scored:"), ("testsets", "--plan testsets[0]:"),
+                                        ("train_set", "--plan trained[0].train_set:"),
+                                        ("model", "--plan trained[0].model:")])
+@pytest.mark.parametrize("name", ["../../../../escaped", "..", ".hidden", "-x", "a/b", "arith\n", "a@.."])
+def test_a_plan_name_that_is_no_safe_file_name_is_refused_before_anything_is_written(capsys, tmp_path, key, where,
+                                                                                      name):
+    """The names become parts of the plots' file names, and writing creates missing folders: '../../../../escaped'
+    used to write escaped.png beside the report's folder."""
+    from tests.helpers import run_cli
+
+    plan = json.dumps(plan_naming(tmp_path, key, name))
+    out_dir = tmp_path / "run" / "report"
+    out_dir.parent.mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    code, err = run_cli(capsys, "report", "--plan", plan, "--out-dir", out_dir)
+    assert code == 2 and f"{where} {name!r} is not a safe name" in err and "Traceback" not in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_trained_run_of_a_variant_and_seed_names_its_plots(tmp_path):
+    """Its name joins config names with '@', as the workflow writes it: one path component all the same."""
+    run_report(plan_naming(tmp_path, "model", "student-sft@lam0.5@seed7"), tmp_path / "report")
+    plots = tmp_path / "report" / "plots"
+    assert (plots / "loss_terms_arith_student-sft@lam0.5@seed7.png").is_file()
+    assert (plots / "curves_arith_student-sft@lam0.5@seed7.png").is_file()
 
 
 CONFIG_BYTES = b'{"model_type": "qwen2", "hidden_size": 32}\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,7 @@ from advdistill.report.tables import (
     stage_costs,
     training_compute,
 )
+from advdistill.schema import load_schema
 
 # Per-response columns of responses.parquet the report reads: outcomes for the paired tests, lengths for the plots.
 RESPONSE_COLUMNS = {"prompt_id": pl.String, "sample_idx": pl.Int64, "n_tokens": pl.Int64, "correct": pl.Boolean}
@@ -152,6 +154,11 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     return atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
+# A name as the config schema allows it, one path component; a trained run's name joins such names with '@' (its
+# variant and seed), as the workflow's model wildcard takes it.
+NAME = load_schema()["$defs"]["name"]["pattern"].removeprefix("^").removesuffix("$")
+RUN_NAME = f"{NAME}(@{NAME})*"
+
 PLAN_SECTIONS = {"models": list, "testsets": list, "evaluations": list, "scored": dict}
 OPTIONAL_PLAN_SECTIONS = {"trained": list, "provenance": list, "benchmarks": dict, "run": dict}
 PLAN_ENTRY_KEYS = {"evaluations": ("model", "testset", "metrics", "responses"),
@@ -159,8 +166,9 @@ PLAN_ENTRY_KEYS = {"evaluations": ("model", "testset", "metrics", "responses"),
 
 
 def check_plan(plan: dict[str, Any]) -> None:
-    """The report rule writes the plan; a hand-written one that lacks a part is named here, before any file is
-    read (``trained``, ``provenance``, ``benchmarks`` and ``run`` may be absent)."""
+    """The report rule writes the plan; a hand-written one that lacks a part, or holds a name that is no safe file
+    name, is named here, before any file is read or written (``trained``, ``provenance``, ``benchmarks`` and ``run``
+    may be absent)."""
     present = {section: kind for section, kind in OPTIONAL_PLAN_SECTIONS.items() if section in plan}
     for section, kind in {**PLAN_SECTIONS, **present}.items():
         if not isinstance(plan.get(section), kind):
@@ -176,6 +184,21 @@ def check_plan(plan: dict[str, Any]) -> None:
     if not isinstance(run.get("name", ""), str) or not (isinstance(files, list) and all(isinstance(f, str)
                                                                                          for f in files)):
         raise InputError("--plan: 'run' must have a string 'name' and an array of strings 'config_files'")
+    for where, name, pattern in plan_file_names(plan):
+        if not (isinstance(name, str) and re.fullmatch(pattern, name)):
+            joined = ", or such names joined by '@' (its variant and seed)" if pattern == RUN_NAME else ""
+            raise InputError(f"--plan {where}: {name!r} is not a safe name: the report's file names hold it, so it "
+                             f"must be {load_schema()['$defs']['name']['description']}{joined}")
+
+
+def plan_file_names(plan: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Every value of a well-formed ``plan`` that becomes part of a file name under --out-dir (the plots'), as
+    (where in the plan, value, the pattern it must match). Writing creates missing folders, so a name such as
+    ``../../x`` would put a plot outside --out-dir."""
+    return [*(("scored", dataset, NAME) for dataset in plan["scored"]),
+            *((f"testsets[{i}]", testset, NAME) for i, testset in enumerate(plan["testsets"])),
+            *((f"trained[{i}].{key}", run[key], pattern) for i, run in enumerate(plan.get("trained", []))
+              for key, pattern in (("train_set", NAME), ("model", RUN_NAME)))]
 
 
 def plan_inputs(plan: dict[str, Any]) -> list[tuple[str, Path]]:
