@@ -142,15 +142,15 @@ def run_bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapCon
     if missed:
         raise TrainingError(f"snapshot step(s) {', '.join(map(str, missed))} not reached: the bootstrap run took "
                             f"{metrics['global_step']} steps (its optim.max_steps or epochs)")
+    metrics["parameters"] = sum(p.numel() for p in model.parameters())
+    metrics["snapshot_steps"] = sorted(snapshots.weights)
     with atomic_directory(out, "bootstrap-model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for step, weights in snapshots.weights.items():
             model.save_pretrained(snapshot_folder(tmp, step), state_dict=weights)
             tokenizer.save_pretrained(snapshot_folder(tmp, step))
-    metrics["parameters"] = sum(p.numel() for p in model.parameters())
-    metrics["snapshot_steps"] = sorted(snapshots.weights)
-    write_json(metrics, out / "bootstrap_metrics.json")
+        write_json(metrics, tmp / "bootstrap_metrics.json")
     return metrics
 
 

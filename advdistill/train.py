@@ -94,11 +94,13 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
                     "precision": resolve_precision(cfg.precision, model.config.hidden_size), "processes": trainer.accelerator.num_processes,
                     "fsdp": trainer.is_fsdp_enabled})
     if trainer.is_world_process_zero():
+        # the metrics go in with the model, and the checkpoints only once both are in place: a job killed between
+        # the two would leave a model without its metrics, and nothing to resume from
         with atomic_directory(out, "train") as tmp:
             save_student(model, tmp, state, saved_dtype)
             tokenizer.save_pretrained(tmp)
+            write_json(metrics, tmp / "train_metrics.json")
         shutil.rmtree(checkpoints)
-        write_json(metrics, out / "train_metrics.json")
         log.info("%s: trained on %d items (%d held out), %d responses truncated", objective, len(train_items),
                  len(eval_items), truncated)
     trainer.accelerator.wait_for_everyone()

@@ -178,6 +178,24 @@ def test_no_kept_groups_is_a_clear_error(tiny_model_dir, synthetic_rows, rows_fi
                      PromptConfig(), 0, tmp_path / "out", tmp_path / "ck")
 
 
+def test_a_job_killed_after_its_model_is_in_place_leaves_its_metrics_and_checkpoints(
+        tiny_model_dir, synthetic_rows, rows_file, tmp_path, monkeypatch):
+    """The metrics go into the model folder before it moves into place, and the checkpoints go only after: a kill
+    in between left a model folder without train_metrics.json (the report failed) and nothing to resume from."""
+    import advdistill.train as train_module
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(str(tiny_model_dir), rows_file, write_scored_table(tmp_path, synthetic_rows), "sft",
+                  TrainingConfig(optim=TINY_OPTIM), PromptConfig(), 0, tmp_path / "out", tmp_path / "checkpoints")
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "out" / "train_metrics.json").read_text())["objective"] == "sft"
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "checkpoints").is_dir()
+
+
 @pytest.mark.failure_mode(
     "rerun after a config edit finds checkpoints of another run",
     sees="the run starts from the student base (INFO line)",
