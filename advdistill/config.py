@@ -229,7 +229,6 @@ class TrainingConfig:
     validation_fraction: float = 0.05
     nonfinite_loss: str = "error"
     precision: str = "auto"
-    match_steps: bool = False
     gradient_checkpointing: bool = False
     processes: int = 1
     fsdp: bool = False

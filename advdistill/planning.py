@@ -331,15 +331,29 @@ def check_configfile_options(argv: list[str]) -> None:
                           "config/ablation.yaml)")
 
 
+def check_removed_keys(config: dict[str, Any]) -> None:
+    """Keys of earlier versions are named with what became of them, not as unknown keys."""
+    if "report_name" in config:
+        raise ConfigError("config report_name: replaced by run_name, the folder results/<run_name> that holds every "
+                          "output of a run, its report in results/<run_name>/report")
+    trainings = {"training": config.get("training")}
+    variants = config.get("variants")
+    if isinstance(variants, dict):  # a malformed one is named by the schema
+        trainings.update({f"variants.{name}.training": variant.get("training")
+                          for name, variant in variants.items() if isinstance(variant, dict)})
+    for key, training in trainings.items():
+        if isinstance(training, dict) and "match_steps" in training:
+            raise ConfigError(f"config {key}.match_steps: removed: SFT and AdvDistill take the same optimizer steps "
+                              "anyway, since training.optim.per_device_batch_size counts prompts for both; delete it")
+
+
 @stop_on_config_error
 def check_config(config: dict[str, Any], config_files: Iterable[str | Path], command_line: Any = None) -> None:
     """Every planning check of the config itself, in order; fills in the schema's defaults. ``command_line`` is the
     ``--config`` mapping, whose nested text values get their schema type first (:func:`type_command_line_values`)."""
     for path in config_files:
         read_config_file(path)
-    if "report_name" in config:
-        raise ConfigError("config report_name: replaced by run_name, the folder results/<run_name> that holds every "
-                          "output of a run, its report in results/<run_name>/report")
+    check_removed_keys(config)
     type_command_line_values(config, command_line or {})
     validate(config, set_defaults=True)
     check_stage_sections(config)

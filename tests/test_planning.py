@@ -253,8 +253,8 @@ def set_key(path, value):
     (set_key(("students", 0, "name"), "-student"), "config students[0].name: '-student' is not a name"),
     (add_student("student-sft"), "config students[0].objectives ('sft', trained as 'student-sft') and "
                                  "students[1].name both give the model name 'student-sft'"),
-    (set_key(("teacher", "name"), "student-base"), "config teacher.name and students[0].name (its base model "
-                                                   "'student-base') both give the model name 'student-base'"),
+    (set_key(("teacher", "name"), "student-base"), "config teacher.name: 'student-base' ends in '-base', the name of "
+                                                   "student 'student's base model"),
     (set_key(("variants",), {"../up": {"training": {"loss": {"lam": 0.0}}}}),
      "config variants: key '../up' is not a name used as one path component"),
     (set_key(("variants",), {"seed3": {"training": {"loss": {"lam": 0.0}}}}),
@@ -267,6 +267,10 @@ def set_key(path, value):
     (set_key(("score", "min_correct"), 4), "config score.min_correct: 4 is above sampling.n_samples 3"),
     (set_key(("plain_runs",), False), "config plain_runs: false trains the variants only, but there are no variants"),
     (set_key(("report_name",), "sweep"), "config report_name: replaced by run_name, the folder results/<run_name>"),
+    (set_key(("training", "match_steps"), True), "config training.match_steps: removed: SFT and AdvDistill take the "
+                                                 "same optimizer steps anyway"),
+    (set_key(("variants",), {"long": {"training": {"match_steps": False}}}),
+     "config variants.long.training.match_steps: removed"),
     (set_key(("upstream_run",), "elsewhere"), "config upstream_run: 'elsewhere' has no record "
                                               "results/elsewhere/run.json; run that configuration first"),
     (set_key(("upstream_run",), "test_basic"), "config upstream_run: 'test_basic' is this run itself (run_name)"),
@@ -307,10 +311,10 @@ def set_key(path, value):
      "config variants.low.control: 'ref' does not train ['advdistill'], which 'low' trains; a control must train "
      "the same objective"),
 ], ids=["unknown-reward", "zero-weights", "greedy-samples", "scheduler", "seed-high", "seed-negative", "dot-dot-name",
-        "split-path", "dash-name", "student-sft-collision", "teacher-base-collision", "variant-path",
+        "split-path", "dash-name", "student-sft-collision", "teacher-named-as-a-base", "variant-path",
         "variant-seedlike", "variant-unknown-key", "variant-bad-value", "repeated-seed", "min-correct-above-samples",
         "variants-only-none",
-        "report-name-replaced", "upstream-never-run", "upstream-itself",
+        "report-name-replaced", "match-steps-removed", "variant-match-steps-removed", "upstream-never-run", "upstream-itself",
         "paper-unknown-model", "missing-local-release", "missing-local-model", "empty-local-model",
         "broken-local-model", "file-name-too-long",
         "model-source-a-file", "dataset-source-a-folder",

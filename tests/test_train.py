@@ -29,7 +29,7 @@ from advdistill.training.groups import (
     split_validation,
 )
 from advdistill.training.tokens import TokenizedPair, tokenize_pairs
-from advdistill.training.trainer import advdistill_steps, build_trainer, fit, train_model
+from advdistill.training.trainer import build_trainer, fit, train_model
 
 TINY_OPTIM = OptimConfig(learning_rate=1e-3, max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
                          max_seq_length=128, save_steps=2, logging_steps=1)
@@ -408,8 +408,8 @@ def test_advdistill_with_one_hot_weights_and_no_contrastive_term_is_sft_on_the_b
 
 def test_both_objectives_take_the_same_optimizer_steps_on_the_same_groups(tiny_model_dir, synthetic_rows, tmp_path):
     """per_device_batch_size counts prompts for both objectives: 7 groups, 2 per micro-batch, 2 micro-batches per
-    step, 2 epochs are 2 * ceil(ceil(7 / 2) / 2) = 4 steps of AdvDistill and of SFT on their best responses, and
-    training.match_steps leaves SFT at 4 (AdvDistill used to take one group per micro-batch: 8 steps here)."""
+    step, 2 epochs are 2 * ceil(ceil(7 / 2) / 2) = 4 steps of AdvDistill and of SFT on their best responses
+    (AdvDistill used to take one group per micro-batch: 8 steps here)."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     train = synthetic_rows[0].head(7)
     rows = [{"prompt_id": pid, "sample_idx": idx, "kept": True, "correct": idx == 0,
@@ -419,16 +419,13 @@ def test_both_objectives_take_the_same_optimizer_steps_on_the_same_groups(tiny_m
     optim = OptimConfig(**{**TINY_OPTIM.__dict__, "max_steps": -1, "epochs": 2, "per_device_batch_size": 2,
                            "gradient_accumulation_steps": 2, "logging_steps": 100})
 
-    def steps(objective: str, match: bool) -> int:
+    def steps(objective: str) -> int:
         items = best_pairs(groups) if objective == "sft" else groups
-        cfg = TrainingConfig(optim=optim, match_steps=match, loss=LossConfig(backend="torch"))
+        cfg = TrainingConfig(optim=optim, loss=LossConfig(backend="torch"))
         return train_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, objective, items, cfg,
-                           tmp_path / f"{objective}-{match}", seed=0, save_checkpoints=False)["global_step"]
+                           tmp_path / objective, seed=0, save_checkpoints=False)["global_step"]
 
-    assert steps("advdistill", False) == 4 == advdistill_steps(7, TrainingConfig(optim=optim))
-    assert steps("sft", False) == 4
-    assert steps("sft", True) == 4
-    assert advdistill_steps(7, TrainingConfig(optim=optim, processes=2)) == 2 * 1
+    assert steps("advdistill") == steps("sft") == 4
 
 
 @pytest.mark.failure_mode(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -218,16 +217,6 @@ def check_launch(processes: int) -> None:
                             "(the train rule does) or set training.processes to match")
 
 
-def advdistill_steps(groups: int, cfg: TrainingConfig) -> int:
-    """Optimizer steps of an AdvDistill run on ``groups`` groups (``per_device_batch_size`` per micro-batch; SFT
-    takes as many on the same groups' best responses), counted as the Trainer counts them: per process
-    ``ceil(ceil(groups / per_device_batch_size) / processes)`` micro-batches, ``ceil(.. / accumulation)`` steps
-    per epoch (at least one), ``ceil(epochs * that)`` in all."""
-    micro_batches = math.ceil(math.ceil(groups / cfg.optim.per_device_batch_size) / cfg.processes)
-    per_epoch = max(math.ceil(micro_batches / cfg.optim.gradient_accumulation_steps), 1)
-    return math.ceil(cfg.optim.epochs * per_epoch)
-
-
 def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_items: Sequence[Any],
                   cfg: TrainingConfig, checkpoints: Path, seed: int, eval_items: Sequence[Any] = (),
                   save_checkpoints: bool = True, run_name: str | None = None,
@@ -243,10 +232,6 @@ def build_trainer(model: PreTrainedModel, tokenizer: Any, objective: str, train_
         log.info("training.precision auto: %s for this %d-wide student on this machine", precision,
                  model.config.hidden_size)
         cfg = dataclasses.replace(cfg, precision=precision)
-    if objective == "sft" and cfg.match_steps and cfg.optim.max_steps <= 0:
-        steps = advdistill_steps(len(train_items), cfg)
-        log.info("training.match_steps: SFT takes the %d optimizer steps AdvDistill takes on these groups", steps)
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=steps))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
