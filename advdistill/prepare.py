@@ -18,10 +18,14 @@ log = logging.getLogger(__name__)
 
 def prepare_split(adapter: str, source: str, split: str, options: dict[str, Any], out: Path,
                   report_path: Path, name: str | None = None) -> pl.DataFrame:
-    """Normalise one split to ``out`` (rows parquet) and write its skipped-rows report."""
+    """Normalise one split to ``out`` (rows parquet) and write its skipped-rows report; the log gives each skip
+    reason in one line, with its count and where its first record was read."""
     frame, report = normalise_split(get_adapter(adapter, source, options, name), split, name or adapter)
     write_parquet(frame, out)
     write_json(report.to_json(), report_path)
-    log.info("%s/%s: kept %d of %d rows; skipped %s", report.dataset, split, report.rows_kept,
-             report.rows_read, dict(report.skipped) or "none")
+    log.info("%s/%s: kept %d of %d rows from %s", report.dataset, split, report.rows_kept, report.rows_read,
+             report.source)
+    for reason, count in sorted(report.skipped.items()):
+        log.info("%s/%s: skipped %d as %s, first at %s", report.dataset, split, count, reason,
+                 report.examples[reason].where)
     return frame

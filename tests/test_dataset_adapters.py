@@ -1,6 +1,7 @@
 """Release-file adapters on fixtures written in each official layout, and on the real files when present."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -219,6 +220,70 @@ def test_parquet_release_file_and_a_corrupt_one(capsys, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"advdistill prepare: error: {corrupt}: not a readable parquet file (")
     assert files_under(tmp_path) == {"mmlu.parquet", "corrupt.parquet"}
+
+
+GOOD_GSM8K = {"question": "Tom has 3 and buys 2?", "answer": "3 + 2 = 5\n#### 5"}
+
+
+def test_skip_examples_name_the_line_of_the_file_not_the_record_count(tmp_path):
+    lines = [json.dumps(GOOD_GSM8K), "", json.dumps({**GOOD_GSM8K, "question": None}), "", "  ", "{not json",
+             json.dumps({**GOOD_GSM8K, "answer": "no final answer"}), json.dumps({**GOOD_GSM8K, "question": None})]
+    source = tmp_path / "train.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    _, report = normalise_split(get_adapter("gsm8k", str(source)), "train", "gsm8k")
+    examples = report.to_json()["first_skipped_row_by_reason"]
+    assert {reason: example.split(": ")[0] for reason, example in examples.items()} == {
+        "missing_question": "train.jsonl line 3", "malformed_json": "train.jsonl line 6",
+        "missing_final_answer": "train.jsonl line 7"}
+    assert examples["missing_final_answer"].endswith("'no final answer'}")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_skip_examples_of_json_and_parquet_files_name_the_record(tmp_path, suffix):
+    records = [GOOD_GSM8K, {**GOOD_GSM8K, "question": None}, GOOD_GSM8K, {**GOOD_GSM8K, "answer": "no final"}]
+    source = tmp_path / f"test{suffix}"
+    if suffix == ".json":
+        source.write_text(json.dumps({"data": records}, indent=2))
+    else:
+        pl.DataFrame(records).write_parquet(source)
+    _, report = normalise_split(get_adapter("gsm8k", str(source)), "test", "gsm8k")
+    examples = report.to_json()["first_skipped_row_by_reason"]
+    assert {reason: example.split(": ")[0] for reason, example in examples.items()} == {
+        "missing_question": f"test{suffix} record 1", "missing_final_answer": f"test{suffix} record 3"}
+
+
+def test_prepare_logs_each_skip_reason_with_its_first_example(capsys, caplog, tmp_path):
+    source = tmp_path / "gsm8k.jsonl"
+    source.write_text("\n".join([json.dumps(GOOD_GSM8K), "", "{not json", json.dumps({**GOOD_GSM8K, "question": None}),
+                                 json.dumps({**GOOD_GSM8K, "question": None})]) + "\n")
+    out = tmp_path / "out" / "test.parquet"
+    with caplog.at_level(logging.INFO, logger="advdistill.prepare"):
+        code, err = run_cli(capsys, "prepare", "--dataset", "gsm8k", "--source", source, "--split", "test",
+                            "--out", out)
+    assert code == 0 and "Traceback" not in err
+    assert [r.getMessage() for r in caplog.records if r.name == "advdistill.prepare"] == [
+        f"gsm8k/test: kept 1 of 4 rows from {source}",
+        "gsm8k/test: skipped 1 as malformed_json, first at gsm8k.jsonl line 3",
+        "gsm8k/test: skipped 2 as missing_question, first at gsm8k.jsonl line 4"]
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["skipped_by_reason"] == {"malformed_json": 1, "missing_question": 2}
+    assert report["first_skipped_row_by_reason"]["missing_question"].startswith("gsm8k.jsonl line 4: {")
+
+
+def test_json_release_file_skips_the_records_that_repeat_a_key(tmp_path):
+    records = [json.dumps(GOOD_GSM8K), '{"question": "first", "question": "second", "answer": "#### 5"}',
+               '{"question": "q", "answer": "#### 6", "meta": [{"n": 1, "n": 2}]}',
+               json.dumps({**GOOD_GSM8K, "question": "Ann has 3 and buys 2?"})]
+    source = tmp_path / "gsm8k.json"
+    source.write_text('{"data": [' + ",\n".join(records) + "]}")
+    rows, report = normalise_split(get_adapter("gsm8k", str(source)), "test", "gsm8k")
+    assert rows["question"].to_list() == ["Tom has 3 and buys 2?", "Ann has 3 and buys 2?"]
+    assert report.skipped == {"repeated_key": 2}
+    assert report.to_json()["first_skipped_row_by_reason"]["repeated_key"].startswith("gsm8k.json record 1: ")
+    top = tmp_path / "top.json"
+    top.write_text('{"data": [], "data": [' + records[0] + "]}")
+    with pytest.raises(DatasetError, match=r"^dataset 'gsm8k': .*top\.json gives key 'data' twice at its top level"):
+        normalise_split(get_adapter("gsm8k", str(top)), "test", "gsm8k")
 
 
 def test_unknown_option_stops_prepare_before_anything_is_written(capsys, tmp_path):

@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 
+from advdistill.datasets.sources import Located, MalformedRecord
 from advdistill.errors import BadRow, ConfigError, DatasetError, InputError
 from advdistill.io import read_parquet
 from advdistill.schema import is_encodable
@@ -92,6 +93,18 @@ def describe(expected: Any) -> str:
     return str(expected) if typing.get_origin(expected) else expected.__name__
 
 
+@dataclass(frozen=True)
+class SkipExample:
+    """The first record skipped for a reason: where it was read (``train.jsonl line 7``) and its first 200
+    characters."""
+
+    where: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.text}"
+
+
 @dataclass
 class PrepareReport:
     dataset: str
@@ -100,7 +113,7 @@ class PrepareReport:
     rows_read: int = 0
     rows_kept: int = 0
     skipped: Counter = field(default_factory=Counter)
-    examples: dict[str, str] = field(default_factory=dict)
+    examples: dict[str, SkipExample] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,7 +124,7 @@ class PrepareReport:
             "rows_kept": self.rows_kept,
             "rows_skipped": sum(self.skipped.values()),
             "skipped_by_reason": dict(sorted(self.skipped.items())),
-            "first_skipped_row_by_reason": self.examples,
+            "first_skipped_row_by_reason": {reason: str(example) for reason, example in self.examples.items()},
         }
 
 
@@ -139,8 +152,9 @@ class DatasetAdapter(abc.ABC):
         return ConfigError(f"datasets.{self.dataset}.options.{key}: {problem}")
 
     @abc.abstractmethod
-    def records(self, split: str) -> Iterable[dict[str, Any]]:
-        """Raw records of ``split`` in the dataset's own layout."""
+    def records(self, split: str) -> Iterable[dict[str, Any] | Located]:
+        """Raw records of ``split`` in the dataset's own layout. A record may come :class:`Located`, so that a skip
+        names the file and line it was read from; a bare record is named by its position."""
 
     @abc.abstractmethod
     def normalise(self, record: dict[str, Any], index: int, split: str) -> dict[str, Any]:
@@ -191,10 +205,11 @@ def normalise_split(
     report = PrepareReport(dataset=dataset, split=split, source=adapter.source)
     rows: list[dict[str, Any]] = []
     seen_ids: set[str] = set()
-    for index, record in enumerate(_records_or_error(adapter, split)):
+    for index, item in enumerate(_records_or_error(adapter, split)):
+        where, record = (item.where, item.record) if isinstance(item, Located) else (f"record {index}", item)
         report.rows_read += 1
         try:
-            if hasattr(record, "reason") and hasattr(record, "line"):  # a MalformedRecord from sources.py
+            if isinstance(record, MalformedRecord):
                 raise BadRow(record.reason)
             if not isinstance(record, dict):
                 raise BadRow("not_a_record")
@@ -204,7 +219,7 @@ def normalise_split(
         except BadRow as err:
             reason = str(err)
             report.skipped[reason] += 1
-            report.examples.setdefault(reason, f"record {index}: {str(record)[:200]}")
+            report.examples.setdefault(reason, SkipExample(where, str(record)[:200]))
             continue
         seen_ids.add(row["id"])
         rows.append({**row, "split": split})
