@@ -16,15 +16,16 @@ import json
 import os
 import platform
 import re
+import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from advdistill import __version__
 from advdistill.io import manifest_path, write_json
+from advdistill.paths import write_text_atomically
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_SUFFIXES = {".py", ".cpp"}
@@ -78,8 +79,35 @@ def container_image() -> str | None:
     return os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
 
 
-def digest_cache_dir() -> Path:
-    return Path(tempfile.gettempdir()) / "advdistill-image-digests"
+def digest_cache_dir() -> Path | None:
+    """The user's own folder of image digests: ``$XDG_CACHE_HOME/advdistill/image-digests``, else
+    ``~/.cache/advdistill/image-digests`` (``None`` where no home folder is known). In an Apptainer container the
+    home folder is the host's, bound by default."""
+    if os.path.isabs(os.environ.get("XDG_CACHE_HOME", "")):
+        root = Path(os.environ["XDG_CACHE_HOME"])
+    else:
+        try:
+            root = Path.home() / ".cache"
+        except RuntimeError:
+            return None
+    return root / "advdistill" / "image-digests"
+
+
+def private_cache_dir() -> Path | None:
+    """:func:`digest_cache_dir`, created with mode 0700 where missing, if it is a real folder of this user that no
+    one else may write into (``None`` otherwise): a digest planted there by another user would forge a stage's
+    provenance."""
+    folder = digest_cache_dir()
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        return None
+    return folder
 
 
 def file_sha256(path: Path) -> str:
@@ -92,17 +120,22 @@ def file_sha256(path: Path) -> str:
 
 def image_digest(image: str) -> str | None:
     """sha256 of an image file, or None where it is no file here (a sandbox folder, a path not bound into the
-    container). Images weigh gigabytes and every stage asks, so a digest is cached in the temporary folder,
-    keyed by the file's real path, size and modification time: a rebuilt image gets a new key."""
+    container). Images weigh gigabytes and every stage asks, so a digest is cached in the user's own cache folder
+    (:func:`private_cache_dir`), keyed by the file's real path, size and modification time: a rebuilt image gets a
+    new key. A digest is written to a new file of a random name and moved into place, so no link at a name the cache
+    uses is ever written through."""
     path = Path(image)
     try:
-        stat = path.stat()
+        info = path.stat()
     except OSError:
         return None
     if not path.is_file():
         return None
-    key = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
-    cached = digest_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()}.sha256"
+    folder = private_cache_dir()
+    if folder is None:
+        return file_sha256(path)
+    key = f"{path.resolve()}\0{info.st_size}\0{info.st_mtime_ns}"
+    cached = folder / f"{hashlib.sha256(key.encode()).hexdigest()}.sha256"
     try:
         value = cached.read_text().strip()
         if re.fullmatch(r"[0-9a-f]{64}", value):
@@ -111,12 +144,9 @@ def image_digest(image: str) -> str | None:
         pass
     value = file_sha256(path)
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(f"{cached.name}.{os.getpid()}")
-        partial.write_text(value + "\n")
-        partial.replace(cached)
+        write_text_atomically(cached, value + "\n")
     except OSError:
-        pass  # no writable temporary folder: the digest is still right, only not cached
+        pass  # a full or read-only cache: the digest is still right, only not cached
     return value
 
 

@@ -4,7 +4,8 @@
 configuration before it spends GPU hours: every rule runs with the configuration's own settings except those an
 extra config file, ``results/<run_name>-rehearsal/rehearsal.yaml``, overrides:
 
-- ``run_name``: ``<run_name>-rehearsal``, so the rehearsal never touches the real run's folder;
+- ``run_name``: ``<run_name>-rehearsal``, so the rehearsal never touches the real run's folder (a real run of
+  that name, whose ``run.json`` is not a rehearsal's, stops it: :func:`check_rehearsal_folder`);
 - ``local_sources``: each Qwen2.5 hub id the configuration loads maps to a stand-in (:mod:`advdistill.standin`),
   built in ``results/<run_name>-rehearsal/standins`` from the training rows; datasets load as the configuration
   says, or from the local copies of ``--sources`` (an offline file: its model entries are left out);
@@ -30,8 +31,9 @@ from typing import Any
 import yaml
 
 from advdistill.errors import AdvDistillError, ConfigError
+from advdistill.paths import write_text_atomically
 from advdistill.planning import labelled_models
-from advdistill.runs import run_folder
+from advdistill.runs import config_file_names, read_record, record_path, run_folder
 from advdistill.schema import read_config_file, validate
 
 SUFFIX = "-rehearsal"
@@ -136,7 +138,7 @@ def build_standins(config: dict[str, Any], rows: list[list[dict[str, Any]]], fol
             build_standin(hub_id, tokenizer, pretrain, prompt, config["seed"], built[hub_id])
     finally:
         torch.set_num_threads(threads)
-    key_file.write_text(key)
+    write_text_atomically(key_file, key)
     return {hub_id: str(path) for hub_id, path in built.items()}
 
 
@@ -146,12 +148,30 @@ def prepare_rehearsal(config_file: str | Path, local_sources: dict[str, Any] | N
     config = read_config(config_file)
     datasets = dataset_sources(config, local_sources or {})
     folder = run_folder(rehearsal_name(config))
-    standins = build_standins(config, training_rows(config, datasets), folder / "standins")
     overrides = folder / "rehearsal.yaml"
-    overrides.write_text("# written by advdistill.rehearsal: the sizes and sources of a rehearsal on stand-ins\n"
-                         + yaml.safe_dump({"run_name": rehearsal_name(config),
-                                           "local_sources": {**datasets, **standins}, **SIZES}, sort_keys=False))
+    check_rehearsal_folder(config, overrides)
+    standins = build_standins(config, training_rows(config, datasets), folder / "standins")
+    settings = {"run_name": rehearsal_name(config), "local_sources": {**datasets, **standins}, **SIZES}
+    write_text_atomically(overrides, "# written by advdistill.rehearsal: the sizes and sources of a rehearsal on "
+                                     "stand-ins\n" + yaml.safe_dump(settings, sort_keys=False))
     return overrides
+
+
+def check_rehearsal_folder(config: dict[str, Any], overrides: Path) -> None:
+    """The rehearsal's folder holds no real run: a configuration whose run_name is itself ``<run_name>-rehearsal``
+    runs there too, and the rehearsal would write into its results. A run's record (``run.json``) there must be a
+    rehearsal's, which names ``overrides`` among its config files (``--configfile CONFIG OVERRIDES``; named as the
+    record names it, through its folder: the file itself is about to be replaced)."""
+    name = rehearsal_name(config)
+    record = read_record(name)
+    ours = (Path(config_file_names([overrides.parent])[0]) / overrides.name).as_posix()
+    if record is None or ours in record.get("config_files", []):
+        return
+    raise ConfigError(
+        f"config run_name: {run_folder(name)} holds the results of another run ({record_path(name)}: config files "
+        f"{', '.join(record.get('config_files', [])) or 'none'}), not of a rehearsal of '{config['run_name']}', which "
+        f"would write its stand-ins and outputs there. Rehearse it under another run_name, or move {run_folder(name)} "
+        "away")
 
 
 def snakemake_command(config_file: str | Path, overrides: Path, cores: str) -> list[str]:

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -137,13 +138,25 @@ def test_wheel_index_lists_each_project(tmp_path):
 
 @pytest.fixture
 def image(tmp_path, monkeypatch):
-    """A small stand-in image file, named by APPTAINER_CONTAINER as inside a container, and a private temp dir."""
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    """A small stand-in image file, named by APPTAINER_CONTAINER as inside a container, and a private home and cache
+    folder (the digest cache is the user's)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = tmp_path / "advdistill-cpu_0.1.0.sif"
     path.write_bytes(b"SIF image bytes")
     monkeypatch.setenv("APPTAINER_CONTAINER", str(path))
     return path
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """The files :func:`advdistill.provenance.image_digest` hashes (and does not take from its cache)."""
+    from advdistill import provenance
+
+    files = []
+    real = provenance.file_sha256
+    monkeypatch.setattr(provenance, "file_sha256", lambda path: files.append(path) or real(path))
+    return files
 
 
 def test_manifest_records_the_image_digest_and_the_report_shows_it(image, tmp_path):
@@ -157,16 +170,97 @@ def test_manifest_records_the_image_digest_and_the_report_shows_it(image, tmp_pa
     assert row["container"] == str(image) and row["container_sha256"] == digest[:12]
 
 
-def test_image_digest_is_cached_until_the_image_changes(image, monkeypatch):
+def test_image_digest_is_cached_in_a_private_folder_until_the_image_changes(image, hashed):
+    from advdistill.provenance import image_digest
+
+    digest = hashlib.sha256(b"SIF image bytes").hexdigest()
+    assert image_digest(str(image)) == image_digest(str(image)) == digest
+    assert hashed == [image]
+    image.write_bytes(b"rebuilt image")
+    assert image_digest(str(image)) == hashlib.sha256(b"rebuilt image").hexdigest()
+    assert hashed == [image, image]
+    cache = image.parent / "cache" / "advdistill" / "image-digests"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert sorted(f.read_text() for f in cache.iterdir()) == sorted(
+        [digest + "\n", hashlib.sha256(b"rebuilt image").hexdigest() + "\n"])  # no partial file left
+
+
+def test_image_digest_cache_defaults_to_the_home_folder(image, hashed, tmp_path, monkeypatch):
+    from advdistill.provenance import image_digest
+
+    monkeypatch.chdir(tmp_path)
+    for xdg in (None, "", "relative/cache"):  # unset, empty or relative: ignored, as the XDG specification says
+        if xdg is None:
+            monkeypatch.delenv("XDG_CACHE_HOME")
+        else:
+            monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert image_digest(str(image)) == hashlib.sha256(b"SIF image bytes").hexdigest()
+    assert len(hashed) == 1
+    assert len(list((tmp_path / "home" / ".cache" / "advdistill" / "image-digests").iterdir())) == 1
+    assert not (tmp_path / "relative").exists()
+
+
+def plant_digest(image):
+    """Cache the image's digest, then replace it with a forged one; the cache folder."""
+    from advdistill.provenance import image_digest
+
+    image_digest(str(image))
+    cache = image.parent / "cache" / "advdistill" / "image-digests"
+    (entry,) = cache.iterdir()
+    entry.write_text("0" * 64 + "\n")
+    return cache
+
+
+@pytest.mark.parametrize("mode", [0o720, 0o702, 0o777], ids=oct)
+def test_a_cache_folder_others_can_write_is_not_trusted(image, hashed, mode):
+    from advdistill.provenance import image_digest
+
+    cache = plant_digest(image)
+    assert image_digest(str(image)) == "0" * 64  # the test plants where a trusted cache is read
+    cache.chmod(mode)
+    assert image_digest(str(image)) == hashlib.sha256(b"SIF image bytes").hexdigest()
+    assert next(cache.iterdir()).read_text() == "0" * 64 + "\n"  # nor written to
+    assert len(hashed) == 2
+
+
+def test_a_cache_folder_of_another_user_or_a_link_is_not_trusted(image, hashed, monkeypatch):
     from advdistill import provenance
 
-    first = provenance.image_digest(str(image))
-    monkeypatch.setattr(provenance, "file_sha256", lambda path: pytest.fail("hashed the image again"))
-    assert provenance.image_digest(str(image)) == first
-    monkeypatch.undo()
-    monkeypatch.setattr("tempfile.tempdir", str(image.parent / "tmp"))
-    image.write_bytes(b"rebuilt image")
-    assert provenance.image_digest(str(image)) == hashlib.sha256(b"rebuilt image").hexdigest()
+    cache = plant_digest(image)
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    assert provenance.image_digest(str(image)) == hashlib.sha256(b"SIF image bytes").hexdigest()
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+    moved = cache.rename(cache.with_name("elsewhere"))
+    cache.symlink_to(moved)
+    assert provenance.image_digest(str(image)) == hashlib.sha256(b"SIF image bytes").hexdigest()
+    assert len(hashed) == 3
+
+
+def test_image_digest_never_writes_through_a_link_in_its_cache(image, tmp_path):
+    from advdistill.provenance import image_digest
+
+    digest = hashlib.sha256(b"SIF image bytes").hexdigest()
+    image_digest(str(image))
+    cache = image.parent / "cache" / "advdistill" / "image-digests"
+    (entry,) = cache.iterdir()
+    entry.unlink()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the victim's own file\n")
+    for name in (entry.name, f"{entry.name}.{os.getpid()}"):  # the digest's name, the old partial file's
+        (cache / name).symlink_to(victim)
+    assert image_digest(str(image)) == digest
+    assert victim.read_text() == "the victim's own file\n"
+    assert not entry.is_symlink() and entry.read_text() == digest + "\n"  # the link replaced, not followed
+
+
+def test_image_digest_without_a_usable_cache_is_still_right(image, hashed, tmp_path, monkeypatch):
+    from advdistill.provenance import image_digest
+
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    assert image_digest(str(image)) == image_digest(str(image)) == hashlib.sha256(b"SIF image bytes").hexdigest()
+    assert len(hashed) == 2
 
 
 def test_no_digest_outside_a_container_or_for_a_sandbox_folder(tmp_path, monkeypatch):

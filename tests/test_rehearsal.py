@@ -9,7 +9,8 @@ paper configs is checked in ``tests/test_memory_plan.py``.
 
 Everything else (responses per prompt, temperature, rewards, learning rate, lambda, tau, precision, few-shot
 turns) is the paper's, so a paper configuration that cannot run fails here. Run with ``pytest -k rehearsal -s``
-to see the wall time of each configuration.
+to see the wall time of each configuration. The checks of the rehearsal's folder (another run's results, links at
+the files it writes) run on stand-ins that cost nothing, and are not slow.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from advdistill import rehearsal
+from advdistill.errors import ConfigError
+from advdistill.runs import write_record
 from tests.helpers import PAPER_CONFIGS, REPO, SHARED_DATA, copy_workflow, file_stamps
-
-pytestmark = pytest.mark.slow
 
 FIXTURES = REPO / "tests" / "fixtures" / "datasets"
 # Dataset hub id -> official file(s) in ../shared/data, and -> fixture in the official layout.
@@ -83,6 +85,7 @@ def workdirs(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paper_config", PAPER_CONFIGS, ids=lambda path: path.stem)
 def test_rehearsal_of_paper_config(paper_config, workdirs, monkeypatch, record_property):
     paper = rehearsal.read_config(paper_config)
@@ -130,3 +133,55 @@ def test_rehearsal_of_paper_config(paper_config, workdirs, monkeypatch, record_p
     paper_accuracy = pl.read_csv(run / "report/paper_accuracy.csv")
     assert paper_accuracy.height == sum(map(len, paper["paper_reference"]["accuracy"].values()))
     assert paper_accuracy["reproduced"].null_count() == 0  # every model the paper reports was evaluated here
+
+
+GSM8K = REPO / "config" / "paper" / "gsm8k.yaml"
+
+
+@pytest.fixture
+def no_standins(monkeypatch):
+    """Stand-ins that cost nothing to build: these tests are about the rehearsal's folder."""
+    monkeypatch.setattr(rehearsal, "build_standins", lambda config, rows, folder: {})
+    monkeypatch.setattr(rehearsal, "training_rows", lambda config, datasets: [])
+
+
+def test_rehearsal_refuses_the_folder_of_a_real_run_of_that_name(tmp_path, monkeypatch, no_standins):
+    monkeypatch.chdir(tmp_path)
+    paper = rehearsal.read_config(GSM8K)
+    (tmp_path / "mine.yaml").write_text("")
+    record = write_record({**paper, "run_name": "gsm8k-rehearsal"}, [tmp_path / "mine.yaml"])  # a real run
+    stamps = file_stamps(tmp_path / "results")
+    with pytest.raises(ConfigError, match=r"config run_name: results/gsm8k-rehearsal holds the results of another "
+                                          r"run \(results/gsm8k-rehearsal/run.json: config files mine.yaml\)"):
+        rehearsal.prepare_rehearsal(GSM8K)
+    assert file_stamps(tmp_path / "results") == stamps and record.is_file()
+
+
+def test_rehearsal_reruns_in_its_own_folder_and_writes_through_no_link(tmp_path, monkeypatch, no_standins):
+    monkeypatch.chdir(tmp_path)
+    paper = rehearsal.read_config(GSM8K)
+    overrides = Path("results", "gsm8k-rehearsal", "rehearsal.yaml")
+    write_record({**paper, "run_name": "gsm8k-rehearsal"}, [GSM8K, overrides])  # an earlier rehearsal's record
+    victim = tmp_path / "victim.yaml"
+    victim.write_text("the user's own file\n")
+    overrides.symlink_to(victim)
+    assert rehearsal.prepare_rehearsal(GSM8K) == overrides
+    assert victim.read_text() == "the user's own file\n"
+    assert not overrides.is_symlink() and yaml.safe_load(overrides.read_text())["run_name"] == "gsm8k-rehearsal"
+
+
+def test_standin_key_is_written_through_no_link(tmp_path, monkeypatch):
+    from advdistill import standin
+
+    monkeypatch.setattr(standin, "standin_tokenizer", lambda rows: None)
+    monkeypatch.setattr(standin, "build_standin", lambda like, tokenizer, rows, prompt, seed, out: out.mkdir())
+    paper = rehearsal.read_config(GSM8K)
+    folder = tmp_path / "standins"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    (folder / "key.txt").symlink_to(victim)
+    rehearsal.build_standins(paper, [[]], folder)
+    assert victim.read_text() == "the user's own file\n"
+    assert not (folder / "key.txt").is_symlink()
+    assert (folder / "key.txt").read_text() == rehearsal.standin_key(paper, [[]])
