@@ -3,6 +3,7 @@ import json
 import polars as pl
 import pytest
 
+from advdistill import prompts
 from advdistill.config import EvaluationConfig, PromptConfig
 from advdistill.evaluate import judge, run_evaluate, with_unanswered_prompts
 from advdistill.io import write_parquet
@@ -22,21 +23,38 @@ def test_judge_marks_correctness_and_format():
     assert judged["predicted"].to_list() == ["4", "y"]
 
 
-def test_few_shot_turns_come_from_training_rows_only(synthetic_rows):
+def test_few_shot_turns_are_training_rows_with_a_worked_solution(synthetic_rows):
     train, test = synthetic_rows
-    shots = choose_few_shot(train.to_dicts(), 2, seed=3)
-    assert shots == choose_few_shot(train.to_dicts(), 2, seed=3)
+    unsolved = [{**row, "id": f"unsolved-{i}", "solution": ""} for i, row in enumerate(test.to_dicts() * 8)]
+    candidates = unsolved + train.to_dicts()  # 128 rows without a solution beside 64 with one
+    shots = choose_few_shot(candidates, 2, seed=3)
+    assert shots == choose_few_shot(candidates, 2, seed=3)
     assert {s["id"] for s in shots} <= set(train["id"])
     messages = build_messages(test.row(0, named=True), few_shot=shots)
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
     assert "<answer>\\boxed{" in messages[1]["content"]
 
 
-def test_evaluate_writes_responses_and_metrics(tiny_model_dir, synthetic_rows, rows_file, tmp_path):
+def test_evaluate_writes_responses_and_metrics(tiny_model_dir, synthetic_rows, rows_file, tmp_path, monkeypatch):
+    import advdistill.evaluate as evaluate_module
+
+    rendered = []
+
+    def render_prompts(*args, **kwargs):
+        rendered.extend(prompts.render_prompts(*args, **kwargs))
+        return rendered[-len(args[0]):]
+
+    monkeypatch.setattr(evaluate_module, "render_prompts", render_prompts)
     write_parquet(synthetic_rows[1], tmp_path / "test.parquet")
     cfg = EvaluationConfig(max_new_tokens=8, batch_size=8)
     metrics = run_evaluate(str(tiny_model_dir), tmp_path / "test.parquet", cfg, PromptConfig(few_shot=1),
                               rows_file, 0, tmp_path / "responses.parquet", tmp_path / "metrics.json")
+    train, test = synthetic_rows
+    assert len(rendered) == test.height
+    for prompt, question in zip(rendered, test["question"]):
+        # its own question, one worked training example, and no other test question
+        assert question in prompt and sum(q in prompt for q in train["question"]) == 1
+        assert sum(q in prompt for q in test["question"]) == 1
     responses = pl.read_parquet(tmp_path / "responses.parquet")
     assert responses.height == synthetic_rows[1].height == metrics["n"]
     assert responses.columns == ["prompt_id", "sample_idx", "response", "n_tokens", "truncated", "predicted",
