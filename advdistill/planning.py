@@ -391,17 +391,16 @@ def params_json(section: Any, store: Path) -> str:
 
 # Resources the SLURM executor writes into the sbatch command line, which it runs through a shell.
 SHELL_METACHARACTERS = set(";|&$`<>()\n\\")
-SUBMITTED_RESOURCES = ("constraint", "qos", "clusters", "gres", "gpu_model")
-
-
 def check_submitted_resources(default: dict[str, Any], per_rule: dict[str, dict[str, Any]]) -> None:
-    """Profile values that reach the submitting host's shell (``slurm_*``, constraint, qos, ...) hold no shell
-    metacharacter: a ``;`` in ``slurm_extra`` would run a command there."""
+    """Text resources of a profile hold no shell metacharacter: the SLURM executor writes them into the sbatch
+    command it hands to a shell on the submitting host (``slurm_*``, constraint, qos, and also tasks, mem_mb_per_cpu,
+    ...), so a ``;`` in one would run a command there. Every text value is checked, since which ones reach that
+    shell is the executor plugin's choice, from version to version."""
     sources = [("default-resources", default)] + [(f"set-resources {rule}", values) for rule, values in
                                                    per_rule.items()]
     for where, values in sources:
         for name, raw in values.items():
-            if not isinstance(raw, str) or not (name.startswith("slurm_") or name in SUBMITTED_RESOURCES):
+            if not isinstance(raw, str):
                 continue
             found = sorted(SHELL_METACHARACTERS & set(raw))
             if found:

@@ -175,11 +175,12 @@ def test_markup_in_config_values_reaches_params_only_as_json_escapes(tmp_path):
     sees="planning stops naming the profile section, the resource, its value and the metacharacters",
     kept="everything; no job is submitted and no command runs on the submitting host")
 @pytest.mark.parametrize("option", [("--default-resources", "slurm_extra='--qos=x; touch pwned'"),
-                                    ("--set-resources", "train:slurm_account='$(touch pwned)'")])
+                                    ("--set-resources", "train:slurm_account='$(touch pwned)'"),
+                                    ("--set-resources", "train:tasks='1;touch pwned'")])
 def test_shell_metacharacters_in_submitted_resources_stop_planning(tmp_path, option):
     result = snakemake(tmp_path, "--configfile", str(CONFIGS[0]), *option)
     output = assert_clean_stop(result)
-    name = "slurm_extra" if "extra" in option[1] else "slurm_account"
+    name = option[1].split("=")[0].split(":")[-1]
     assert re.search(rf"^profile (default-resources|set-resources train): {name} = .* holds the shell "
                      r"metacharacter\(s\) ", output, re.MULTILINE), output[-2000:]
     assert not list(tmp_path.rglob("pwned"))
