@@ -286,6 +286,18 @@ def test_json_release_file_skips_the_records_that_repeat_a_key(tmp_path):
         normalise_split(get_adapter("gsm8k", str(top)), "test", "gsm8k")
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"data": [' + "[" * 100_000 + "]" * 100_000 + "]}", "is nested too deeply to be read as JSON"),
+    ('{"data": [{"question": "q", "answer": "#### ' + "7" * 5000 + '", "n": ' + "7" * 5000 + "}]}",
+     r"cannot be read as JSON \(Exceeds the limit"),
+])
+def test_a_json_release_file_python_cannot_read_is_named_not_a_traceback(tmp_path, text, message):
+    source = tmp_path / "gsm8k.json"
+    source.write_text(text)
+    with pytest.raises(DatasetError, match=rf"^dataset 'gsm8k': .*gsm8k\.json {message}"):
+        normalise_split(get_adapter("gsm8k", str(source)), "test", "gsm8k")
+
+
 def test_unknown_option_stops_prepare_before_anything_is_written(capsys, tmp_path):
     code, err = run_cli(capsys, "prepare", "--dataset", "gsm8k", "--source", FIXTURES / "gsm8k.jsonl", "--split",
                         "test", "--name", "gsm8k_main", "--options", '{"hub_confg": "main"}',

@@ -101,6 +101,10 @@ def read_local(dataset: str, path: Path) -> Iterator[Located]:
             data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_marked_repeats)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DatasetError(f"dataset '{dataset}': {path} is not valid JSON ({err})") from err
+        except RecursionError as err:  # one document: a record nested too deeply leaves nothing of the file
+            raise DatasetError(f"dataset '{dataset}': {path} is nested too deeply to be read as JSON") from err
+        except ValueError as err:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+            raise DatasetError(f"dataset '{dataset}': {path} cannot be read as JSON ({err})") from err
         if isinstance(data, RepeatedKeyObject):
             raise DatasetError(f"dataset '{dataset}': {path} gives key '{data.key}' twice at its top level")
         records = data.get("data") if isinstance(data, dict) else data
