@@ -14,7 +14,9 @@ from advdistill.answers import (
 from advdistill.datasets import get_adapter
 from advdistill.datasets.base import normalise_split
 from advdistill.rewards import is_well_formatted
-from tests.helpers import SHARED_DATA
+from tests.helpers import REPO, SHARED_DATA
+
+FIXTURES = REPO / "tests" / "fixtures" / "datasets"
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -315,7 +317,23 @@ real = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="real benchmark files
     ("mmlu_pro", "mmlu_pro_test.jsonl", "test"), ("mmlu_pro", "mmlu_pro_test.jsonl", "train"),
 ])
 def test_every_real_gold_judges_itself_correct(name, file, split):
-    rows, report = normalise_split(get_adapter(name, str(SHARED_DATA / file)), split, name)
+    assert_golds_judge_themselves_correct(name, SHARED_DATA / file, split)
+
+
+@pytest.mark.parametrize(("name", "file", "split"), [
+    ("gsm8k", "gsm8k.jsonl", "test"), ("gsm8k", "gsm8k_test.jsonl", "test"), ("gsm_plus", "gsm_plus.jsonl", "test"),
+    ("mmlu_pro", "mmlu_pro.jsonl", "test"), ("mmlu_pro", "mmlu_pro.jsonl", "train"), ("open_rs", "open_rs.jsonl", "test"),
+    ("open_s1", "open_s1.jsonl", "train"), ("open_s1", "open_s1.jsonl", "test"),
+])
+def test_every_fixture_gold_judges_itself_correct(name, file, split):
+    """The same round trip as the real files' (adapter output through the judge), on the fixtures in the
+    official layouts, so that it runs where ../shared/data is absent (CI)."""
+    assert_golds_judge_themselves_correct(name, FIXTURES / file, split)
+
+
+def assert_golds_judge_themselves_correct(name, path, split):
+    rows, report = normalise_split(get_adapter(name, str(path)), split, name)
+    assert rows.height > 0
     responses = [f"<think>..</think><answer>\\boxed{{{gold}}}</answer>" for gold in rows["answer"]]
     predicted, correct = judge_answers(responses, rows["answer"], rows["kind"], rows["choices"])
     wrong = [gold for gold, ok in zip(rows["answer"], correct) if not ok]
