@@ -122,6 +122,16 @@ def free_ports(count: int) -> list[str]:
     return ports
 
 
+def test_the_cluster_starts_only_in_an_empty_folder(tmp_path):
+    """stop_cluster.sh purges the packages DIR/installed-packages lists (as root): a folder of an earlier start, or
+    anyone's, would make it purge packages this start did not install."""
+    (tmp_path / "installed-packages").write_text("slurm-wlm\n")
+    started = subprocess.run(["bash", str(REPO / "scripts/slurm/start_cluster.sh"), str(tmp_path)],
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1 and f"{tmp_path} is not empty" in started.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["installed-packages"]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The private cluster: its folder, the environment of its commands (SLURM_CONF points into the folder), and

@@ -14,9 +14,15 @@
 # every later snakemake start wait ~10 s in the SLURM executor plugin's `scontrol show config` probe.
 set -euo pipefail
 
-dir=$(realpath "$1")
+mkdir -p -- "$1"
+dir=$(realpath -- "$1")
 ctld_port=${2:-6817}
 slurmd_port=${3:-6818}
+if [ -n "$(ls -A -- "$dir")" ]; then
+    # stop_cluster.sh purges the packages DIR/installed-packages lists and signals the pids of DIR's pid files
+    echo "$dir is not empty: start the cluster in a new or empty folder" >&2
+    exit 1
+fi
 
 installed_packages() {
     dpkg-query -W -f '${Status} ${Package}\n' | awk '$3 == "installed" {print $4}' | sort
@@ -75,7 +81,7 @@ CONF
 
 export SLURM_CONF="$dir/etc/slurm.conf"
 slurmctld -c
-unshare --mount --propagation private sh -c "mount --bind '$dir/etc' /etc/slurm && exec slurmd -c -N localhost"
+unshare --mount --propagation private sh -c 'mount --bind "$1/etc" /etc/slurm && exec slurmd -c -N localhost' sh "$dir"
 
 for _ in $(seq 60); do
     state_now=$(sinfo -h -N -o %t 2> /dev/null || true)
