@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from advdistill import __version__
@@ -376,11 +376,37 @@ FOLDER_STAGES = ("bootstrap-tokenizer", "bootstrap-model", "train", "standin")
 @dataclasses.dataclass(frozen=True)
 class StageOutput:
     """A path a stage writes: the option (or what it is) that names it, and whether it is a file written
-    atomically, a folder written as a whole (:func:`advdistill.io.atomic_directory`) or a resume folder."""
+    atomically, a folder written as a whole (:func:`advdistill.io.atomic_directory`) or a resume folder. A file the
+    stage derives from --out, which the user never named, has ``ours``: whether an existing file there is, by its
+    content, one advdistill wrote (else it is the user's, and the stage leaves it alone)."""
 
     option: str
     path: Path
     kind: str
+    ours: Callable[[Path], bool] | None = None
+
+
+def _is_manifest(path: Path) -> bool:
+    """A provenance manifest: a JSON object with every key that all of advdistill's manifests have."""
+    from advdistill.io import MANIFEST_KEYS, json_keys
+
+    return MANIFEST_KEYS <= (json_keys(path) or set())
+
+
+def _is_prepare_report(path: Path) -> bool:
+    """A skipped-rows report: a JSON object with exactly the keys of :meth:`PrepareReport.to_json`."""
+    from advdistill.datasets.base import PrepareReport
+    from advdistill.io import json_keys
+
+    return json_keys(path) == set(PrepareReport(dataset="", split="", source="").to_json())
+
+
+def _is_raw_responses(path: Path) -> bool:
+    """Sampled responses: a parquet file with exactly the columns the sampling writes."""
+    from advdistill.io import parquet_columns
+    from advdistill.sampling.shards import SAMPLE_SCHEMA
+
+    return parquet_columns(path) == list(SAMPLE_SCHEMA)
 
 
 def stage_outputs(args: argparse.Namespace) -> list[StageOutput]:
@@ -392,19 +418,20 @@ def stage_outputs(args: argparse.Namespace) -> list[StageOutput]:
     out = args.out
     outputs = [StageOutput("--out", out, FOLDER if args.stage in FOLDER_STAGES else FILE)]
     if args.stage == "prepare":
-        outputs.append(StageOutput("--report", prepare_report(args), FILE))
+        outputs.append(StageOutput("--report", args.report, FILE) if args.report else
+                       StageOutput("the skipped-rows report of --out", prepare_report(args), FILE, _is_prepare_report))
     elif args.stage == "sample":
         outputs.append(StageOutput("the sampling shards of --out", sampling_parts_folder(out), RESUME))
     elif args.stage == "score":
         outputs.append(StageOutput("--summary", args.summary, FILE))
     elif args.stage == "evaluate":
         outputs += [StageOutput("--metrics", args.metrics, FILE),
-                    StageOutput("the unjudged responses of --out", raw_responses(out), FILE),
+                    StageOutput("the unjudged responses of --out", raw_responses(out), FILE, _is_raw_responses),
                     StageOutput("the sampling shards of --out", sampling_parts_folder(raw_responses(out)), RESUME)]
     elif args.stage == "train":
         outputs += [StageOutput("--checkpoints", checkpoint_folder(args), RESUME),
                     StageOutput("--tracker-dir", tracker_folder(args), FOLDER)]
-    outputs.append(StageOutput("the manifest of --out", out.with_name(out.name + MANIFEST_SUFFIX), FILE))
+    outputs.append(StageOutput("the manifest of --out", out.with_name(out.name + MANIFEST_SUFFIX), FILE, _is_manifest))
     return outputs
 
 
@@ -428,7 +455,9 @@ def check_outputs(args: argparse.Namespace) -> list[StageOutput]:
     No two outputs are one path or inside each other (``score --out x --summary x``); no output is an input, nor
     inside or around one (``train --out X --model X``, ``score --summary rows.parquet``, a report's --out-dir around a
     file its plan reads); none lies inside a folder advdistill writes as a whole; a file output is absent or a
-    regular file (no FIFO, device, socket or symbolic link); a folder output is absent, empty or written by this
+    regular file (no FIFO, device, socket or symbolic link), and one the stage derives from --out (its manifest,
+    prepare's default report, evaluate's unjudged responses) holds what advdistill writes there, by its content: the
+    user never named it, so it may be the user's own file; a folder output is absent, empty or written by this
     same stage and option (its marker says so: ``report --out-dir`` at a trained model, ``bootstrap-tokenizer --out``
     at the teacher are refused); a resume folder is absent, empty or a resume folder of this stage.
     """
@@ -458,6 +487,10 @@ def check_outputs(args: argparse.Namespace) -> list[StageOutput]:
                               "replaced or deleted as a whole: choose a path outside it")
         if output.kind == FILE:
             check_output_file(output.path, output.option)
+            if output.ours is not None and output.path.is_file() and not output.ours(output.path):
+                raise OutputError(f"{output.option} {output.path} exists and is not a file advdistill wrote: a stage "
+                                  "overwrites or deletes only what it can prove it wrote; move it away or choose "
+                                  "another --out")
         elif output.kind == FOLDER:
             check_replaceable(output.path, args.stage, output.option)
         else:

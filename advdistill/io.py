@@ -520,3 +520,31 @@ def _locked_handle(path: Path, lock: Path) -> int | None:
 def manifest_path(output: Path) -> Path:
     """Where a stage's provenance manifest of ``output`` lives: ``<output>.manifest.json`` beside it."""
     return output.with_name(output.name + MANIFEST_SUFFIX)
+
+
+MANIFEST_KEYS = frozenset({"stage", "settings_sha256", "settings", "package_version", "git_commit", "container", "host",
+                           "seed", "inputs", "started_unix", "wall_seconds"})
+"""The keys of every provenance manifest advdistill has written (:func:`advdistill.provenance.stage_manifest`; later
+versions add more)."""
+OWN_JSON_LIMIT = 64 << 20
+"""More than any JSON file a stage derives from its output (a merge's manifest holds its parts' too)."""
+
+
+def json_keys(path: Path) -> set[str] | None:
+    """The keys of the JSON object in ``path``; None where it holds none: not JSON, not an object, unreadable, or
+    larger than :data:`OWN_JSON_LIMIT` (not read whole)."""
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(OWN_JSON_LIMIT + 1)
+        value = json.loads(text) if len(text) <= OWN_JSON_LIMIT else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    return set(value) if isinstance(value, dict) else None
+
+
+def parquet_columns(path: Path) -> list[str] | None:
+    """The column names of the parquet file ``path``, from its footer alone; None where it is no readable parquet."""
+    try:
+        return list(pl.read_parquet_schema(path))
+    except (OSError, pl.exceptions.PolarsError):
+        return None

@@ -3,6 +3,7 @@ are no OSError (class 5) and one job at a time on an output or resume folder (cl
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -138,6 +139,91 @@ def test_every_path_a_stage_writes_is_checked_before_it_starts(capsys, inputs, c
     assert file_stamps(inputs) == before
     assert sorted(p.name for p in inputs.iterdir() if p.name.startswith(".")) == [".samples-out.parquet.parts"]
     assert (inputs / "user.txt").read_text() == "user.txt" and (inputs / "fifo").is_fifo()
+
+
+PREPARE = ("prepare", "--dataset", "synthetic", "--source", "synthetic", "--split", "test", "--out", "{t}/test.parquet")
+EVALUATE = ("evaluate", "--model", "org/model", "--rows", "{t}/rows.parquet", "--out", "{t}/answers.parquet",
+            "--metrics", "{t}/metrics.json")
+
+
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+USERS_FILES = {
+    "a JSON file at the manifest": (
+        PREPARE, "test.parquet.manifest.json", b'{"stage": "prepare", "notes": "which release I used"}\n',
+        "the manifest of --out"),
+    "a text file at the manifest": (
+        EVALUATE, "answers.parquet.manifest.json", b"notes on the answers\n", "the manifest of --out"),
+    "a JSON file at prepare's default --report": (
+        PREPARE, "test.report.json", b'{"dataset": "synthetic", "rows_kept": 16}', "the skipped-rows report of --out"),
+    "a table at evaluate's unjudged responses": (
+        EVALUATE, "answers.raw.parquet",
+        parquet_bytes(pl.DataFrame({"prompt_id": ["q1"], "response": ["my own answer"], "grade": [5]})),
+        "the unjudged responses of --out"),
+    "a text file at evaluate's unjudged responses": (
+        EVALUATE, "answers.raw.parquet", b"PAR1 not a parquet file", "the unjudged responses of --out"),
+}
+
+
+@pytest.mark.failure_mode(
+    "a file of the user's at a path a stage derives from --out, not named on the command line: the manifest "
+    "<out>.manifest.json, prepare's default --report <stem>.report.json, evaluate's unjudged responses "
+    "<stem>.raw.parquet (which evaluate deletes once it is done)",
+    sees="one line naming the path, what the stage would have written there and the way out, exit 2, no traceback "
+         "(was: exit 0, the file overwritten, and evaluate's deleted)",
+    kept="the file, byte for byte; nothing is written")
+@pytest.mark.parametrize("case", USERS_FILES)
+def test_a_users_file_at_a_derived_path_is_refused(capsys, tmp_path, case):
+    argv, name, content, option = USERS_FILES[case]
+    (tmp_path / "rows.parquet").write_text("rows")  # evaluate's input (the check runs before it is read)
+    (tmp_path / name).write_bytes(content)
+    before = file_stamps(tmp_path)
+    code, err = run_cli(capsys, *(arg.format(t=tmp_path) for arg in argv))
+    assert one_line_error(code, err, argv[0]) == (
+        f"{option} {tmp_path / name} exists and is not a file advdistill wrote: a stage overwrites or deletes only "
+        "what it can prove it wrote; move it away or choose another --out")
+    assert (tmp_path / name).read_bytes() == content and file_stamps(tmp_path) == before
+
+
+def test_a_stage_reruns_over_the_derived_files_it_wrote(capsys, monkeypatch, tmp_path, tiny_model_dir,
+                                                        synthetic_rows):
+    """prepare's default report and manifest, an older advdistill's manifest (fewer keys) and the unjudged responses
+    that an evaluation killed before judging them left are the stage's own: a rerun replaces them."""
+    import advdistill.evaluate as evaluate_module
+
+    prepare = [arg.format(t=tmp_path) for arg in PREPARE]
+    assert run_cli(capsys, *prepare)[0] == 0
+    assert run_cli(capsys, *prepare)[0] == 0
+    manifest = tmp_path / "test.parquet.manifest.json"
+    first_version = ("stage", "settings_sha256", "settings", "package_version", "git_commit", "container", "host",
+                     "seed", "inputs", "started_unix", "wall_seconds")
+    write_json({key: json.loads(manifest.read_text())[key] for key in first_version}, manifest)
+    assert run_cli(capsys, *prepare)[0] == 0
+    assert "environment" in json.loads(manifest.read_text())
+
+    class Killed(BaseException):
+        """The job killed once its responses are sampled, before it judges them."""
+
+    def killed(*args):
+        raise Killed
+
+    write_parquet(synthetic_rows[1], tmp_path / "arith.parquet")
+    evaluate = ("evaluate", "--model", tiny_model_dir, "--rows", tmp_path / "arith.parquet", "--settings",
+                json.dumps({"max_new_tokens": 4, "max_prompts": 2}), "--out", tmp_path / "answers.parquet",
+                "--metrics", tmp_path / "metrics.json")
+    monkeypatch.setattr(evaluate_module, "judge", killed)
+    with pytest.raises(Killed):
+        cli.main([str(arg) for arg in evaluate])
+    assert pl.read_parquet(tmp_path / "answers.raw.parquet").height == 2
+    monkeypatch.undo()
+    code, err = run_cli(capsys, *evaluate)
+    assert code == 0, err
+    assert pl.read_parquet(tmp_path / "answers.parquet").height == 2
+    assert not (tmp_path / "answers.raw.parquet").exists()
 
 
 def test_a_stage_replaces_its_own_kind_and_an_old_marker_only_where_safe(tmp_path):
