@@ -67,10 +67,20 @@ def with_parents(module: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
+def imports_by_name(tree: ast.AST) -> bool:
+    """Whether ``tree`` calls ``importlib.import_module``: it may load any module of its package by a name made at
+    run time (the loss kernels load a backend so), which no import statement shows."""
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
+               for node in ast.walk(tree))
+
+
 @cache
-def _file_imports(path: Path, module: str) -> frozenset[str]:
+def _file_imports(path: Path, module: str, roots: tuple[tuple[str, Path], ...]) -> frozenset[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    return frozenset(imported_modules(tree, module, path.name == "__init__.py"))
+    names = imported_modules(tree, module, path.name == "__init__.py")
+    if imports_by_name(tree):
+        names |= {_module_name(sibling, dict(roots)) for sibling in path.parent.rglob("*.py")}
+    return frozenset(names)
 
 
 def package_roots(repo: Path) -> dict[str, Path]:
@@ -87,7 +97,8 @@ def source_closure(modules: set[str], roots: dict[str, Path]) -> set[Path]:
         if path is None or path in files:
             continue
         files.add(path)
-        pending.extend(m for imported in _file_imports(path, _module_name(path, roots)) for m in with_parents(imported))
+        imports = _file_imports(path, _module_name(path, roots), tuple(roots.items()))
+        pending.extend(m for imported in imports for m in with_parents(imported))
         if path.name == "__init__.py":
             files.update(f for pattern in RUNTIME_SOURCES for f in path.parent.rglob(pattern))
     return files

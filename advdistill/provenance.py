@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -53,11 +54,11 @@ def path_identity(path: str) -> list:
 
 
 def source_digest() -> str:
-    """sha256 of this package's and the loss kernels' source files: the code a stage's result depends on."""
-    import advdistill_kernels
-
+    """sha256 of this package's and the loss kernels' source files: the code a stage's result depends on. The
+    kernels are found, not imported: a stage that never runs them (sampling) neither loads them nor, in its rule's
+    code digest (:mod:`advdistill.code_deps`), depends on them."""
     digest = hashlib.sha256()
-    for root in (PACKAGE_DIR, Path(advdistill_kernels.__file__).resolve().parent):
+    for root in (PACKAGE_DIR, Path(importlib.util.find_spec("advdistill_kernels").origin).resolve().parent):
         for source in sorted(f for f in root.rglob("*") if f.suffix in SOURCE_SUFFIXES):
             digest.update(source.relative_to(root.parent).as_posix().encode())
             digest.update(source.read_bytes())

@@ -31,6 +31,11 @@ def test_each_stage_runs_what_it_imports_and_not_the_other_stages():
     assert not (report_package | {"advdistill/score.py", "advdistill/evaluate.py"}) & train
     assert not {"advdistill/train.py", "advdistill/sampling/__init__.py"} & score
     assert "advdistill/rewards.py" not in names("sample")
+    # the backends the kernels load by name (importlib), and what they import: a Triton edit reruns training
+    assert {"kernels/advdistill_kernels/backends/torch.py", "kernels/advdistill_kernels/backends/triton.py",
+            "kernels/advdistill_kernels/triton_kernels/logits_to_grad.py"} <= train
+    # the manifest's source digest finds the kernels without importing them: a kernel edit reruns no sampling
+    assert not any(name.startswith("kernels/") for name in names("sample") | names("evaluate"))
     with pytest.raises(ValueError, match="no stage 'trian'"):
         stage_sources("trian")
 
