@@ -91,6 +91,33 @@ def test_only_untrained_models_are_evaluated_with_the_base_few_shot_turns(tmp_pa
                         "student-advdistill@tau-base": 0}, few_shot
 
 
+def planned_commands(config: dict, tmp_path: Path, name: str) -> dict[str, str]:
+    """Each planned job's shell command by its output, for ``config`` planned in ``tmp_path``."""
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake("--dry-run", "--printshellcmds", "--configfile", str(tmp_path / f"{name}.yaml"),
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    commands = [line[line.index("advdistill "):] for line in result.stdout.splitlines() if "advdistill " in line
+                and line.lstrip().startswith(("Shell command:", "advdistill "))]
+    return {command.split(" --out ")[1].split()[0]: command for command in commands if " --out " in command}
+
+
+@pytest.mark.parametrize(("section", "key", "value", "unchanged"), [
+    ("prompt", "few_shot", 2, "models/teacher"),
+    ("evaluation", "base_few_shot", 1, "student-advdistill/arith/responses.parquet"),
+])
+def test_a_setting_a_stage_does_not_use_leaves_its_command_as_it_was(tmp_path, section, key, value, unchanged):
+    """A rule reruns when its command's settings change: the teacher's pretraining does not see prompt.few_shot,
+    and a trained student's evaluation does not see evaluation.base_few_shot (only base models' prompts do)."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    before = planned_commands(config, tmp_path, "before")
+    config[section][key] = value
+    after = planned_commands(config, tmp_path, "after")
+    [output] = [output for output in before if output.endswith(unchanged)]
+    assert after[output] == before[output]
+    assert after != before  # the setting still reaches the jobs that use it
+
+
 @pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda p: p.stem)
 def test_paper_configs_plan_the_full_dag_without_downloading(config, tmp_path):
     result = run_snakemake("--dry-run", "--configfile", str(config), cwd=tmp_path)

@@ -36,7 +36,8 @@ rule bootstrap_model:
         out("benchmarks/bootstrap/{model}.tsv")
     params:
         settings=lambda wc: as_json(without_dataset(models()[wc.model]["bootstrap"])),
-        prompt=as_json(config.get("prompt", {})),
+        # pretraining renders the system prompt only: few-shot turns are for the models it builds
+        prompt=as_json({"system_prompt": config.get("prompt", {}).get("system_prompt")}),
         seed=config["seed"],
         snapshot_steps=lambda wc: snapshot_steps(wc.model),
         code=stage_code("bootstrap-model"),

@@ -12,7 +12,8 @@ rule evaluate:
         out("benchmarks/evaluate/{dataset}/{model}/{testset}.tsv")
     params:
         model=lambda wc: evaluated_model_path(wc.dataset, wc.model),
-        settings=as_json(config["evaluation"]),
+        # base_few_shot reaches base models as their prompt's few_shot (evaluation_prompt), no run as a setting
+        settings=as_json({k: v for k, v in config["evaluation"].items() if k != "base_few_shot"}),
         prompt=lambda wc: evaluation_prompt(wc.model),
         seed=config["seed"],
         device="cuda" if gpu_resources("evaluate") else "auto",  # no silent CPU fallback on a GPU run
