@@ -453,10 +453,16 @@ def image_build_commands(kind: str, image: str) -> list[str]:
             f"apptainer test --nv {target}  # on a GPU node, before the first run"]
 
 
+def image_location(image: str, repo: Path) -> Path:
+    """Where a local image (``containers.<kind>``) lies: a relative path is the repository's, ``~`` the user's."""
+    return repo / Path(image).expanduser()
+
+
 def missing_images(containers: dict[str, str], kinds: Iterable[str], repo: Path) -> str | None:
-    """Which local images of ``kinds`` (``containers.<kind>``, relative to ``repo``; a URL is pulled) are missing,
+    """Which local images of ``kinds`` (``containers.<kind>``, :func:`image_location`; a URL is pulled) are missing,
     with the commands that build them; None when none is."""
-    missing = [kind for kind in kinds if "://" not in containers[kind] and not (repo / containers[kind]).exists()]
+    missing = [kind for kind in kinds
+               if "://" not in containers[kind] and not image_location(containers[kind], repo).exists()]
     if not missing:
         return None
     named = " and ".join(f"containers.{kind} ({containers[kind]})" for kind in missing)

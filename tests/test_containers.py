@@ -9,13 +9,14 @@ import re
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 import advdistill
 from advdistill.errors import ConfigError
-from advdistill.planning import image_build_commands
+from advdistill.planning import image_build_commands, image_location
 from advdistill.schema import validate
 from tests.helpers import REPO, assert_clean_stop, copy_workflow
 
@@ -69,6 +70,13 @@ def test_an_image_is_a_word_the_unquoted_apptainer_command_keeps_whole(image, va
         return
     with pytest.raises(ConfigError, match=r"config containers\.cpu: "):
         validate(config, set_defaults=True)
+
+
+def test_an_image_lies_in_the_repository_unless_its_path_is_absolute_or_the_users(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert image_location("containers/cpu.sif", REPO) == REPO / "containers" / "cpu.sif"
+    assert image_location("/srv/images/cpu.sif", REPO) == Path("/srv/images/cpu.sif")
+    assert image_location("~/images/cpu.sif", REPO) == tmp_path / "home" / "images" / "cpu.sif"
 
 
 def test_every_rule_names_a_container():

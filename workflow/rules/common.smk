@@ -28,6 +28,7 @@ from advdistill.planning import (
     check_submitted_resources,
     hub_offline,
     labelled_models,
+    image_location,
     missing_images,
     params_json,
     stop_on_config_error,
@@ -309,11 +310,15 @@ WITHOUT_IMAGES = USES_APPTAINER and workflow.output_settings.dryrun and not (
 
 def container_for(kind="cpu"):
     """The Apptainer image of a rule (check_images checks that a run's images exist); none in a dry run on a
-    machine without Apptainer."""
+    machine without Apptainer. An image of the repository is named relative to the working folder: Snakemake keys
+    a job's software environment on this text, so an absolute path would rerun every job of a moved checkout."""
     image = config["containers"][kind]
     if WITHOUT_IMAGES:
         return None
-    return image if "://" in image else str(REPO / image)
+    if "://" in image:
+        return image
+    location = image_location(image, REPO)
+    return os.path.relpath(location) if location.is_relative_to(REPO) else str(location)
 
 
 @stop_on_config_error
