@@ -114,6 +114,8 @@ def run_evaluate(model_path: str, rows_path: Path, cfg: EvaluationConfig, prompt
     from advdistill.sampling.shards import run_fingerprint, sample_prompts
 
     rows = read_rows(rows_path)
+    if rows.height == 0:
+        raise InputError(f"{rows_path}: no test rows to evaluate")
     if cfg.max_prompts is not None:
         rows = rows.head(cfg.max_prompts)
     few_shot_rows = read_rows(few_shot_rows_path).to_dicts() if few_shot_rows_path else []

@@ -45,6 +45,8 @@ def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg
     from advdistill.hub import local_model
 
     all_rows = read_rows(rows_path).to_dicts()
+    if not all_rows:
+        raise InputError(f"{rows_path}: no rows to sample")
     rows = all_rows[:cfg.max_prompts]
     start, end = part_range(len(rows), cfg.shard_size, part, parts)
     rows = rows[start:end]
@@ -61,9 +63,19 @@ def run_sample(model_path: str, rows_path: Path, cfg: SamplingConfig, prompt_cfg
     return samples
 
 
+def read_part(path: Path) -> pl.DataFrame:
+    """One sampling job's samples, in the exact :data:`SAMPLE_SCHEMA` (any integer width read); a table with other
+    columns is no sampling part (a scored table given by mistake would otherwise merge)."""
+    part = read_parquet(path, SAMPLE_SCHEMA)
+    extra = [name for name in part.columns if name not in SAMPLE_SCHEMA]
+    if extra:
+        raise InputError(f"{path}: not a sampling part (extra column(s) {', '.join(extra)})")
+    return part.select(list(SAMPLE_SCHEMA)).cast(SAMPLE_SCHEMA)
+
+
 def merge_samples(parts: list[Path], out: Path) -> pl.DataFrame:
     """Concatenate the parts of a sharded sampling run, in part order; a repeated sample is an error."""
-    merged = pl.concat([read_parquet(p, SAMPLE_SCHEMA) for p in parts]) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
+    merged = pl.concat([read_part(p) for p in parts]) if parts else pl.DataFrame(schema=SAMPLE_SCHEMA)
     duplicated = merged.select("prompt_id", "sample_idx").is_duplicated()
     if duplicated.any():
         first = merged.filter(duplicated).row(0, named=True)

@@ -389,6 +389,8 @@ DAMAGED = {
                                        "'accuracy' is string \"high\", expected a number or null"),
     "metrics.json pass_at_k an array": ("evaluate/metrics.json", '{"accuracy": 0.5, "pass_at_k": [1]}',
                                         "'pass_at_k' is array [1], expected an object of numbers"),
+    "metrics.json without accuracy": ("evaluate/metrics.json", '{"n": 2, "verbosity_ratio": 1.0}',
+                                      "no key(s) 'accuracy' (numbers), which every evaluation's metrics.json has"),
     "train_metrics.json empty": ("train/student-sft/train_metrics.json", "", "not valid JSON ("),
     "train_metrics.json log_history an object": ("train/student-sft/train_metrics.json", '{"log_history": {"a": 1}}',
                                                  "'log_history' is object"),

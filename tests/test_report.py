@@ -659,6 +659,19 @@ def test_a_trained_run_of_a_variant_and_seed_names_its_plots(tmp_path):
     assert (plots / "curves_arith_student-sft@lam0.5@seed7.png").is_file()
 
 
+@pytest.mark.parametrize("advantage", [float("nan"), float("inf"), None])
+def test_a_scored_table_with_an_advantage_that_is_no_number_is_named(tmp_path, advantage):
+    from advdistill.report.build import read_scored
+
+    scored = scored_groups(n_groups=2, group_size=2).with_columns(
+        pl.when(pl.col("prompt_id") == pl.col("prompt_id").max()).then(advantage).otherwise(pl.col("advantage"))
+        .alias("advantage"))
+    write_parquet(scored, tmp_path / "scored.parquet")
+    with pytest.raises(InputError, match=r"scored\.parquet: column 'advantage' is null, NaN or infinite in 2 row\(s\), "
+                                         r"first prompt_id '"):
+        read_scored(tmp_path / "scored.parquet")
+
+
 CONFIG_BYTES = b'{"model_type": "qwen2", "hidden_size": 32}\n'
 
 

@@ -157,6 +157,26 @@ def test_split_sampling_merges_to_the_single_job_result(tmp_path, tiny_model_dir
     assert merge_samples(parts, tmp_path / "merged.parquet").equals(single)
     with pytest.raises(InputError, match="overlap"):
         merge_samples([parts[0], parts[0]], tmp_path / "bad.parquet")
+    # a part written with other integer widths merges as it is; a table with more columns is no part
+    pl.read_parquet(parts[1]).cast({"sample_idx": pl.Int64, "n_tokens": pl.Int64}).write_parquet(parts[1])
+    assert merge_samples(parts, tmp_path / "merged.parquet").equals(single)
+    pl.read_parquet(parts[1]).with_columns(correct=True).write_parquet(parts[1])
+    with pytest.raises(InputError, match=r"part-1\.parquet: not a sampling part \(extra column\(s\) correct\)"):
+        merge_samples(parts, tmp_path / "bad.parquet")
+
+
+def test_sampling_and_evaluation_refuse_an_empty_rows_file_before_loading_a_model(tmp_path, synthetic_rows):
+    from advdistill.config import EvaluationConfig
+    from advdistill.evaluate import run_evaluate
+    from advdistill.io import write_parquet
+
+    write_parquet(synthetic_rows[1].head(0), tmp_path / "none.parquet")
+    absent = str(tmp_path / "no-model")  # the rows are refused before anything would load it
+    with pytest.raises(InputError, match=r"none\.parquet: no rows to sample$"):
+        run_sample(absent, tmp_path / "none.parquet", SETTINGS, PromptConfig(), 3, tmp_path / "s.parquet")
+    with pytest.raises(InputError, match=r"none\.parquet: no test rows to evaluate$"):
+        run_evaluate(absent, tmp_path / "none.parquet", EvaluationConfig(), PromptConfig(), None, 0,
+                     tmp_path / "e.parquet", tmp_path / "e.json")
 
 
 def test_chatml_answers_end_at_the_turn_end_not_only_at_a_base_models_eos(synthetic_rows):

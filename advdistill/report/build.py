@@ -47,6 +47,30 @@ RESPONSE_COLUMNS = {"prompt_id": pl.String, "sample_idx": pl.Int64, "n_tokens": 
 SCORED_COLUMNS = {"prompt_id": pl.String, "correct": pl.Boolean, "advantage": pl.Float64, "kept": pl.Boolean}
 
 
+REQUIRED_METRICS = ("n", "accuracy")
+"""Keys every evaluation's metrics.json has: without them the file says nothing, and the report would show the
+pair as never evaluated."""
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    metrics = read_json(path, METRICS_FIELDS)
+    missing = [key for key in REQUIRED_METRICS if key not in metrics]
+    if missing:
+        raise InputError(f"{path}: no key(s) {', '.join(map(repr, missing))} (numbers), which every evaluation's "
+                         "metrics.json has; was it cut down or edited?")
+    return metrics
+
+
+def read_scored(path: Path) -> pl.DataFrame:
+    """The :data:`SCORED_COLUMNS` of a scored.parquet, whose advantages must be finite numbers (they are binned)."""
+    scored = read_parquet(path, SCORED_COLUMNS).select(*SCORED_COLUMNS)
+    bad = scored.filter(pl.col("advantage").is_null() | ~pl.col("advantage").is_finite())
+    if bad.height:
+        raise InputError(f"{path}: column 'advantage' is null, NaN or infinite in {bad.height} row(s), first "
+                         f"prompt_id {bad['prompt_id'][0]!r}")
+    return scored
+
+
 def read_responses(path: Path) -> pl.DataFrame:
     """The :data:`RESPONSE_COLUMNS` of an evaluation's ``responses.parquet``. A repeated (``prompt_id``,
     ``sample_idx``) is an error: it would count that response twice in the prompt's outcome."""
@@ -80,7 +104,7 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     """
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
-    metrics = {key: read_json(path, METRICS_FIELDS) for key, path in metrics_files.items()}
+    metrics = {key: read_metrics(path) for key, path in metrics_files.items()}
     responses = {key: read_responses(path) for key, path in responses_files.items()}
     outcomes = {key: prompt_outcomes(frame) for key, frame in responses.items()}
     paper = paper or {}
@@ -124,7 +148,7 @@ def build_report(metrics_files: Mapping[tuple[str, str], Path], scored_files: Ma
     figures = [(f"Accuracy (%) per test set and model, {intervals}",
                 plot_accuracy_bars(accuracy, testsets, plots_dir / "accuracy.png"))]
     for dataset, path in scored_files.items():
-        scored = read_parquet(path, SCORED_COLUMNS).select(*SCORED_COLUMNS)
+        scored = read_scored(path)
         caption = f"{dataset}: advantages of the responses in kept groups"
         figures.append((caption, plot_advantage_histogram(scored, plots_dir / paths.advantages_plot(dataset),
                                                           title=caption)))
