@@ -158,6 +158,18 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 JSON_OBJECT = "a JSON object"
 
 
+def check_rows(frame: pl.DataFrame, path: Path, problems: Mapping[str, pl.Expr], shown: list[str]) -> None:
+    """Stop at the first problem (description -> the rows that have it) any row of an input table has, naming the
+    file, the count and the first rows (0-based) by their ``shown`` columns."""
+    indexed = frame.with_row_index("row")
+    for what, expr in problems.items():
+        bad = indexed.filter(expr)
+        if bad.height:
+            first = "; ".join(f"row {r.pop('row')} (" + ", ".join(f"{k} {v!r}" for k, v in r.items()) + ")"
+                              for r in bad.select("row", *shown).head(3).iter_rows(named=True))
+            raise InputError(f"{path}: {bad.height} row(s) with {what}, first: {first}")
+
+
 def read_json(path: str | os.PathLike, fields: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None) -> Any:
     """An input JSON file; a missing, unreadable or damaged one is an :class:`InputError` naming it. With
     ``fields`` (key -> (check, what it must be)) the file must hold a JSON object whose keys, where present, pass

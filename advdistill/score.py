@@ -3,7 +3,9 @@
 Reads the prepared rows and the teacher's samples and writes one scored row per sample plus a
 summary. Samples that cannot be scored as text (empty, only special tokens, undecodable bytes)
 still get a reward (they are wrong and unformatted) and are counted in the summary; samples whose
-``prompt_id`` has no row are dropped and counted. A samples file that no sample stage writes (a column
+``prompt_id`` has no row are dropped and counted, but when no sample has a row the stage stops (the rows of
+another split or dataset). The rows are checked as every later stage checks them
+(:func:`~advdistill.datasets.base.read_rows`). A samples file that no sample stage writes (a column
 missing or of another type, a null or negative ``sample_idx``/``n_tokens``, a repeated
 ``(prompt_id, sample_idx)``) stops the stage with an error naming the file and its first bad rows: scoring
 it anyway would change group sizes, rewards and advantages without a trace.
@@ -21,20 +23,19 @@ import polars as pl
 from advdistill.advantages import group_advantages, keep_groups
 from advdistill.answers import judge_answers
 from advdistill.config import ScoreConfig
+from advdistill.datasets.base import read_rows
 from advdistill.errors import ConfigError, InputError
-from advdistill.io import read_parquet, write_json, write_parquet
+from advdistill.io import check_rows, read_parquet, write_json, write_parquet
 from advdistill.rewards import REWARD_FUNCTIONS, composite_reward
 
 log = logging.getLogger(__name__)
 
 REPLACEMENT_CHARACTER = "\ufffd"
-# The columns score reads (docs/data-model.md), written out rather than imported from the dataset and sampling
-# packages: code_deps follows imports, and score must not rerun when their code changes.
-ROW_COLUMNS = {"id": pl.String, "answer": pl.String, "kind": pl.String, "choices": pl.List(pl.String)}
+# The sample columns score reads (docs/data-model.md), written out rather than imported from the sampling package:
+# code_deps follows imports, and score must not rerun when the sampler's code changes.
 SAMPLE_COLUMNS = {"prompt_id": pl.String, "sample_idx": pl.Int32, "response": pl.String, "n_tokens": pl.Int32,
                   "truncated": pl.Boolean}
-# what makes a row of an input unusable -> the rows that have it
-ROW_PROBLEMS = {"a missing or repeated id": pl.col("id").is_null() | pl.col("id").is_duplicated()}
+# what makes a row of the samples unusable -> the rows that have it
 SAMPLE_PROBLEMS = {
     "a missing prompt_id": pl.col("prompt_id").is_null(),
     "a missing or negative sample_idx": pl.col("sample_idx").is_null() | (pl.col("sample_idx") < 0),
@@ -42,17 +43,6 @@ SAMPLE_PROBLEMS = {
     "a missing truncated flag": pl.col("truncated").is_null(),
     "a repeated (prompt_id, sample_idx)": pl.struct("prompt_id", "sample_idx").is_duplicated(),
 }
-
-
-def check_rows(frame: pl.DataFrame, path: Path, problems: dict[str, pl.Expr], shown: list[str]) -> None:
-    """Stop at the first problem any row has, naming the file, the count and the first rows (0-based)."""
-    indexed = frame.with_row_index("row")
-    for what, expr in problems.items():
-        bad = indexed.filter(expr)
-        if bad.height:
-            first = "; ".join(f"row {r.pop('row')} (" + ", ".join(f"{k} {v!r}" for k, v in r.items()) + ")"
-                              for r in bad.select("row", *shown).head(3).iter_rows(named=True))
-            raise InputError(f"{path}: {bad.height} row(s) with {what}, first: {first}")
 
 
 def sample_flags(responses: list[str]) -> dict[str, list[bool]]:
@@ -116,12 +106,15 @@ def summarise(scored: pl.DataFrame, counts: dict[str, Any], bins: int = 20) -> d
 
 
 def run_score(rows_path: Path, samples_path: Path, cfg: ScoreConfig, out: Path, summary_path: Path) -> dict:
-    rows = read_parquet(rows_path, ROW_COLUMNS)
-    check_rows(rows, rows_path, ROW_PROBLEMS, ["id"])
+    rows = read_rows(rows_path)
     samples = read_parquet(samples_path, SAMPLE_COLUMNS)
     if samples.is_empty():
         raise InputError(f"{samples_path}: no samples to score")
     check_rows(samples, samples_path, SAMPLE_PROBLEMS, ["prompt_id", "sample_idx", "n_tokens"])
+    if not samples["prompt_id"].is_in(rows["id"].implode()).any():
+        raise InputError(f"{samples_path}: none of its {samples.height} sample(s) has a prompt_id among the "
+                         f"{rows.height} id(s) of {rows_path}, first prompt_id {samples['prompt_id'][0]!r}: "
+                         "wrong --rows?")
     scored, counts = score_samples(rows, samples, cfg)
     summary = summarise(scored, counts)
     write_parquet(scored, out)

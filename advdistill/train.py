@@ -32,6 +32,7 @@ from advdistill.io import (
     atomic_directory,
     check_replaceable,
     check_resume_folder,
+    check_rows,
     claim_resume_folder,
     read_parquet,
     write_json,
@@ -45,6 +46,17 @@ from advdistill.training.trainer import build_trainer, fit
 
 SCORED_COLUMNS = {"prompt_id": pl.String, "sample_idx": pl.Int64, "response": pl.String, "advantage": pl.Float64,
                   "correct": pl.Boolean, "kept": pl.Boolean}
+# what makes a row of the scored table unusable -> the rows that have it; advantage, correct and response are
+# checked in kept groups only, the ones train reads (a NaN advantage made SFT train on a group's first response)
+SCORED_PROBLEMS = {
+    "a missing prompt_id": pl.col("prompt_id").is_null(),
+    "a missing kept flag": pl.col("kept").is_null(),
+    "a repeated (prompt_id, sample_idx)": pl.struct("prompt_id", "sample_idx").is_duplicated(),
+    "a missing or non-finite advantage in a kept group":
+        pl.col("kept") & ~pl.col("advantage").is_finite().fill_null(False),
+    "a missing correct flag in a kept group": pl.col("kept") & pl.col("correct").is_null(),
+    "a missing response in a kept group": pl.col("kept") & pl.col("response").is_null(),
+}
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +79,9 @@ def run_train(model_path: str, rows_path: Path, scored_path: Path, objective: st
     check_replaceable(tracker_dir, "train", "--tracker-dir")
     check_resume_folder(checkpoints, "train", "--checkpoints")
     scored = read_parquet(scored_path, SCORED_COLUMNS)
+    if scored.is_empty():
+        raise TrainingError(f"{scored_path}: the scored table has no rows, so no groups to train on")
+    check_rows(scored, scored_path, SCORED_PROBLEMS, ["prompt_id", "sample_idx", "advantage"])
     if not scored["kept"].any():
         raise TrainingError(f"{scored_path}: no kept groups to train on (every group was filtered out by score)")
     rows = read_rows(rows_path).to_dicts()

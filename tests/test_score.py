@@ -146,13 +146,51 @@ def test_integer_columns_of_another_width_are_accepted(tmp_path, rows_path):
 
 
 @pytest.mark.failure_mode("rows parquet with a missing or repeated id",
-                          sees="score stops (exit 2) naming the rows file and the repeated rows",
+                          sees="score stops (exit 2) naming the rows file, the count and the first repeated id",
                           kept="everything; nothing is written (a repeated id would multiply its samples in the join)")
 def test_repeated_row_ids_stop(capsys, tmp_path, rows_path):
     rows = pl.read_parquet(rows_path)
     pl.concat([rows, rows.head(1)]).write_parquet(rows_path)
     samples = write_samples(tmp_path, SAMPLES)
     code, err = score_cli(capsys, rows_path, samples)
-    assert (code, err) == (2, f"advdistill score: error: {rows_path}: 2 row(s) with a missing or repeated id, "
-                              "first: row 0 (id 'p1'); row 2 (id 'p1')\n")
+    assert (code, err) == (2, f"advdistill score: error: {rows_path}: 1 id(s) given to more than one row, first 'p1': "
+                              "each prompt's samples and answers are keyed by its id (was it written by advdistill "
+                              "prepare?)\n")
+    assert files_under(tmp_path) == {"rows.parquet", "samples.parquet"}
+
+
+@pytest.mark.failure_mode("rows parquet with a blank or null answer or an unknown kind ('numerc'), given to score",
+                          sees="score stops (exit 2) naming the rows file, the column, the count and the first row "
+                               "id, as sample, train and evaluate do (it used to keep 0 groups, drop every sample as "
+                               "an orphan, or judge the unknown kind)",
+                          kept="everything; nothing is written")
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("answer", " ", "column 'answer' is blank in 1 row(s), first id 'p2': was it written by advdistill prepare?"),
+    ("answer", None, "column 'answer' is null in 1 row(s), first id 'p2': was it written by advdistill prepare?"),
+    ("kind", "numerc", "column 'kind' holds 'numerc' in 1 row(s), first id 'p2'; a kind is one of numeric, math, "
+                       "multiple_choice (was it written by advdistill prepare?)"),
+])
+def test_rows_the_judge_cannot_use_stop_naming_the_column(capsys, tmp_path, rows_path, column, value, message):
+    rows = pl.read_parquet(rows_path)
+    rows.with_columns(pl.when(pl.col("id") == "p2").then(pl.lit(value, dtype=pl.String)).otherwise(pl.col(column))
+                      .alias(column)).write_parquet(rows_path)
+    samples = write_samples(tmp_path, SAMPLES)
+    code, err = score_cli(capsys, rows_path, samples)
+    assert (code, err) == (2, f"advdistill score: error: {rows_path}: {message}\n")
+    assert files_under(tmp_path) == {"rows.parquet", "samples.parquet"}
+
+
+@pytest.mark.failure_mode("samples of another split or dataset than the --rows (no sample's prompt_id is a row id), "
+                          "or a rows file with no rows",
+                          sees="score stops (exit 2) naming both files, the counts and the first prompt_id: 'wrong "
+                               "--rows?' (it used to write an empty scored table, and train then blamed the filter)",
+                          kept="everything; nothing is written")
+@pytest.mark.parametrize("keep_rows", [2, 0])
+def test_samples_matching_no_row_stop_naming_both_files(capsys, tmp_path, rows_path, keep_rows):
+    pl.read_parquet(rows_path).head(keep_rows).write_parquet(rows_path)
+    samples = write_samples(tmp_path, [("q7", 0, GOOD, 10, False), ("q7", 1, WRONG, 12, False),
+                                       ("q8", 0, WRONG, 8, False)])
+    code, err = score_cli(capsys, rows_path, samples)
+    assert (code, err) == (2, f"advdistill score: error: {samples}: none of its 3 sample(s) has a prompt_id among the "
+                              f"{keep_rows} id(s) of {rows_path}, first prompt_id 'q7': wrong --rows?\n")
     assert files_under(tmp_path) == {"rows.parquet", "samples.parquet"}

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from advdistill.config import LossConfig, OptimConfig, PromptConfig, TrainingConfig
 from advdistill.errors import TrainingError
-from advdistill.io import claim_resume_folder
+from advdistill.io import check_rows, claim_resume_folder
 from advdistill.prompts import render_prompts
 from advdistill.train import run_train
 from advdistill.training.checkpoints import (
@@ -30,6 +30,7 @@ from advdistill.training.groups import (
 )
 from advdistill.training.tokens import TokenizedPair, tokenize_pairs
 from advdistill.training.trainer import build_trainer, fit, train_model
+from tests.helpers import run_cli
 
 TINY_OPTIM = OptimConfig(learning_rate=1e-3, max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1,
                          max_seq_length=128, save_steps=2, logging_steps=1)
@@ -176,6 +177,88 @@ def test_no_kept_groups_is_a_clear_error(tiny_model_dir, synthetic_rows, rows_fi
     with pytest.raises(TrainingError, match="no kept groups"):
         run_train(str(tiny_model_dir), rows_file, scored, "sft", TrainingConfig(optim=TINY_OPTIM),
                      PromptConfig(), 0, tmp_path / "out", tmp_path / "ck")
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Fail the test if train gets as far as fetching or loading the student."""
+    import advdistill.train as train_module
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the scored table was checked")
+
+    monkeypatch.setattr(train_module, "local_model", loaded)
+    monkeypatch.setattr(train_module, "load_student", loaded)
+
+
+def train_cli(capsys, model, rows_file, scored, objective="sft"):
+    return run_cli(capsys, "train", "--model", model, "--rows", rows_file, "--scored", scored, "--objective",
+                   objective, "--out", scored.parent / "out")
+
+
+@pytest.mark.failure_mode(
+    "scored table with no rows",
+    sees="train stops: '<file>: the scored table has no rows', not 'every group was filtered out by score'",
+    kept="everything; no model is loaded")
+def test_an_empty_scored_table_is_named_apart_from_every_group_filtered_out(
+        tiny_model_dir, synthetic_rows, rows_file, tmp_path, no_model):
+    scored = tmp_path / "scored.parquet"
+    scored_table(synthetic_rows).head(0).write_parquet(scored)
+    with pytest.raises(TrainingError) as caught:
+        run_train(str(tiny_model_dir), rows_file, scored, "sft", TrainingConfig(optim=TINY_OPTIM),
+                  PromptConfig(), 0, tmp_path / "out", tmp_path / "ck")
+    assert str(caught.value) == f"{scored}: the scored table has no rows, so no groups to train on"
+
+
+@pytest.mark.failure_mode(
+    "scored table with a NaN, infinite or null advantage, or a null kept or correct flag",
+    sees="train stops (exit 2) naming the file, the column, the count and the first rows (it used to train SFT on "
+         "each group's first response, or fail mid-run with a traceback)",
+    kept="everything; no model is loaded")
+@pytest.mark.parametrize("objective", ["sft", "advdistill"])
+@pytest.mark.parametrize(("column", "value", "problem", "shown"), [
+    ("advantage", float("nan"), "a missing or non-finite advantage in a kept group", "advantage nan"),
+    ("advantage", float("-inf"), "a missing or non-finite advantage in a kept group", "advantage -inf"),
+    ("advantage", None, "a missing or non-finite advantage in a kept group", "advantage None"),
+    ("correct", None, "a missing correct flag in a kept group", "advantage -0.5"),
+    ("response", None, "a missing response in a kept group", "advantage -0.5"),
+    ("kept", None, "a missing kept flag", "advantage -0.5"),
+])
+def test_scored_rows_train_cannot_use_stop_before_the_model_is_loaded(
+        capsys, tiny_model_dir, synthetic_rows, rows_file, tmp_path, no_model, objective, column, value, problem,
+        shown):
+    table = scored_table(synthetic_rows)
+    first = table["prompt_id"][4]
+    scored = tmp_path / "scored.parquet"
+    table.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(pl.lit(value, dtype=table.schema[column]))
+                       .otherwise(pl.col(column)).alias(column)).write_parquet(scored)
+    code, err = train_cli(capsys, tiny_model_dir, rows_file, scored, objective)
+    assert (code, err) == (2, f"advdistill train: error: {scored}: 1 row(s) with {problem}, first: row 4 "
+                              f"(prompt_id {first!r}, sample_idx 1, {shown})\n")
+
+
+def test_a_non_finite_advantage_outside_the_kept_groups_is_not_read(synthetic_rows, tmp_path):
+    import advdistill.train as train_module
+
+    table = scored_table(synthetic_rows, kept=False).with_columns(advantage=pl.lit(float("nan")))
+    check_rows(table, tmp_path / "scored.parquet", train_module.SCORED_PROBLEMS, ["prompt_id"])
+
+
+@pytest.mark.failure_mode(
+    "repeated (prompt_id, sample_idx) in the scored table",
+    sees="train stops (exit 2) naming the file and the repeated rows, as score does for repeated samples (it used "
+         "to train on every such group twice)",
+    kept="everything; no model is loaded")
+def test_repeated_scored_samples_stop_naming_the_rows(capsys, tiny_model_dir, synthetic_rows, rows_file, tmp_path,
+                                                      no_model):
+    table = scored_table(synthetic_rows)
+    first = table["prompt_id"][0]
+    scored = tmp_path / "scored.parquet"
+    pl.concat([table, table.head(1)]).write_parquet(scored)
+    code, err = train_cli(capsys, tiny_model_dir, rows_file, scored)
+    assert (code, err) == (2, f"advdistill train: error: {scored}: 2 row(s) with a repeated (prompt_id, sample_idx), "
+                              f"first: row 0 (prompt_id {first!r}, sample_idx 0, advantage 1.0); "
+                              f"row 12 (prompt_id {first!r}, sample_idx 0, advantage 1.0)\n")
 
 
 def test_a_job_killed_after_its_model_is_in_place_leaves_its_metrics_and_checkpoints(
