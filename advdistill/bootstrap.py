@@ -33,8 +33,9 @@ from advdistill.config import (
     TokenizerConfig,
     TrainingConfig,
 )
-from advdistill.errors import TrainingError
-from advdistill.io import atomic_directory, read_parquet, write_json
+from advdistill.datasets.base import PROMPT_COLUMNS, ROW_SCHEMA, read_rows
+from advdistill.errors import InputError, TrainingError
+from advdistill.io import atomic_directory, write_json
 from advdistill.paths import snapshot_folder
 from advdistill.prompts import (
     INSTRUCTION,
@@ -57,6 +58,17 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+HAS_SOLUTION = pl.col("solution").str.strip_chars() != ""
+
+
+def read_solution_rows(path: Path, purpose: str | None = None) -> pl.DataFrame:
+    """The rows table at ``path`` (:func:`read_rows`) with its ``solution`` column, a null solution read as none.
+    Given a ``purpose``, a table without any reference solution is an error: a tokenizer or model would learn the
+    questions alone, or nothing."""
+    rows = read_rows(path, {**PROMPT_COLUMNS, "solution": ROW_SCHEMA["solution"]})
+    if purpose is not None and not rows.filter(HAS_SOLUTION).height:
+        raise InputError(f"{path}: no row with a reference solution to {purpose}")
+    return rows.with_columns(pl.col("solution").fill_null(""))
 
 
 def train_tokenizer(rows: Iterable[dict[str, Any]], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
@@ -118,7 +130,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, shape: ModelShape, seed: int
 
 
 def run_bootstrap_tokenizer(rows_path: Path, cfg: TokenizerConfig, out: Path) -> None:
-    tokenizer = train_tokenizer(read_parquet(rows_path).to_dicts(), cfg)
+    tokenizer = train_tokenizer(read_solution_rows(rows_path, "train the tokenizer on").to_dicts(), cfg)
     with atomic_directory(out, "bootstrap-tokenizer") as tmp:
         tokenizer.save_pretrained(tmp)
     log.info("tokenizer with %d tokens written to %s", len(tokenizer), out)
@@ -133,9 +145,9 @@ def run_bootstrap_model(rows_path: Path, tokenizer_path: Path, cfg: BootstrapCon
     (``paths.snapshot_folder``): a student base that is an earlier state of the same run costs no second run.
     Bootstrapping takes minutes, so it keeps no checkpoints: the trainer's output folder is temporary.
     """
+    rows = read_solution_rows(rows_path, "pretrain on").filter(HAS_SOLUTION).to_dicts()[:cfg.train_rows]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     model = build_model(tokenizer, cfg.shape, seed)
-    rows = read_parquet(rows_path).filter(pl.col("solution") != "").to_dicts()[:cfg.train_rows]
     snapshots = SnapshotKeeper(model, snapshot_steps)
     metrics = pretrain(model, tokenizer, rows, cfg.optim, prompt_cfg, seed, out, callbacks=[snapshots])
     missed = sorted(set(snapshots.steps) - set(snapshots.weights))

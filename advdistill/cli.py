@@ -84,6 +84,17 @@ def _part(text: str) -> str:
     return text
 
 
+def _count(text: str) -> int:
+    """A whole number of at least 0 (a negative one would count from the end where it slices a list)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {count}")
+    return count
+
+
 def _add_device(p) -> None:
     p.add_argument("--device", choices=("auto", "cuda"), default="auto",
                    help="cuda: stop at once unless a CUDA device is visible (the rules pass it under "
@@ -207,7 +218,7 @@ def _add_standin(sub) -> None:
     p.add_argument("--like", required=True, help="hub id it stands in for, e.g. Qwen/Qwen2.5-7B")
     p.add_argument("--rows", type=Path, required=True,
                    help="prepared training rows: the tokenizer is trained on all of them")
-    p.add_argument("--pretrain-rows", type=int, default=0,
+    p.add_argument("--pretrain-rows", type=_count, default=0,
                    help="pretrain on the reference solutions of the first N rows (a teacher: sampling.max_prompts, "
                         "so that some samples are right); 0 = untrained")
     p.add_argument("--prompt", type=_json_text, default="{}",

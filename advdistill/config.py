@@ -49,6 +49,10 @@ def _build(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"config section '{section}': {err}") from err
+    except ConfigError as err:
+        if str(err).split(":", 1)[0] in fields:  # a __post_init__ naming its key within the dataclass (ModelShape)
+            raise ConfigError(f"config {section}.{err}") from err
+        raise
 
 
 def _dataclass_type(hint: Any) -> type | None:
@@ -83,6 +87,18 @@ class ModelShape:
     num_key_value_heads: int = 2
     intermediate_size: int = 352
     max_position_embeddings: int = 512
+
+    def __post_init__(self):
+        """Sizes that Qwen2's attention cannot split would only fail at the first forward pass. The message names the
+        key within the shape: :func:`_build` puts the shape's place in the config in front."""
+        heads, kv_heads = self.num_attention_heads, self.num_key_value_heads
+        if self.hidden_size % heads:
+            raise ConfigError(f"hidden_size: {self.hidden_size} is not a multiple of num_attention_heads {heads}")
+        if (self.hidden_size // heads) % 2:
+            raise ConfigError(f"hidden_size: {self.hidden_size} over num_attention_heads {heads} gives heads of odd "
+                              f"width {self.hidden_size // heads}; the rotary position embedding needs an even width")
+        if heads % kv_heads:
+            raise ConfigError(f"num_attention_heads: {heads} is not a multiple of num_key_value_heads {kv_heads}")
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from advdistill.bootstrap import build_model, pretrain, train_tokenizer
+from advdistill.bootstrap import build_model, pretrain, read_solution_rows, train_tokenizer
 from advdistill.config import ModelShape, OptimConfig, PromptConfig, TokenizerConfig
-from advdistill.errors import ConfigError
-from advdistill.io import atomic_directory, read_parquet, write_json
+from advdistill.errors import ConfigError, InputError
+from advdistill.io import atomic_directory, write_json
 from advdistill.provenance import STAND_IN_KEY
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ def build_standin(like: str, tokenizer: PreTrainedTokenizerFast, pretrain_rows: 
 
 def run_standin(like: str, rows_path: Path, pretrain_rows: int, prompt_cfg: PromptConfig, seed: int,
                 out: Path) -> dict[str, Any]:
-    """The CLI's stand-in: tokenizer from every row of ``rows_path``, pretraining on its first ``pretrain_rows``."""
-    rows = read_parquet(rows_path).to_dicts()
+    """The CLI's stand-in: tokenizer from every row of ``rows_path``, pretraining on its first ``pretrain_rows``.
+    Rows without a reference solution are fine (:func:`with_solutions`), a table without rows is not."""
+    rows = read_solution_rows(rows_path).to_dicts()
+    if not rows:
+        raise InputError(f"{rows_path}: no row to train the tokenizer on")
     return build_standin(like, standin_tokenizer(rows), rows[:pretrain_rows], prompt_cfg, seed, out)

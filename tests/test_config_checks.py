@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from snakemake.utils import update_config
 from advdistill import cli
 from advdistill.config import (
     SCHEMA_PARTS,
+    BootstrapConfig,
     EvaluationConfig,
+    ModelShape,
     SamplingConfig,
     ScoreConfig,
     TrainingConfig,
@@ -334,6 +337,46 @@ def test_planning_checks_parse_every_stage_section(tmp_path):
     config["teacher"]["bootstrap"]["shape"]["hidden_size"] = 32
     check_config(config, [path])
     assert config["sampling"]["jobs"] == 1
+
+
+@pytest.mark.parametrize("shape, message", [
+    ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size: 30 is not a multiple of num_attention_heads 4"),
+    ({"hidden_size": 20, "num_attention_heads": 4}, "hidden_size: 20 over num_attention_heads 4 gives heads of odd "
+                                                    "width 5; the rotary position embedding needs an even width"),
+    ({"num_attention_heads": 4, "num_key_value_heads": 3},
+     "num_attention_heads: 4 is not a multiple of num_key_value_heads 3"),
+], ids=["hidden-size", "odd-head-width", "kv-heads"])
+@pytest.mark.failure_mode(
+    "bootstrap.shape whose hidden_size the attention heads do not divide into even widths, or whose "
+    "num_key_value_heads do not divide num_attention_heads",
+    sees="planning stops naming the key (teacher.bootstrap.shape.hidden_size, students[<i>].bootstrap.shape...) and "
+         "both sizes; bootstrap-model given such --settings by hand stops the same way (exit 2), not in attention",
+    kept="everything; no job starts")
+def test_a_bootstrap_shape_attention_cannot_split_names_its_key(tmp_path, capsys, shape, message):
+    with pytest.raises(ConfigError) as raised:
+        from_dict(BootstrapConfig, {"shape": shape}, "bootstrap")
+    assert str(raised.value) == f"config bootstrap.shape.{message}"
+    with pytest.raises(ConfigError) as raised:
+        ModelShape(**shape)
+    assert str(raised.value) == message
+    config = copy.deepcopy(BASIC)
+    config["teacher"]["bootstrap"]["shape"].update(shape)
+    config["students"].append({"name": "scratch", "source": "bootstrap", "objectives": ["sft"],
+                               "bootstrap": copy.deepcopy(config["teacher"]["bootstrap"])})
+    with pytest.raises(ConfigError) as raised:
+        check_stage_sections(config)
+    assert str(raised.value) == f"config teacher.bootstrap.shape.{message}"
+    config["teacher"]["bootstrap"]["shape"] = BASIC["teacher"]["bootstrap"]["shape"]
+    with pytest.raises(ConfigError) as raised:
+        check_stage_sections(config)
+    assert str(raised.value) == f"config students[1].bootstrap.shape.{message}"
+    rows, tokenizer = tmp_path / "rows.parquet", tmp_path / "tokenizer"
+    rows.touch()
+    tokenizer.mkdir()
+    assert cli.main(["bootstrap-model", "--rows", str(rows), "--tokenizer", str(tokenizer), "--settings",
+                     json.dumps({"shape": shape}), "--out", str(tmp_path / "model")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("advdistill bootstrap-model: error: config "
+                                                        f"bootstrap.shape.{message}")
 
 
 def test_nested_command_line_values_get_the_schema_type():

@@ -232,6 +232,30 @@ def test_rows_the_later_stages_cannot_use_are_refused_naming_the_column(tmp_path
         read_rows(path)
 
 
+@pytest.mark.failure_mode(
+    "rows parquet with a multiple_choice row whose choices are null or empty (sample, train, evaluate)",
+    sees="one line naming the file, column 'choices', the count and the first row id, exit 2",
+    kept="everything; no model is loaded")
+def test_multiple_choice_rows_without_choices_are_refused(tmp_path):
+    from advdistill.datasets.base import read_rows
+    from advdistill.errors import InputError
+
+    rows = pl.DataFrame([{"id": f"q{i}", "split": "test", "question": "Which?", "answer": "A",
+                          "kind": "multiple_choice", "choices": ["yes", "no"], "solution": ""} for i in range(3)]
+                        + [{"id": "n", "split": "test", "question": "1+1?", "answer": "2", "kind": "numeric",
+                            "choices": None, "solution": ""}], schema=ROW_SCHEMA)
+    path = tmp_path / "rows.parquet"
+    rows.write_parquet(path)
+    assert read_rows(path).height == 4  # a numeric row has no choices to list
+    for value, problem in ((None, "null"), ([], "empty")):
+        rows.with_columns(choices=pl.when(pl.col("id").is_in(["q1", "q2"])).then(pl.lit(value, pl.List(pl.String)))
+                          .otherwise(pl.col("choices"))).write_parquet(path)
+        with pytest.raises(InputError) as raised:
+            read_rows(path)
+        assert str(raised.value) == (f"{path}: column 'choices' is {problem} in 2 multiple_choice row(s), first id "
+                                     "'q1': was it written by advdistill prepare?")
+
+
 def test_config_text_utf8_cannot_encode_is_a_config_error():
     from advdistill.config import section_from_json
 

@@ -43,30 +43,41 @@ PROMPT_COLUMNS = {name: ROW_SCHEMA[name] for name in ("id", "question", "answer"
 """What sampling, training and evaluation read of a rows table (to render prompts and judge answers)."""
 
 
-def read_rows(path: Path) -> pl.DataFrame:
-    """A prepared rows table as the later stages read it: the prompt columns with their types, none of id,
-    question, answer and kind null or blank (a null question would be rendered as the text 'None', a blank answer
-    judges every response wrong), every kind one of :data:`KINDS`, and no id twice. A bad value is named with its
-    column and first row, before a stage spends hours on rows that can only end as '0 groups kept'."""
-    rows = read_parquet(path, PROMPT_COLUMNS)
+def read_rows(path: Path, columns: dict[str, pl.DataType] = PROMPT_COLUMNS) -> pl.DataFrame:
+    """A prepared rows table as the later stages read it: ``columns`` (at least the prompt columns) with their
+    types, none of id, question, answer and kind null or blank (a null question would be rendered as the text
+    'None', a blank answer judges every response wrong), every kind one of :data:`KINDS`, the choices of every
+    multiple_choice row neither null nor empty (its prompt lists them), and no id twice. A bad value is named with
+    its column and first row, before a stage spends hours on rows that can only end as '0 groups kept'."""
+    rows = read_parquet(path, columns)
     for column in ("id", "question", "answer", "kind"):
         for problem, bad in (("null", pl.col(column).is_null()),
                              ("blank", pl.col(column).str.strip_chars().str.len_chars() == 0)):
-            found = rows.with_row_index("row").filter(bad)
-            if found.height:
-                first = f"row {found['row'][0]}" if column == "id" else f"id {found['id'][0]!r}"
-                raise InputError(f"{path}: column '{column}' is {problem} in {found.height} row(s), first {first}: "
-                                 "was it written by advdistill prepare?")
+            _refuse_rows(path, rows, column, problem, bad)
     unknown = rows.filter(~pl.col("kind").is_in(KINDS))
     if unknown.height:
         raise InputError(f"{path}: column 'kind' holds {unknown['kind'][0]!r} in {unknown.height} row(s), first id "
                          f"{unknown['id'][0]!r}; a kind is one of {', '.join(KINDS)} (was it written by advdistill "
                          "prepare?)")
+    multiple_choice = pl.col("kind") == "multiple_choice"
+    for problem, bad in (("null", pl.col("choices").is_null()), ("empty", pl.col("choices").list.len() == 0)):
+        _refuse_rows(path, rows, "choices", problem, bad & multiple_choice, "multiple_choice row(s)")
     repeated = rows.filter(pl.col("id").is_duplicated())["id"].unique(maintain_order=True)
     if repeated.len():
         raise InputError(f"{path}: {repeated.len()} id(s) given to more than one row, first '{repeated[0]}': each "
                          "prompt's samples and answers are keyed by its id (was it written by advdistill prepare?)")
     return rows
+
+
+def _refuse_rows(path: Path, rows: pl.DataFrame, column: str, problem: str, bad: pl.Expr,
+                 what: str = "row(s)") -> None:
+    """An :class:`InputError` naming ``column``, ``problem``, how many of the rows (``what``) have it and the first
+    one, if ``bad`` holds in any."""
+    found = rows.with_row_index("row").filter(bad)
+    if found.height:
+        first = f"row {found['row'][0]}" if column == "id" else f"id {found['id'][0]!r}"
+        raise InputError(f"{path}: column '{column}' is {problem} in {found.height} {what}, first {first}: was it "
+                         "written by advdistill prepare?")
 
 
 def matches(value: Any, expected: Any) -> bool:
