@@ -10,6 +10,7 @@ Unknown keys are an error that names the key, so a typo never silently falls bac
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,9 +51,11 @@ def _build(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
     except TypeError as err:
         raise ConfigError(f"config section '{section}': {err}") from err
     except ConfigError as err:
-        if str(err).split(":", 1)[0] in fields:  # a __post_init__ naming its key within the dataclass (ModelShape)
-            raise ConfigError(f"config {section}.{err}") from err
-        raise
+        if str(err).split(":", 1)[0] not in fields:
+            raise
+        # a __post_init__ naming keys within the dataclass (ModelShape): each gets the section's place in the config
+        names = re.compile(r"\b(" + "|".join(sorted(map(re.escape, fields), key=len, reverse=True)) + r")\b")
+        raise ConfigError("config " + names.sub(lambda match: f"{section}.{match.group(1)}", str(err))) from err
 
 
 def _dataclass_type(hint: Any) -> type | None:
