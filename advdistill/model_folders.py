@@ -44,6 +44,48 @@ def _damaged_safetensors(folder: Path) -> str | None:
     return None
 
 
+def _tokenizer_problem(folder: Path, config: dict[str, Any]) -> str | None:
+    """A tokenizer.json that does not read, or whose token ids reach past the model's embeddings (generation would
+    index out of them)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    tokenizer = _json(path)
+    if tokenizer is None:
+        return "has a tokenizer.json that is not a JSON object (cut off?)"
+    vocab = (tokenizer.get("model") or {}).get("vocab")
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab))) if isinstance(vocab, list) else []
+    ids += [token.get("id") for token in tokenizer.get("added_tokens") or [] if isinstance(token, dict)]
+    largest = max((i for i in ids if isinstance(i, int)), default=None)
+    vocab_size = config.get("vocab_size")
+    if largest is not None and isinstance(vocab_size, int) and largest >= vocab_size:
+        return (f"has a tokenizer whose token ids reach {largest}, beyond config.json vocab_size {vocab_size}: the "
+                "model has no embedding for them")
+    return None
+
+
+def _chat_template_problem(folder: Path, tokenizer_config: dict[str, Any]) -> str | None:
+    """A chat template that does not parse as Jinja (every prompt is rendered with it). A tag Jinja does not know
+    is left alone: transformers adds its own ({% generation %})."""
+    from jinja2 import Environment, TemplateSyntaxError
+
+    template = tokenizer_config.get("chat_template")
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
+    elif (folder / "chat_template.json").is_file():
+        template = (_json(folder / "chat_template.json") or {}).get("chat_template")
+    templates = [t.get("template") for t in template if isinstance(t, dict)] if isinstance(template, list) else [template]
+    for text in templates:
+        if not isinstance(text, str):
+            continue
+        try:
+            Environment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+        except TemplateSyntaxError as err:
+            if not (err.message or "").startswith("Encountered unknown tag"):
+                return f"has a chat template that does not parse (line {err.lineno}: {err.message})"
+    return None
+
+
 def model_folder_problem(folder: Path) -> str | None:
     """What makes ``folder`` unusable as a model ("not found" where nothing is there), or None."""
     if not os.path.lexists(folder):
@@ -57,6 +99,8 @@ def model_folder_problem(folder: Path) -> str | None:
     config = _json(folder / "config.json")
     if config is None:
         return "has a config.json that is not a JSON object"
+    if not isinstance(config.get("model_type"), str):
+        return "has a config.json without a model_type (transformers cannot tell its architecture)"
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         return f"has no weights (none of {', '.join(WEIGHT_FILES)})"
     damaged = _damaged_safetensors(folder)
@@ -67,6 +111,9 @@ def model_folder_problem(folder: Path) -> str | None:
         return f"has no tokenizer (tokenizer_config.json and one of {', '.join(TOKENIZER_FILES)})"
     if not tokenizer_config.get("chat_template") and not any((folder / n).is_file() for n in CHAT_TEMPLATE_FILES):
         return "has no chat template (in tokenizer_config.json or chat_template.jinja); prompts are rendered with it"
+    problem = _tokenizer_problem(folder, config) or _chat_template_problem(folder, tokenizer_config)
+    if problem:
+        return problem
     generation = _json(folder / "generation_config.json")
     if generation is None and (folder / "generation_config.json").exists():
         return ("has a generation_config.json that is not a JSON object (transformers would ignore it, and with it "

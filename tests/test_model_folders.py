@@ -31,12 +31,27 @@ BREAKAGES = {
     "empty": (lambda f: [p.unlink() for p in f.iterdir()], "is empty"),
     "damaged generation config": (lambda f: (f / "generation_config.json").write_text("{not json"),
                                   "has a generation_config.json that is not a JSON object"),
+    "no model_type": (lambda f: _edit_json(f / "config.json", lambda c: c.pop("model_type")),
+                      "has a config.json without a model_type"),
+    "cut-off tokenizer": (lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "trunc'),
+                          "has a tokenizer.json that is not a JSON object"),
+    "tokenizer larger than the model": (lambda f: _edit_json(f / "config.json", lambda c: c.update(vocab_size=8)),
+                                        r"has a tokenizer whose token ids reach \d+, beyond config.json vocab_size 8"),
+    "broken chat template": (lambda f: (f / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }"),
+                             r"has a chat template that does not parse \(line 1: "),
 }
 
 
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
 @pytest.mark.failure_mode(
-    "model folder without config.json, with half a model.safetensors, without tokenizer, chat template or EOS "
-    "token, with a damaged generation_config.json, or empty (sample, train, evaluate)",
+    "model folder without config.json (or its model_type), with half a model.safetensors, without tokenizer, chat "
+    "template or EOS token, with a cut-off tokenizer.json, a tokenizer larger than the model's vocabulary, a chat "
+    "template that does not parse, a damaged generation_config.json, or empty (sample, train, evaluate)",
     sees="one line: --model: model folder <path> <what is wrong>, exit 2, before any model is loaded",
     kept="everything")
 @pytest.mark.parametrize("breakage", BREAKAGES)
