@@ -366,19 +366,19 @@ def _move_into_place(folder: Path, path: Path) -> None:
 
 
 RESUME_MARKER = "fingerprint.json"
-LEGACY_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
-"""The whole marker of an older advdistill: a bare sha256 hex digest."""
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+"""A sha256 digest in hex: the whole resume marker of an older advdistill, and a cached image digest."""
 
 
 def resume_owner(path: Path) -> tuple[str | None, str | None]:
     """(stage, fingerprint) of a resume folder's marker; the stage is None in a marker of an older advdistill (a
-    bare fingerprint, :data:`LEGACY_FINGERPRINT`) or of a caller that named none. Both are None for a marker that
+    bare fingerprint, :data:`SHA256_HEX`) or of a caller that named none. Both are None for a marker that
     advdistill did not write (damaged, or another tool's ``fingerprint.json``): nothing proves the folder ours."""
     try:
         marker = read_json(path / RESUME_MARKER)
     except InputError:
         return None, None
-    if isinstance(marker, str) and LEGACY_FINGERPRINT.fullmatch(marker):
+    if isinstance(marker, str) and SHA256_HEX.fullmatch(marker):
         return None, marker
     if (isinstance(marker, dict) and marker.keys() == {"stage", "fingerprint"}
             and isinstance(marker["stage"], (str, type(None))) and isinstance(marker["fingerprint"], str)):

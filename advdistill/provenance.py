@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import stat
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from advdistill import __version__
-from advdistill.io import manifest_path, write_json
+from advdistill.io import SHA256_HEX, manifest_path, write_json
 from advdistill.paths import write_text_atomically
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -139,7 +138,7 @@ def image_digest(image: str) -> str | None:
     cached = folder / f"{hashlib.sha256(key.encode()).hexdigest()}.sha256"
     try:
         value = cached.read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{64}", value):
+        if SHA256_HEX.fullmatch(value):
             return value
     except OSError:
         pass

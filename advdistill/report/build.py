@@ -12,7 +12,15 @@ import polars as pl
 
 from advdistill import paths
 from advdistill.errors import InputError
-from advdistill.io import atomic_directory, atomic_write, manifest_path, read_json, read_parquet, write_json
+from advdistill.io import (
+    atomic_directory,
+    atomic_write,
+    check_rows,
+    manifest_path,
+    read_json,
+    read_parquet,
+    write_json,
+)
 from advdistill.metrics import prompt_outcomes
 from advdistill.report.comparisons import has_replicates, headlines, paired_comparisons, replicate_summary
 from advdistill.report.page import few_shot_notes, html_page, sampling_notes, write_markdown_table
@@ -64,10 +72,8 @@ def read_metrics(path: Path) -> dict[str, Any]:
 def read_scored(path: Path) -> pl.DataFrame:
     """The :data:`SCORED_COLUMNS` of a scored.parquet, whose advantages must be finite numbers (they are binned)."""
     scored = read_parquet(path, SCORED_COLUMNS).select(*SCORED_COLUMNS)
-    bad = scored.filter(pl.col("advantage").is_null() | ~pl.col("advantage").is_finite())
-    if bad.height:
-        raise InputError(f"{path}: column 'advantage' is null, NaN or infinite in {bad.height} row(s), first "
-                         f"prompt_id {bad['prompt_id'][0]!r}")
+    check_rows(scored, path, {"a null, NaN or infinite advantage": ~pl.col("advantage").is_finite().fill_null(False)},
+               ["prompt_id", "advantage"])
     return scored
 
 
